@@ -1,0 +1,1 @@
+"""Kernels and the ``corey::`` custom ops that call them (ops.py)."""

@@ -1,0 +1,98 @@
+"""``corey::`` custom ops, registered when ``corey_compile`` is imported.
+
+Each op has a fake implementation, so Dynamo, AOT autograd and Inductor trace
+through it, and picks its kernel by device: the Triton kernel on CUDA (and on
+the CPU when ``TRITON_INTERPRET=1`` runs Triton in its interpreter), the torch
+reference elsewhere.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+from .selective_scan.naive import selective_scan_naive, selective_state_update_naive
+
+try:
+    from .selective_scan.chunk import check_scan_args, selective_scan_chunked
+    from .selective_scan.step import check_step_args, selective_state_update_triton
+
+    TRITON_AVAILABLE = True
+except ImportError:  # triton is not installed: CPU users keep the torch path
+    TRITON_AVAILABLE = False
+
+DEFAULT_CHUNK = 64
+
+
+def triton_interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def uses_triton(device: torch.device) -> bool:
+    """Whether ops on ``device`` run the Triton kernel (CUDA, or the CPU under the interpreter)."""
+    if not TRITON_AVAILABLE:
+        if device.type == "cuda":
+            raise RuntimeError("corey's CUDA kernels need triton; install it with `pip install triton`")
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and triton_interpreter_active())
+
+
+@torch.library.custom_op("corey::selective_scan", mutates_args=())
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    initial_state: Optional[torch.Tensor] = None,
+    chunk_size: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mamba-ssm's ``selective_scan_fn`` arguments in order, plus an initial state and a chunk size.
+
+    u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l) or (b, g, n, l); D, delta_bias: (d,);
+    initial_state: (b, d, n); chunk_size 0 picks the default.
+    Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
+    """
+    if uses_triton(u.device):
+        return selective_scan_chunked(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size=chunk_size or DEFAULT_CHUNK
+        )
+    return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+
+
+@selective_scan.register_fake
+def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, chunk_size=0):
+    batch, dim, _ = u.shape
+    return torch.empty_like(u), u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("corey::selective_state_update", mutates_args=("state",))
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    dt_softplus: bool = False,
+) -> torch.Tensor:
+    """One decode step. state: (b, d, n), written in place; x, dt, z: (b, d); B, C: (b, n) or (b, g, n).
+
+    Returns out (b, d) in x's dtype.
+    """
+    if uses_triton(x.device):
+        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return selective_state_update_naive(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+@selective_state_update.register_fake
+def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    return torch.empty_like(x)

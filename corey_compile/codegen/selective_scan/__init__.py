@@ -1,0 +1,1 @@
+"""Selective scan: reference (naive.py), chunked prefill kernel (chunk.py), decode step (step.py)."""

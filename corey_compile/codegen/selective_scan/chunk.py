@@ -1,0 +1,205 @@
+"""Chunked Triton selective scan (prefill).
+
+One program owns ``BLOCK_D`` channels of one batch row and walks the sequence
+``CHUNK`` steps at a time. Inside a chunk the recurrence
+``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` is solved with a parallel
+``tl.associative_scan`` over the chunk axis; the state carried between chunks
+lives in registers. Only ``u, delta, z, B, C`` are read and ``out`` written:
+nothing of shape ``(b, d, l, n)`` touches memory. The derivation is in
+``README.md`` beside this file.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+SOFTPLUS_THRESHOLD = 20.0
+
+
+@triton.jit
+def _linear_recurrence_combine(a_left, b_left, a_right, b_right):
+    # (a1, b1) then (a2, b2) composes to h -> a2 (a1 h + b1) + b2.
+    return a_left * a_right, a_right * b_left + b_right
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+    # pointers
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, h0_ptr, out_ptr, h_last_ptr,
+    # sizes
+    seqlen, dim, dstate, dim_per_group,
+    # strides
+    stride_u_b, stride_u_d, stride_u_l,
+    stride_dt_b, stride_dt_d, stride_dt_l,
+    stride_A_d, stride_A_n,
+    stride_B_b, stride_B_g, stride_B_n, stride_B_l,
+    stride_C_b, stride_C_g, stride_C_n, stride_C_l,
+    stride_z_b, stride_z_d, stride_z_l,
+    stride_out_b, stride_out_d, stride_out_l,
+    stride_h0_b, stride_h0_d, stride_h0_n,
+    stride_hl_b, stride_hl_d, stride_hl_n,
+    # meta-parameters
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
+    DELTA_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    group = (pid_d * BLOCK_D) // dim_per_group  # the launcher keeps a block inside one group
+
+    # exp(delta A) is evaluated as exp2(delta (A log2 e)).
+    A_log2 = tl.load(A_ptr + offs_d[:, None] * stride_A_d + offs_n[None, :] * stride_A_n,
+                     mask=mask_dn, other=0.0).to(tl.float32) * LOG2E  # (BLOCK_D, BLOCK_N)
+    if HAS_D:
+        D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DELTA_BIAS:
+        delta_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * stride_h0_b + offs_d[:, None] * stride_h0_d + offs_n[None, :] * stride_h0_n,
+                    mask=mask_dn, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+
+    u_rows = u_ptr + pid_b * stride_u_b + offs_d[:, None] * stride_u_d
+    dt_rows = delta_ptr + pid_b * stride_dt_b + offs_d[:, None] * stride_dt_d
+    z_rows = z_ptr + pid_b * stride_z_b + offs_d[:, None] * stride_z_d
+    out_rows = out_ptr + pid_b * stride_out_b + offs_d[:, None] * stride_out_d
+    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[:, None] * stride_B_n
+    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[:, None] * stride_C_n
+    is_chunk_end = tl.arange(0, CHUNK) == CHUNK - 1
+
+    for start in range(0, seqlen, CHUNK):
+        offs_l = start + tl.arange(0, CHUNK)
+        mask_l = offs_l < seqlen
+        mask_dl = mask_d[:, None] & mask_l[None, :]
+        mask_nl = mask_n[:, None] & mask_l[None, :]
+        u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_dl, other=0.0).to(tl.float32)  # (BLOCK_D, CHUNK)
+        dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_dl, other=0.0).to(tl.float32)
+        if HAS_DELTA_BIAS:
+            dt += delta_bias[:, None]
+        if DELTA_SOFTPLUS:
+            dt = tl.where(dt <= SOFTPLUS_THRESHOLD, tl.log(1.0 + tl.exp(dt)), dt)
+        dt = tl.where(mask_dl, dt, 0.0)  # steps past the end leave the state unchanged
+        B = tl.load(B_rows + offs_l[None, :] * stride_B_l, mask=mask_nl, other=0.0).to(tl.float32)  # (BLOCK_N, CHUNK)
+        C = tl.load(C_rows + offs_l[None, :] * stride_C_l, mask=mask_nl, other=0.0).to(tl.float32)
+
+        decay = tl.exp2(dt[:, None, :] * A_log2[:, :, None])  # (BLOCK_D, BLOCK_N, CHUNK)
+        drive = (dt * u)[:, None, :] * B[None, :, :]  # (BLOCK_D, BLOCK_N, CHUNK)
+        decay_prefix, drive_prefix = tl.associative_scan((decay, drive), axis=2, combine_fn=_linear_recurrence_combine)
+        states = decay_prefix * h[:, :, None] + drive_prefix  # (BLOCK_D, BLOCK_N, CHUNK)
+        y = tl.sum(states * C[None, :, :], axis=1)  # (BLOCK_D, CHUNK)
+        h = tl.sum(tl.where(is_chunk_end[None, None, :], states, 0.0), axis=2)
+
+        if HAS_D:
+            y += u * D[:, None]
+        if HAS_Z:
+            z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=0.0).to(tl.float32)
+            y *= z * tl.sigmoid(z)
+        tl.store(out_rows + offs_l[None, :] * stride_out_l, y.to(out_ptr.dtype.element_ty), mask=mask_dl)
+
+    tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d[:, None] * stride_hl_d + offs_n[None, :] * stride_hl_n,
+             h, mask=mask_dn)
+
+
+def default_block_d(chunk: int, block_n: int, dim: int) -> int:
+    """Channels per program: keep one (BLOCK_D, BLOCK_N, CHUNK) tile near 4096 elements."""
+    budget = max(1, 4096 // (chunk * block_n))
+    return min(1 << (budget.bit_length() - 1), triton.next_power_of_2(dim), 64)
+
+
+def check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[int, int, int, int, int]:
+    """Validate selective-scan arguments; return (batch, dim, seqlen, dstate, groups)."""
+    if u.dim() != 3:
+        raise ValueError(f"u must be (batch, dim, seqlen), got shape {tuple(u.shape)}")
+    batch, dim, seqlen = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"A must be (dim={dim}, dstate), got {tuple(A.shape)}")
+    if A.is_complex():
+        raise ValueError("complex A is not supported")
+    dstate = A.shape[1]
+    groups = 1
+    for name, BC in (("B", B), ("C", C)):
+        if BC.dim() == 3:
+            expected = (batch, dstate, seqlen)
+        elif BC.dim() == 4:
+            groups = BC.shape[1]
+            expected = (batch, groups, dstate, seqlen)
+        else:
+            raise ValueError(f"{name} must be (batch, dstate, seqlen) or (batch, groups, dstate, seqlen), got {tuple(BC.shape)}")
+        if tuple(BC.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(BC.shape)}")
+    if B.dim() != C.dim() or (B.dim() == 4 and B.shape[1] != C.shape[1]):
+        raise ValueError(f"B and C must have the same layout, got {tuple(B.shape)} and {tuple(C.shape)}")
+    if dim % groups != 0:
+        raise ValueError(f"dim={dim} is not divisible by groups={groups}")
+    for name, vec in (("D", D), ("delta_bias", delta_bias)):
+        if vec is not None and tuple(vec.shape) != (dim,):
+            raise ValueError(f"{name} must be ({dim},), got {tuple(vec.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, dstate):
+        raise ValueError(f"initial_state must be {(batch, dim, dstate)}, got {tuple(initial_state.shape)}")
+    return batch, dim, seqlen, dstate, groups
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = 64,
+    block_d: int | None = None,
+    num_warps: int = 4,
+    out: torch.Tensor | None = None,
+    last_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan with the chunked Triton kernel.
+
+    u, delta, z: (b, d, l); A: (d, n) real; B, C: (b, n, l) or (b, g, n, l);
+    D, delta_bias: (d,); initial_state: (b, d, n).
+    Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
+    ``out`` and ``last_state`` may be given to be written in place.
+    """
+    batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if chunk_size < 1 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    dim_per_group = dim // groups
+    block_n = max(2, triton.next_power_of_2(dstate))
+    if block_d is None:
+        block_d = default_block_d(chunk_size, block_n, dim)
+    if groups > 1:
+        block_d = min(block_d, dim_per_group & -dim_per_group)  # largest power of two dividing d/g
+    if out is None:
+        out = torch.empty_like(u)
+    if last_state is None:
+        last_state = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
+    h0 = initial_state if initial_state is not None else last_state
+    z_arg = z if z is not None else u
+    grid = (triton.cdiv(dim, block_d), batch)
+    _selective_scan_fwd_kernel[grid](
+        u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0, out, last_state,
+        seqlen, dim, dstate, dim_per_group,
+        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
+        *h0.stride(), *last_state.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+        DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
+        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk_size, num_warps=num_warps,
+    )
+    return out, last_state

@@ -1,0 +1,127 @@
+"""Triton selective-state update (decode): one time step, state written back in place."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .chunk import LOG2E, SOFTPLUS_THRESHOLD
+
+
+@triton.jit
+def _selective_state_update_kernel(
+    # pointers
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, out_ptr,
+    # sizes
+    dim, dstate, dim_per_group,
+    # strides
+    stride_s_b, stride_s_d, stride_s_n,
+    stride_x_b, stride_x_d,
+    stride_dt_b, stride_dt_d,
+    stride_A_d, stride_A_n,
+    stride_B_b, stride_B_g, stride_B_n,
+    stride_C_b, stride_C_g, stride_C_n,
+    stride_z_b, stride_z_d,
+    stride_out_b, stride_out_d,
+    # meta-parameters
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_d = offs_d < dim
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    group = (pid_d * BLOCK_D) // dim_per_group
+
+    state_tile = state_ptr + pid_b * stride_s_b + offs_d[:, None] * stride_s_d + offs_n[None, :] * stride_s_n
+    h = tl.load(state_tile, mask=mask_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+    x = tl.load(x_ptr + pid_b * stride_x_b + offs_d * stride_x_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * stride_dt_b + offs_d * stride_dt_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if DT_SOFTPLUS:
+        dt = tl.where(dt <= SOFTPLUS_THRESHOLD, tl.log(1.0 + tl.exp(dt)), dt)
+    A = tl.load(A_ptr + offs_d[:, None] * stride_A_d + offs_n[None, :] * stride_A_n, mask=mask_dn, other=0.0).to(tl.float32)
+    B = tl.load(B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n * stride_B_n, mask=mask_n, other=0.0).to(tl.float32)
+    C = tl.load(C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n * stride_C_n, mask=mask_n, other=0.0).to(tl.float32)
+
+    h = h * tl.exp2(dt[:, None] * A * LOG2E) + (dt * x)[:, None] * B[None, :]
+    tl.store(state_tile, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
+    y = tl.sum(h * C[None, :], axis=1)  # (BLOCK_D,)
+    if HAS_D:
+        y += x * tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * stride_z_b + offs_d * stride_z_d, mask=mask_d, other=0.0).to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(out_ptr + pid_b * stride_out_b + offs_d * stride_out_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def check_step_args(state, x, dt, A, B, C, D, z, dt_bias) -> tuple[int, int, int, int]:
+    """Validate decode-step arguments; return (batch, dim, dstate, groups)."""
+    if state.dim() != 3:
+        raise ValueError(f"state must be (batch, dim, dstate), got {tuple(state.shape)}")
+    batch, dim, dstate = state.shape
+    for name, t in (("x", x), ("dt", dt)) + ((("z", z),) if z is not None else ()):
+        if tuple(t.shape) != (batch, dim):
+            raise ValueError(f"{name} must be ({batch}, {dim}), got {tuple(t.shape)}")
+    if tuple(A.shape) != (dim, dstate):
+        raise ValueError(f"A must be ({dim}, {dstate}), got {tuple(A.shape)}")
+    groups = 1
+    for name, BC in (("B", B), ("C", C)):
+        if BC.dim() == 3:
+            groups = BC.shape[1]
+            expected = (batch, groups, dstate)
+        else:
+            expected = (batch, dstate)
+        if tuple(BC.shape) != expected:
+            raise ValueError(f"{name} must be (batch, dstate) or (batch, groups, dstate), got {tuple(BC.shape)}")
+    if dim % groups:
+        raise ValueError(f"dim={dim} is not divisible by groups={groups}")
+    for name, vec in (("D", D), ("dt_bias", dt_bias)):
+        if vec is not None and tuple(vec.shape) != (dim,):
+            raise ValueError(f"{name} must be ({dim},), got {tuple(vec.shape)}")
+    return batch, dim, dstate, groups
+
+
+def selective_state_update_triton(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = False,
+    block_d: int | None = None,
+    num_warps: int = 4,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One decode step. state: (b, d, n), updated in place; x, dt, z: (b, d); B, C: (b, n) or (b, g, n).
+
+    Returns out (b, d) in x's dtype.
+    """
+    batch, dim, dstate, groups = check_step_args(state, x, dt, A, B, C, D, z, dt_bias)
+    if B.dim() == 2:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    block_n = max(2, triton.next_power_of_2(dstate))
+    if block_d is None:
+        block_d = min(triton.next_power_of_2(dim), max(1, 2048 // block_n))
+    if groups > 1:
+        block_d = min(block_d, (dim // groups) & -(dim // groups))  # largest power of two dividing d/g
+    if out is None:
+        out = torch.empty_like(x)
+    z_arg = z if z is not None else x
+    grid = (triton.cdiv(dim, block_d), batch)
+    _selective_state_update_kernel[grid](
+        state, x, dt, A, B, C, D if D is not None else x, z_arg, dt_bias if dt_bias is not None else x, out,
+        dim, dstate, dim // groups,
+        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps,
+    )
+    return out

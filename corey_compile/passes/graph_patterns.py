@@ -1,0 +1,422 @@
+"""Shared graph analysis for the selective-scan matchers.
+
+Dynamo hands over torch-level FX graphs, where one operation has several
+spellings (``x * y``, ``torch.mul``, ``x.mul``; ``x.float()``, ``x.to(...)``).
+This module reads them through one vocabulary:
+
+* ``op_name(node)`` names what a node computes, whatever its spelling;
+* ``strip_casts`` sees through value-preserving conversions (dtype, device,
+  contiguous, clone);
+* ``trace_view`` follows pure re-indexings (transpose, permute, movedim,
+  unsqueeze, ``x[:, None]``) back to a base tensor and says which base dim
+  feeds each dim of the view, so a matcher can name every axis by its role
+  (``b``, ``d``, ``l``, ``n``) instead of by position;
+* ``parse_discretization`` recognises ``exp(delta·A)`` and ``delta·B·u`` with
+  the delta bias and softplus that feed them.
+
+A matcher that cannot explain a node raises ``NoMatch`` with the reason; the
+reason ends up in the compile report.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+
+class NoMatch(Exception):
+    """A candidate region is not a selective scan; the message says why."""
+
+
+_FUNCTION_NAMES = {
+    operator.mul: "mul", torch.mul: "mul", operator.add: "add", torch.add: "add",
+    operator.neg: "neg", torch.neg: "neg", torch.exp: "exp", operator.getitem: "getitem",
+    torch.matmul: "matmul", operator.matmul: "matmul", torch.stack: "stack",
+    torch.zeros: "zeros", torch.zeros_like: "zeros_like", F.softplus: "softplus",
+    torch._C._nn.softplus: "softplus", F.silu: "silu", torch.sum: "sum",
+    torch.transpose: "transpose", torch.permute: "permute", torch.unsqueeze: "unsqueeze",
+    torch.squeeze: "squeeze", torch.movedim: "movedim", torch.select: "select",
+    torch.sigmoid: "sigmoid", torch.clone: "clone", torch.select_copy: "select_copy",
+}
+_CAST_METHODS = {"to", "float", "double", "half", "bfloat16", "contiguous", "clone", "type_as"}
+
+
+def op_name(node) -> str | None:
+    """What ``node`` computes, independent of how the model spelled it."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function":
+        if node.target is torch.ops.higher_order.associative_scan:
+            return "associative_scan"
+        return _FUNCTION_NAMES.get(node.target)
+    return None
+
+
+def self_arg(node: fx.Node):
+    return node.args[0] if node.args else node.kwargs.get("input")
+
+
+def meta_value(node):
+    """The example/fake tensor Dynamo or make_fx recorded for ``node``, if any."""
+    if not isinstance(node, fx.Node):
+        return None
+    return node.meta.get("val", node.meta.get("example_value"))
+
+
+def rank(node) -> int:
+    val = meta_value(node)
+    if not isinstance(val, torch.Tensor):
+        raise NoMatch(f"no tensor metadata on {getattr(node, 'name', node)}")
+    return val.dim()
+
+
+def is_cast(node) -> bool:
+    name = op_name(node)
+    if name not in _CAST_METHODS or node.op != "call_method":
+        return False
+    if name == "to":  # to(dtype), to(device), to(device, dtype): never a copy with other semantics
+        return all(isinstance(a, (torch.dtype, torch.device, str)) for a in node.args[1:]) and set(node.kwargs) <= {
+            "dtype", "device", "non_blocking", "copy"}
+    return True
+
+
+def strip_casts(node, seen: set | None = None):
+    """The value behind any casts of ``node``; the casts passed are added to ``seen`` when given."""
+    while is_cast(node):
+        if seen is not None:
+            seen.add(node)
+        node = self_arg(node)
+    return node
+
+
+def binary_operands(node: fx.Node) -> tuple:
+    if op_name(node) == "add" and node.kwargs.get("alpha", 1) != 1:
+        raise NoMatch(f"{node.name}: add with alpha")
+    if len(node.args) != 2:
+        raise NoMatch(f"{node.name}: expected two operands")
+    return node.args[0], node.args[1]
+
+
+def flatten_product(node) -> list:
+    """The factors of a (nested) elementwise product, casts stripped."""
+    node = strip_casts(node)
+    if op_name(node) == "mul":
+        left, right = binary_operands(node)
+        return flatten_product(left) + flatten_product(right)
+    return [node]
+
+
+def _normalize_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+def _index_items(node: fx.Node, ndim_in: int):
+    """The index of ``x[...]`` as a list of slice(None)/None/int items with Ellipsis expanded, or None."""
+    index = node.args[1]
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
+    out = []
+    for it in items:
+        if it is Ellipsis:
+            out.extend([slice(None)] * (ndim_in - consumed))
+        elif it is None or isinstance(it, int) or (isinstance(it, slice) and it == slice(None)):
+            out.append(it)
+        else:
+            return None
+    out.extend([slice(None)] * (ndim_in - sum(1 for it in out if it is not None)))
+    return out
+
+
+@dataclass(frozen=True)
+class View:
+    """``node`` read as a re-indexing of ``base``: ``dim_map[i]`` is the base dim behind view dim i (None: inserted)."""
+
+    base: fx.Node
+    dim_map: tuple
+
+
+def trace_view(node) -> View:
+    """Follow casts and pure re-indexings of ``node`` back to the tensor they index."""
+    node = strip_casts(node)
+    name = op_name(node)
+    src = self_arg(node) if name else None
+    if name == "unsqueeze":
+        inner = trace_view(src)
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs["dim"]
+        dims = list(inner.dim_map)
+        dims.insert(_normalize_dim(dim, len(dims) + 1), None)
+        return View(inner.base, tuple(dims))
+    if name == "getitem" and isinstance(src, fx.Node) and isinstance(meta_value(src), torch.Tensor):
+        items = _index_items(node, rank(src))
+        if items is not None and not any(isinstance(it, int) for it in items):
+            inner = trace_view(src)
+            dims, pos = [], 0
+            for it in items:
+                if it is None:
+                    dims.append(None)
+                else:
+                    dims.append(inner.dim_map[pos])
+                    pos += 1
+            return View(inner.base, tuple(dims))
+    if name == "transpose":
+        inner = trace_view(src)
+        dims = list(inner.dim_map)
+        i, j = (_normalize_dim(d, len(dims)) for d in node.args[1:3])
+        dims[i], dims[j] = dims[j], dims[i]
+        return View(inner.base, tuple(dims))
+    if name == "permute":
+        inner = trace_view(src)
+        perm = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        return View(inner.base, tuple(inner.dim_map[_normalize_dim(p, len(inner.dim_map))] for p in perm))
+    if name == "movedim" and all(isinstance(a, int) for a in node.args[1:3]):
+        inner = trace_view(src)
+        dims = list(inner.dim_map)
+        moved = dims.pop(_normalize_dim(node.args[1], len(dims)))
+        dims.insert(_normalize_dim(node.args[2], len(dims) + 1), moved)
+        return View(inner.base, tuple(dims))
+    return View(node, tuple(range(rank(node))))
+
+
+def labels_of_base(view: View, view_labels: tuple) -> tuple:
+    """Name each dim of ``view.base`` by the label of the view dim it feeds."""
+    base_labels = [None] * rank(view.base)
+    for label, base_dim in zip(view_labels, view.dim_map):
+        if base_dim is not None:
+            base_labels[base_dim] = label
+    if None in base_labels:
+        raise NoMatch(f"{view.base.name}: a dim of the base is dropped by its view")
+    return tuple(base_labels)
+
+
+@dataclass
+class Operand:
+    """A tensor in the graph and the role of each of its dims, e.g. ('b', 'd', 'l')."""
+
+    node: fx.Node
+    labels: tuple
+
+
+def labelled_factor(factor, index_labels: tuple) -> Operand:
+    """A factor of a broadcast product over ``index_labels``, named by role (broadcasting aligns dims right)."""
+    view = trace_view(factor)
+    missing = len(index_labels) - len(view.dim_map)
+    if missing < 0:
+        raise NoMatch(f"{factor.name}: rank {len(view.dim_map)} in a rank-{len(index_labels)} product")
+    return Operand(view.base, labels_of_base(View(view.base, (None,) * missing + view.dim_map), index_labels))
+
+
+def parse_select(node) -> tuple:
+    """``x[:, :, i]`` / ``x.select(dim, i)`` -> (base x, dim, i); casts seen through."""
+    node = strip_casts(node)
+    name = op_name(node)
+    if name == "getitem":
+        src = self_arg(node)
+        if not isinstance(meta_value(src), torch.Tensor):
+            raise NoMatch(f"{node.name}: not a tensor index")
+        items = _index_items(node, rank(src))
+        if items is None or None in items:
+            raise NoMatch(f"{node.name}: not a single-position index")
+        ints = [(pos, it) for pos, it in enumerate(items) if isinstance(it, int)]
+        if len(ints) != 1:
+            raise NoMatch(f"{node.name}: index selects {len(ints)} positions, expected one")
+        return src, ints[0][0], ints[0][1]
+    if name == "select":
+        src = self_arg(node)
+        return src, _normalize_dim(node.args[1], rank(src)), node.args[2]
+    raise NoMatch(f"{getattr(node, 'name', node)}: not a selection")
+
+
+@dataclass
+class Discretization:
+    """What feeds the recurrence: u, delta, A, B and how delta is prepared."""
+
+    u: Operand
+    delta: Operand
+    A: Operand
+    B: Operand
+    delta_bias: fx.Node | None
+    delta_softplus: bool
+
+
+def _is_default_softplus(node: fx.Node) -> bool:
+    beta = node.args[1] if len(node.args) > 1 else node.kwargs.get("beta", 1)
+    threshold = node.args[2] if len(node.args) > 2 else node.kwargs.get("threshold", 20)
+    return beta == 1 and threshold == 20
+
+
+def parse_delta(delta: Operand) -> tuple[Operand, fx.Node | None, bool]:
+    """Peel ``softplus(delta + bias)`` off a delta operand: (raw delta, bias or None, softplus?)."""
+    node, softplus = strip_casts(delta.node), False
+    if op_name(node) == "softplus" and _is_default_softplus(node):
+        softplus, node = True, strip_casts(node.args[0])
+    bias = None
+    if op_name(node) == "add":
+        left, right = binary_operands(node)
+        for raw, other in ((left, right), (right, left)):
+            if not isinstance(other, fx.Node) or not isinstance(raw, fx.Node):
+                continue
+            bias_view = trace_view(other)
+            if rank(bias_view.base) == 1 and rank(raw) == len(delta.labels):
+                bias_labels = [delta.labels[i] for i, base_dim in enumerate(
+                    (None,) * (len(delta.labels) - len(bias_view.dim_map)) + bias_view.dim_map) if base_dim == 0]
+                if bias_labels == ["d"]:
+                    bias, node = bias_view.base, raw
+                    break
+    return Operand(node, delta.labels), bias, softplus
+
+
+def parse_discretization(decay, drive, index_labels: tuple) -> Discretization:
+    """Recognise ``decay = exp(delta·A)`` and ``drive = delta·B·u`` over an index space such as (b, d, l, n)."""
+    decay = strip_casts(decay)
+    if op_name(decay) != "exp":
+        raise NoMatch(f"{decay.name}: the decay is not exp(delta·A)")
+    decay_factors = [labelled_factor(f, index_labels) for f in flatten_product(self_arg(decay))]
+    drive_factors = [labelled_factor(f, index_labels) for f in flatten_product(drive)]
+    channel_labels = set(index_labels) - {"n"}
+    by_roles = lambda factors, roles: [f for f in factors if set(f.labels) == roles]  # noqa: E731
+    A = by_roles(decay_factors, {"d", "n"})
+    delta = by_roles(decay_factors, channel_labels)
+    if len(decay_factors) != 2 or len(A) != 1 or len(delta) != 1:
+        raise NoMatch(f"{decay.name}: the decay is not exp(delta·A) with delta over {sorted(channel_labels)} and A over (d, n)")
+    A, delta = A[0], delta[0]
+    if len(drive_factors) != 3:
+        raise NoMatch(f"{getattr(drive, 'name', drive)}: the drive is not a product delta·B·u")
+    rest = [f for f in drive_factors if f.node is not delta.node]
+    if len(rest) != 2:
+        raise NoMatch(f"{drive.name}: the drive does not use the decay's delta exactly once")
+    B = [f for f in rest if set(f.labels) == (channel_labels - {"d"}) | {"n"}]
+    u = [f for f in rest if set(f.labels) == channel_labels]
+    if len(B) != 1 or len(u) != 1:
+        raise NoMatch(f"{drive.name}: the drive is not delta·B·u with B over (b, [l,] n) and u over (b, d[, l])")
+    raw_delta, bias, softplus = parse_delta(delta)
+    return Discretization(u[0], raw_delta, A, B[0], bias, softplus)
+
+
+@dataclass
+class Epilogue:
+    """The D skip and silu(z) gate after the scan output, and the node whose value the region then produces."""
+
+    output: fx.Node
+    D: fx.Node | None
+    z: Operand | None
+
+
+def live_users(node: fx.Node) -> list:
+    """Users of ``node`` whose result matters: dead pure users (Dynamo leaves some) are skipped."""
+    return [u for u in node.users if u.users or op_name(u) is None or (u.op == "call_method" and u.target.endswith("_"))]
+
+
+def _single_user(node: fx.Node):
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def parse_epilogue(y: fx.Node, y_labels: tuple, u: Operand) -> Epilogue:
+    """Absorb ``y + u·D`` and then ``· silu(z)`` when they are the only consumers of the scan output."""
+    output, D, z = y, None, None
+    user = _single_user(output)
+    if op_name(user) == "add":
+        left, right = binary_operands(user)
+        other = right if left is output else left
+        if isinstance(other, fx.Node) and (left is output) != (right is output):
+            try:
+                factors = [labelled_factor(f, y_labels) for f in flatten_product(other)]
+            except NoMatch:
+                factors = []
+            skip_u = [f for f in factors if f.node is u.node and f.labels == u.labels]
+            skip_D = [f for f in factors if f.labels == ("d",)]
+            if len(factors) == 2 and len(skip_u) == 1 and len(skip_D) == 1:
+                output, D = user, skip_D[0].node
+    user = _single_user(output)
+    if op_name(user) == "mul":
+        left, right = binary_operands(user)
+        gate = right if left is output else left
+        gate_core = strip_casts(gate) if isinstance(gate, fx.Node) else None
+        if (left is output) != (right is output) and op_name(gate_core) == "silu" and not gate_core.kwargs.get("inplace"):
+            try:
+                z = labelled_factor(self_arg(gate_core), y_labels)
+            except NoMatch:
+                z = None
+            if z is not None and set(z.labels) == set(y_labels):
+                output = user
+            else:
+                z = None
+    return Epilogue(output, D, z)
+
+
+def permute_to(graph: fx.Graph, operand: Operand, want: tuple):
+    """Emit ``operand`` with its dims ordered as ``want``; no node when the order already matches."""
+    if operand.labels == want:
+        return operand.node
+    perm = [operand.labels.index(label) for label in want]
+    return graph.call_function(torch.permute, (operand.node, perm))
+
+
+def follow_views(node: fx.Node, labels: list) -> tuple:
+    """Walk forward through a single-user chain of casts and re-indexings, carrying dim labels.
+
+    ``labels`` names the dims of ``node``; a dim named None has size one and
+    may be squeezed away. Returns the last node of the chain and its labels.
+    """
+    labels = list(labels)
+    while True:
+        user = _single_user(node)
+        name = op_name(user)
+        if user is None or self_arg(user) is not node:
+            return node, tuple(labels)
+        if is_cast(user):
+            pass
+        elif name == "squeeze" and len(user.args) == 2 and isinstance(user.args[1], int):
+            dim = _normalize_dim(user.args[1], len(labels))
+            if labels[dim] is not None:
+                return node, tuple(labels)
+            labels.pop(dim)
+        elif name == "getitem" and _index_items(user, len(labels)) == [slice(None)] * (len(labels) - 1) + [0] \
+                and labels[-1] is None:
+            labels.pop()
+        elif name == "transpose":
+            i, j = (_normalize_dim(d, len(labels)) for d in user.args[1:3])
+            labels[i], labels[j] = labels[j], labels[i]
+        elif name == "permute":
+            perm = user.args[1] if len(user.args) == 2 and isinstance(user.args[1], (tuple, list)) else user.args[1:]
+            labels = [labels[_normalize_dim(p, len(labels))] for p in perm]
+        elif name == "movedim" and all(isinstance(a, int) for a in user.args[1:3]):
+            moved = labels.pop(_normalize_dim(user.args[1], len(labels)))
+            labels.insert(_normalize_dim(user.args[2], len(labels) + 1), moved)
+        else:
+            return node, tuple(labels)
+        node = user
+
+
+def first_position(nodes) -> dict:
+    """Position of every node of the graph that holds ``nodes``, for ordering checks."""
+    graph = next(iter(nodes)).graph
+    return {n: i for i, n in enumerate(graph.nodes)}
+
+
+def erase_dead(graph: fx.Graph, roots) -> int:
+    """Erase nodes left without users, walking from ``roots`` to their inputs.
+
+    Only operations known to be pure are erased: mutating calls such as
+    ``copy_`` (which FX's own dead-code pass treats as pure) always stay.
+    """
+    erased, stack, gone = 0, list(roots), set()
+    while stack:
+        node = stack.pop()
+        if node in gone or node.users or node.op not in ("call_function", "call_method"):
+            continue
+        if node.op == "call_method" and node.target.endswith("_"):
+            continue
+        if op_name(node) is None or (node.op == "call_function" and node.is_impure()):
+            continue
+        inputs = list(node.all_input_nodes)
+        graph.erase_node(node)
+        gone.add(node)
+        erased += 1
+        stack.extend(inputs)
+    return erased

@@ -1,0 +1,184 @@
+"""F1: the recurrence a Python loop over time leaves once Dynamo has unrolled it.
+
+    state = dA[:, :, i] * state + dBu[:, :, i]           # one step, i = 0 … l-1
+    y_i   = matmul(state, C[:, i].unsqueeze(-1))[:, :, 0]  # or (state * C[:, None, i]).sum(-1)
+    y     = stack([y_0 … y_{l-1}], dim=-1)
+
+transformers' Mamba before 5.3 (and with ``use_associative_scan=False`` since),
+mamba-ssm's reference and hand-written loops produce it. The match is proved
+step by step: the same decay and drive tensors read at consecutive positions
+0 … l-1 along one axis, each step feeding the next, and no intermediate state
+used outside the loop.
+"""
+from __future__ import annotations
+
+import torch.fx as fx
+
+from .graph_patterns import (
+    NoMatch, Operand, binary_operands, labels_of_base, live_users, meta_value, op_name, parse_discretization,
+    parse_epilogue, parse_select, rank, self_arg, strip_casts, trace_view,
+)
+from .scan_region import BDN, ScanRegion, emit_scan
+
+FORM = "F1 unrolled recurrence"
+_ZERO_INIT = {"zeros", "zeros_like", "new_zeros"}
+
+
+class _NotACandidate(NoMatch):
+    """The node does not start like a scan at all: nothing to report."""
+
+
+def parse_readout(y, visited: set) -> tuple:
+    """``y_i`` -> (state node, C base, C's time axis, step index), recording the nodes it walks through."""
+    core = strip_casts(y, visited)
+    visited.add(core)
+    name = op_name(core)
+    if name in ("getitem", "squeeze"):
+        if name == "getitem":
+            base, dim, index = parse_select(core)
+            if index != 0 or dim != rank(base) - 1:
+                raise NoMatch(f"{core.name}: the readout does not drop a trailing unit dim")
+        else:
+            base = self_arg(core)
+            if core.args[1:] not in ((-1,), (rank(base) - 1,)):
+                raise NoMatch(f"{core.name}: the readout does not squeeze the trailing dim")
+        product = strip_casts(base, visited)
+        if op_name(product) != "matmul":
+            raise NoMatch(f"{product.name}: the readout is not a matmul with C")
+        visited.add(product)
+        state_side, c_side = product.args[:2]
+        c_view = trace_view(c_side)
+        if c_view.dim_map != (0, 1, None):
+            raise NoMatch(f"{product.name}: the readout's right operand is not C_t.unsqueeze(-1)")
+    elif name == "sum":
+        dims = core.args[1] if len(core.args) > 1 else core.kwargs.get("dim")
+        if dims not in (-1, 2, (-1,), (2,), [-1], [2]) or core.kwargs.get("keepdim"):
+            raise NoMatch(f"{core.name}: the readout does not sum over the state axis")
+        product = strip_casts(self_arg(core), visited)
+        if op_name(product) != "mul":
+            raise NoMatch(f"{core.name}: the readout is not (state * C_t).sum(-1)")
+        visited.add(product)
+        left, right = binary_operands(product)
+        views = [(side, trace_view(side)) for side in (left, right)]
+        c_side = [side for side, v in views if v.dim_map == (0, None, 1)]
+        if len(c_side) != 1:
+            raise NoMatch(f"{product.name}: the readout does not broadcast C_t over channels")
+        c_side = c_side[0]
+        c_view = trace_view(c_side)
+        state_side = right if c_side is left else left
+    else:
+        raise NoMatch(f"{getattr(core, 'name', core)}: not a readout")
+    c_base, c_time_axis, index = parse_select(c_view.base)
+    visited.add(c_view.base)
+    _collect_view_chain(c_side, c_view.base, visited)
+    state = strip_casts(state_side, visited)
+    if rank(state) != 3:
+        raise NoMatch(f"{state.name}: the state is not (b, d, n)")
+    return state, c_base, c_time_axis, index
+
+
+def _collect_view_chain(node, base, visited: set) -> None:
+    """Add the re-indexing nodes from ``node`` down to ``base`` to ``visited``."""
+    while isinstance(node, fx.Node) and node is not base:
+        visited.add(node)
+        node = self_arg(node)
+
+
+def parse_step(state) -> tuple:
+    """``state = decay[..., i, ...] * prev + drive[..., i, ...]`` -> (decay, drive, axis, i, prev, nodes)."""
+    if op_name(state) != "add":
+        raise NoMatch(f"{state.name}: the state update is not decay*prev + drive")
+    left, right = binary_operands(state)
+    for product_arg, drive_sel in ((left, right), (right, left)):
+        product = strip_casts(product_arg)
+        if op_name(product) != "mul":
+            continue
+        a, b = binary_operands(product)
+        for decay_sel, prev in ((a, b), (b, a)):
+            try:
+                decay, decay_axis, i = parse_select(decay_sel)
+                drive, drive_axis, j = parse_select(drive_sel)
+            except NoMatch:
+                continue
+            if (decay_axis, i) != (drive_axis, j):
+                raise NoMatch(f"{state.name}: decay and drive are read at different steps")
+            nodes = {state}
+            strip_casts(product_arg, nodes)
+            nodes.add(product)
+            strip_casts(decay_sel, nodes)
+            strip_casts(drive_sel, nodes)
+            return decay, drive, decay_axis, i, strip_casts(prev, nodes), nodes | {strip_casts(decay_sel), strip_casts(drive_sel)}
+    raise NoMatch(f"{state.name}: the state update is not decay[i]*prev + drive[i]")
+
+
+def match_stack(stack: fx.Node) -> ScanRegion:
+    elements = stack.args[0] if stack.args else stack.kwargs["tensors"]
+    stack_dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
+    if not isinstance(elements, (list, tuple)) or not elements:
+        raise _NotACandidate("empty stack")
+    visited = {stack}
+    try:
+        first = parse_readout(elements[0], visited)
+    except NoMatch as exc:
+        raise _NotACandidate(str(exc)) from None
+    readouts = [first] + [parse_readout(y, visited) for y in elements[1:]]
+    states = [r[0] for r in readouts]
+    _, c_base, c_axis, _ = first
+    seqlen = len(elements)
+    decay = drive = axis = None
+    initial_state = None
+    for i, (state, c_i, c_axis_i, c_index) in enumerate(readouts):
+        if (c_i, c_axis_i, c_index) != (c_base, c_axis, i):
+            raise NoMatch(f"step {i}: the readout does not read C at step {i} of the same C tensor")
+        decay_i, drive_i, axis_i, index, prev, nodes = parse_step(state)
+        visited |= nodes
+        if i == 0:
+            decay, drive, axis = decay_i, drive_i, axis_i
+            if op_name(prev) not in _ZERO_INIT:
+                if rank(prev) != 3:
+                    raise NoMatch(f"{prev.name}: the initial state is not (b, d, n)")
+                initial_state = prev
+        elif prev is not states[i - 1]:
+            raise NoMatch(f"step {i}: the state does not continue from step {i - 1}")
+        if (decay_i, drive_i, axis_i, index) != (decay, drive, axis, i):
+            raise NoMatch(f"step {i}: reads decay/drive at another tensor, axis or position (expected position {i})")
+    full_length = meta_value(decay).shape[axis]
+    if full_length != seqlen:
+        raise NoMatch(f"the loop covers {seqlen} of {full_length} steps")
+    if rank(decay) != 4 or not 0 <= axis < 4:
+        raise NoMatch(f"{decay.name}: the decay is not (b, d, l, n)")
+    for node in visited - {stack, states[-1]}:
+        outside = [u.name for u in live_users(node) if u not in visited]
+        if outside:
+            raise NoMatch(f"{node.name}, inside the recurrence, is also used by {outside}")
+
+    index_labels = list(BDN)
+    index_labels.insert(axis, "l")
+    disc = parse_discretization(decay, drive, tuple(index_labels))
+    c_labels = ["b", "n"]
+    c_labels.insert(c_axis, "l")
+    y_labels = ["b", "d"]
+    y_labels.insert(stack_dim % 3, "l")
+    epilogue = parse_epilogue(stack, tuple(y_labels), disc.u)
+    return ScanRegion(
+        form=FORM, discretization=disc, C=Operand(c_base, labels_of_base(trace_view(c_base), tuple(c_labels))),
+        epilogue=epilogue, y_labels=tuple(y_labels), last_state=states[-1], last_state_labels=BDN,
+        initial_state=initial_state, region_nodes=visited,
+    )
+
+
+def match_unrolled_recurrence(gm: fx.GraphModule, ctx) -> fx.GraphModule:
+    """Replace every unrolled selective-scan loop with one ``corey::selective_scan`` call."""
+    for node in list(gm.graph.nodes):
+        if op_name(node) != "stack" or getattr(node, "_erased", False) or not node.users:
+            continue
+        try:
+            region = match_stack(node)
+            record = emit_scan(gm, region, ctx.next_region_name())
+        except _NotACandidate:
+            continue
+        except NoMatch as exc:
+            ctx.report.decline(f"{FORM} at {node.name}", str(exc))
+            continue
+        ctx.report.regions.append(record)
+    return gm

@@ -1,0 +1,31 @@
+"""Choose the chunk size (the sequence tile of the prefill kernel) of every matched scan region."""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+# Sequence-length keyed table: short prompts take short chunks (less wasted work in the
+# last, partial chunk); long ones take the tile that keeps the most work in flight.
+SEQLEN_CHUNKS = ((16, 16), (64, 32), (float("inf"), 64))
+
+
+def chunk_for_seqlen(seqlen: int) -> int:
+    for limit, chunk in SEQLEN_CHUNKS:
+        if seqlen <= limit:
+            return chunk
+    raise AssertionError("unreachable")
+
+
+def plan_chunks(gm: fx.GraphModule, ctx) -> fx.GraphModule:
+    for node in gm.graph.nodes:
+        if node.target is not torch.ops.corey.selective_scan.default:
+            continue
+        record = node.meta["corey_region"]
+        if ctx.options.chunk_policy == "fixed":
+            chunk, reason = ctx.options.chunk_size, "fixed policy"
+        else:
+            chunk = chunk_for_seqlen(record.shape["seqlen"])
+            reason = f"seqlen policy: l={record.shape['seqlen']}"
+        node.update_arg(10, chunk)
+        record.chunk_size, record.chunk_reason = chunk, reason
+    return gm
