@@ -210,8 +210,12 @@ def labelled_factor(factor, index_labels: tuple) -> Operand:
     return Operand(view.base, labels_of_base(View(view.base, (None,) * missing + view.dim_map), index_labels))
 
 
-def parse_select(node) -> tuple:
-    """``x[:, :, i]`` / ``x.select(dim, i)`` -> (base x, dim, i); casts seen through."""
+def parse_indexed(node) -> tuple:
+    """``x[:, None, :, i]`` / ``x.select(dim, i)`` -> (x, selected dim, i, result_dims).
+
+    Exactly one position is selected; ``result_dims[k]`` is the dim of x behind
+    dim k of the result, or None for an inserted unit dim. Casts are seen through.
+    """
     node = strip_casts(node)
     name = op_name(node)
     if name == "getitem":
@@ -219,16 +223,58 @@ def parse_select(node) -> tuple:
         if not isinstance(meta_value(src), torch.Tensor):
             raise NoMatch(f"{node.name}: not a tensor index")
         items = _index_items(node, rank(src))
-        if items is None or None in items:
+        if items is None:
             raise NoMatch(f"{node.name}: not a single-position index")
-        ints = [(pos, it) for pos, it in enumerate(items) if isinstance(it, int)]
+        ints = [(pos, it) for pos, it in enumerate(i for i in items if i is not None) if isinstance(it, int)]
         if len(ints) != 1:
             raise NoMatch(f"{node.name}: index selects {len(ints)} positions, expected one")
-        return src, ints[0][0], ints[0][1]
+        result_dims, src_dim = [], 0
+        for it in items:
+            if it is None:
+                result_dims.append(None)
+            else:
+                if not isinstance(it, int):
+                    result_dims.append(src_dim)
+                src_dim += 1
+        return src, ints[0][0], ints[0][1], tuple(result_dims)
     if name == "select":
         src = self_arg(node)
-        return src, _normalize_dim(node.args[1], rank(src)), node.args[2]
+        dim = _normalize_dim(node.args[1], rank(src))
+        return src, dim, node.args[2], tuple(d for d in range(rank(src)) if d != dim)
     raise NoMatch(f"{getattr(node, 'name', node)}: not a selection")
+
+
+def parse_select(node) -> tuple:
+    """``x[:, :, i]`` / ``x.select(dim, i)`` -> (x, dim, i); no inserted dims allowed."""
+    src, dim, index, result_dims = parse_indexed(node)
+    if None in result_dims:
+        raise NoMatch(f"{strip_casts(node).name}: not a plain selection")
+    return src, dim, index
+
+
+def selected_operand(node, labels: tuple, time_label: str = "l") -> tuple:
+    """A per-step slice such as ``C[:, None, :, i]`` whose dims play ``labels`` (None: inserted unit dim).
+
+    Returns (Operand naming the dims of the whole tensor, with ``time_label`` at
+    the selected dim, the step index, and the nodes walked through).
+    """
+    view = trace_view(node)
+    src, time_dim, index, result_dims = parse_indexed(view.base)
+    src_dims = tuple(None if m is None else result_dims[m] for m in view.dim_map)
+    src_labels = [None] * rank(src)
+    src_labels[time_dim] = time_label
+    for label, src_dim in zip(labels, src_dims):
+        if (label is None) != (src_dim is None):
+            raise NoMatch(f"{strip_casts(node).name}: the step slice is not laid out as {labels}")
+        if src_dim is not None:
+            src_labels[src_dim] = label
+    whole = trace_view(src)
+    operand = Operand(whole.base, labels_of_base(whole, tuple(src_labels)))
+    walked, current = set(), node
+    while isinstance(current, fx.Node) and current is not view.base:
+        walked.add(current)
+        current = self_arg(current)
+    return operand, index, walked | {view.base}
 
 
 @dataclass
@@ -408,11 +454,11 @@ def erase_dead(graph: fx.Graph, roots) -> int:
     erased, stack, gone = 0, list(roots), set()
     while stack:
         node = stack.pop()
-        if node in gone or node.users or node.op not in ("call_function", "call_method"):
+        if node in gone or node.users or node.op not in ("call_function", "call_method", "get_attr"):
             continue
         if node.op == "call_method" and node.target.endswith("_"):
             continue
-        if op_name(node) is None or (node.op == "call_function" and node.is_impure()):
+        if node.op != "get_attr" and (op_name(node) is None or (node.op == "call_function" and node.is_impure())):
             continue
         inputs = list(node.all_input_nodes)
         graph.erase_node(node)

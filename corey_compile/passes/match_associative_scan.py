@@ -127,7 +127,8 @@ def match_scan_node(gm: fx.GraphModule, scan: fx.Node) -> ScanRegion:
     if labels_of_base(drive_view, tuple(scan_labels)) != input_labels:
         raise NoMatch("decay and drive are not laid out alike")
     disc = parse_discretization(decay_view.base, drive_view.base, input_labels)
-    visited |= {xs[0], xs[1]}
+    visited |= {xs[0], xs[1], combine_ref}
+    visited |= {u for x in xs for u in x.users if not u.users and u is not scan}  # dead reads Dynamo leaves
     for node in visited - {last_select, y, scan}:
         outside = [u.name for u in live_users(node) if u not in visited and u is not y]
         if outside and node is not readout:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .graph_patterns import (
-    NoMatch, Operand, binary_operands, labels_of_base, live_users, meta_value, op_name, parse_discretization,
-    parse_epilogue, parse_select, rank, self_arg, strip_casts, trace_view,
+    NoMatch, binary_operands, live_users, meta_value, op_name, parse_discretization, parse_epilogue,
+    parse_select, rank, selected_operand, self_arg, strip_casts,
 )
 from .scan_region import BDN, ScanRegion, emit_scan
 
@@ -29,7 +29,11 @@ class _NotACandidate(NoMatch):
 
 
 def parse_readout(y, visited: set) -> tuple:
-    """``y_i`` -> (state node, C base, C's time axis, step index), recording the nodes it walks through."""
+    """``y_i`` -> (state node, C operand, step index), recording the nodes it walks through.
+
+    Two readouts are recognised: ``matmul(state, C_i.unsqueeze(-1))`` with its
+    trailing unit dim dropped, and ``(state * C_i[:, None]).sum(-1)``.
+    """
     core = strip_casts(y, visited)
     visited.add(core)
     name = op_name(core)
@@ -45,11 +49,8 @@ def parse_readout(y, visited: set) -> tuple:
         product = strip_casts(base, visited)
         if op_name(product) != "matmul":
             raise NoMatch(f"{product.name}: the readout is not a matmul with C")
-        visited.add(product)
         state_side, c_side = product.args[:2]
-        c_view = trace_view(c_side)
-        if c_view.dim_map != (0, 1, None):
-            raise NoMatch(f"{product.name}: the readout's right operand is not C_t.unsqueeze(-1)")
+        c_layout = ("b", "n", None)
     elif name == "sum":
         dims = core.args[1] if len(core.args) > 1 else core.kwargs.get("dim")
         if dims not in (-1, 2, (-1,), (2,), [-1], [2]) or core.kwargs.get("keepdim"):
@@ -57,31 +58,21 @@ def parse_readout(y, visited: set) -> tuple:
         product = strip_casts(self_arg(core), visited)
         if op_name(product) != "mul":
             raise NoMatch(f"{core.name}: the readout is not (state * C_t).sum(-1)")
-        visited.add(product)
         left, right = binary_operands(product)
-        views = [(side, trace_view(side)) for side in (left, right)]
-        c_side = [side for side, v in views if v.dim_map == (0, None, 1)]
-        if len(c_side) != 1:
-            raise NoMatch(f"{product.name}: the readout does not broadcast C_t over channels")
-        c_side = c_side[0]
-        c_view = trace_view(c_side)
-        state_side = right if c_side is left else left
+        if rank(strip_casts(left)) == 3 and op_name(strip_casts(left)) != "getitem":
+            state_side, c_side = left, right
+        else:
+            state_side, c_side = right, left
+        c_layout = ("b", None, "n")
     else:
         raise NoMatch(f"{getattr(core, 'name', core)}: not a readout")
-    c_base, c_time_axis, index = parse_select(c_view.base)
-    visited.add(c_view.base)
-    _collect_view_chain(c_side, c_view.base, visited)
+    visited.add(product)
+    C, index, walked = selected_operand(c_side, c_layout)
+    visited |= walked
     state = strip_casts(state_side, visited)
     if rank(state) != 3:
         raise NoMatch(f"{state.name}: the state is not (b, d, n)")
-    return state, c_base, c_time_axis, index
-
-
-def _collect_view_chain(node, base, visited: set) -> None:
-    """Add the re-indexing nodes from ``node`` down to ``base`` to ``visited``."""
-    while isinstance(node, fx.Node) and node is not base:
-        visited.add(node)
-        node = self_arg(node)
+    return state, C, index
 
 
 def parse_step(state) -> tuple:
@@ -123,12 +114,12 @@ def match_stack(stack: fx.Node) -> ScanRegion:
         raise _NotACandidate(str(exc)) from None
     readouts = [first] + [parse_readout(y, visited) for y in elements[1:]]
     states = [r[0] for r in readouts]
-    _, c_base, c_axis, _ = first
+    C = first[1]
     seqlen = len(elements)
     decay = drive = axis = None
     initial_state = None
-    for i, (state, c_i, c_axis_i, c_index) in enumerate(readouts):
-        if (c_i, c_axis_i, c_index) != (c_base, c_axis, i):
+    for i, (state, c_i, c_index) in enumerate(readouts):
+        if (c_i.node, c_i.labels, c_index) != (C.node, C.labels, i):
             raise NoMatch(f"step {i}: the readout does not read C at step {i} of the same C tensor")
         decay_i, drive_i, axis_i, index, prev, nodes = parse_step(state)
         visited |= nodes
@@ -155,13 +146,11 @@ def match_stack(stack: fx.Node) -> ScanRegion:
     index_labels = list(BDN)
     index_labels.insert(axis, "l")
     disc = parse_discretization(decay, drive, tuple(index_labels))
-    c_labels = ["b", "n"]
-    c_labels.insert(c_axis, "l")
     y_labels = ["b", "d"]
     y_labels.insert(stack_dim % 3, "l")
     epilogue = parse_epilogue(stack, tuple(y_labels), disc.u)
     return ScanRegion(
-        form=FORM, discretization=disc, C=Operand(c_base, labels_of_base(trace_view(c_base), tuple(c_labels))),
+        form=FORM, discretization=disc, C=C,
         epilogue=epilogue, y_labels=tuple(y_labels), last_state=states[-1], last_state_labels=BDN,
         initial_state=initial_state, region_nodes=visited,
     )

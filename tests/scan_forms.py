@@ -1,0 +1,132 @@
+"""Hand-written selective-scan code in the forms real models use, and near misses of each.
+
+Each function takes the tensors of mamba-ssm's contract — u, delta, z: (b, d, l);
+A: (d, n); B, C: (b, n, l); D, delta_bias: (d,) — and returns (y (b, d, l),
+last state (b, d, n)), written the way the model code it imitates writes it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch._higher_order_ops.associative_scan import associative_scan_op
+
+
+def _discretize(u, delta, A, B, delta_bias):
+    dt = F.softplus(delta + delta_bias[..., None])  # (b, d, l)
+    Bt = B.transpose(1, 2)  # (b, l, n)
+    dA = torch.exp(A[None, :, None, :] * dt[:, :, :, None])  # (b, d, l, n)
+    dBu = dt[:, :, :, None] * Bt[:, None, :, :].float() * u[:, :, :, None].float()  # (b, d, l, n)
+    return dA, dBu
+
+
+def loop_matmul_readout(u, delta, A, B, C, D, z, delta_bias):
+    """transformers' Mamba Python loop (F1)."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    Ct = C.transpose(1, 2)  # (b, l, n)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=u.dtype, device=u.device)
+    ys = []
+    for i in range(u.shape[2]):
+        state = dA[:, :, i] * state + dBu[:, :, i]
+        ys.append(torch.matmul(state.to(u.dtype), Ct[:, i, :].unsqueeze(-1))[:, :, 0])
+    y = torch.stack(ys, dim=-1)
+    y = y + u * D[None, :, None]
+    return y * F.silu(z), state
+
+
+def loop_sum_readout_with_initial_state(u, delta, A, B, C, D, z, delta_bias, h0):
+    """A hand-written loop: (state * C_t).sum(-1) readout, time-major stack, a given initial state (F1)."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = h0
+    ys = []
+    for i in range(u.shape[2]):
+        state = state * dA[:, :, i, :] + dBu[:, :, i, :]
+        ys.append((state * C[:, None, :, i]).sum(-1))
+    y = torch.stack(ys, dim=1).transpose(1, 2)  # (b, d, l)
+    return y, state
+
+
+def loop_nonlinear_update(u, delta, A, B, C, D, z, delta_bias):
+    """Near miss: the update passes through tanh, so it is no linear recurrence."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    ys = []
+    for i in range(u.shape[2]):
+        state = torch.tanh(dA[:, :, i] * state + dBu[:, :, i])
+        ys.append((state * C[:, None, :, i]).sum(-1))
+    return torch.stack(ys, dim=-1), state
+
+
+def loop_steps_out_of_order(u, delta, A, B, C, D, z, delta_bias):
+    """Near miss: the steps walk the sequence backwards."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    ys = []
+    for i in reversed(range(u.shape[2])):
+        state = dA[:, :, i] * state + dBu[:, :, i]
+        ys.append((state * C[:, None, :, i]).sum(-1))
+    return torch.stack(ys, dim=-1), state
+
+
+def loop_state_leaks(u, delta, A, B, C, D, z, delta_bias):
+    """Near miss: an intermediate state is returned too, so the loop cannot become one op."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    ys, first = [], None
+    for i in range(u.shape[2]):
+        state = dA[:, :, i] * state + dBu[:, :, i]
+        first = state if first is None else first
+        ys.append((state * C[:, None, :, i]).sum(-1))
+    return torch.stack(ys, dim=-1) + first.sum(), state
+
+
+def _linear_combine(a_left, b_left, a_right, b_right):
+    return [a_left * a_right, a_right * b_left + b_right]
+
+
+def _not_linear_combine(a_left, b_left, a_right, b_right):
+    return [a_left * a_right, a_right * b_left - b_right]
+
+
+def _associative_scan_form(u, delta, A, B, C, D, z, delta_bias, combine):
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    Ct = C.transpose(1, 2)  # (b, l, n)
+    # What transformers' associative_scan(..., dim=2, combine_mode="pointwise") traces to on CUDA.
+    moved = [torch.movedim(dA, 2, 0), torch.movedim(dBu, 2, 0)]
+    all_states = torch.movedim(associative_scan_op(combine, moved, ())[1], 0, 2)  # (b, d, l, n)
+    y = torch.matmul(all_states.transpose(1, 2).to(u.dtype), Ct.unsqueeze(-1))
+    y = y.squeeze(-1).transpose(1, 2)
+    y = y + u * D[None, :, None]
+    return y * F.silu(z), all_states[:, :, -1]
+
+
+def associative_scan_form(u, delta, A, B, C, D, z, delta_bias):
+    """transformers' Mamba under compile on CUDA since 5.3 (F2)."""
+    return _associative_scan_form(u, delta, A, B, C, D, z, delta_bias, _linear_combine)
+
+
+def associative_scan_other_combine(u, delta, A, B, C, D, z, delta_bias):
+    """Near miss: an associative scan whose combine subtracts."""
+    return _associative_scan_form(u, delta, A, B, C, D, z, delta_bias, _not_linear_combine)
+
+
+def state_update_step(state, x, dt, A, B, C, D, z, dt_bias):
+    """transformers' decode step (F3): state (b, d, n) written in place; x, dt, z: (b, d); B, C: (b, n)."""
+    dt = F.softplus(dt + dt_bias.to(dt.dtype))
+    dA = torch.exp(dt.float()[..., None] * A.float())
+    dBx = dt.float()[..., None] * B.float()[:, None, :] * x.float()[..., None]
+    new_state = state.float() * dA + dBx
+    state.copy_(new_state.to(state.dtype))
+    out = torch.matmul(new_state.to(C.dtype), C.unsqueeze(-1)).squeeze(-1)
+    out = out + x * D
+    return out * F.silu(z)
+
+
+def state_update_not_elementwise(state, x, dt, A, B, C, D, z, dt_bias):
+    """Near miss: the state is mixed across channels (a matmul), not updated elementwise."""
+    dt = F.softplus(dt + dt_bias)
+    dA = torch.exp(dt[..., None] * A)
+    new_state = torch.matmul(state.transpose(1, 2), torch.ones(state.shape[1], state.shape[1])).transpose(1, 2) * dA \
+        + dt[..., None] * B[:, None, :] * x[..., None]
+    state.copy_(new_state)
+    out = (new_state * C[:, None, :]).sum(-1) + x * D
+    return out * F.silu(z)
