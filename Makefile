@@ -1,0 +1,45 @@
+# make demo: set up, then compile a small Mamba with corey and show what it did.
+# make test: set up, then run the test suite (CPU; Triton kernels run in its interpreter).
+#
+# Set-up makes .venv with the Python in $(PYTHON). Where that Python already has
+# torch (a GPU user's own build, say), the venv sees it and keeps it; otherwise
+# it installs torch: the CPU build where no GPU is visible.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CPU_TORCH ?= torch==2.13.0
+LEGACY_TRANSFORMERS ?= transformers==5.2.0
+LEGACY_DIR := $(VENV)/legacy
+
+.PHONY: demo test setup legacy clean
+
+$(BIN)/.ready: pyproject.toml
+	@if $(PYTHON) -c "import torch" >/dev/null 2>&1; then \
+		echo "set-up: keeping the torch of $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	else $(PYTHON) -m venv $(VENV); fi
+	@if ! $(BIN)/python -c "import torch" >/dev/null 2>&1; then \
+		if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+			echo "set-up: GPU visible, installing torch"; $(BIN)/pip install -q torch; \
+		else echo "set-up: no GPU visible, installing the CPU build $(CPU_TORCH)"; $(BIN)/pip install -q "$(CPU_TORCH)"; fi; \
+	fi
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+setup: $(BIN)/.ready
+
+$(LEGACY_DIR)/.ready: $(BIN)/.ready
+	$(BIN)/pip install -q --target $(LEGACY_DIR) "$(LEGACY_TRANSFORMERS)"
+	@touch $@
+
+legacy: $(LEGACY_DIR)/.ready
+
+demo: setup
+	$(BIN)/corey demo
+
+test: setup legacy
+	$(BIN)/python -m pytest -q -m "not legacy_transformers"
+	PYTHONPATH=$(LEGACY_DIR) $(BIN)/python -m pytest -q -m legacy_transformers
+
+clean:
+	rm -rf $(VENV) .pytest_cache
