@@ -1,0 +1,210 @@
+"""Selective-scan forward and decode step, side by side on one GPU, in one run.
+
+Prefill (fp16 and bf16, d=2048, n=16): corey's chunked Triton kernel at each
+candidate chunk size, mamba-ssm's CUDA ``selective_scan`` forward (built from
+its sdist, see peers/), Inductor on the ``associative_scan`` form that
+transformers emits, and the floor: bytes that must move over the copy
+bandwidth measured in this run, and d·n·l exponentials over the exp rate
+measured in this run. Decode: corey's step against mamba-ssm's Triton
+``selective_state_update`` at batch 1, 16 and 64.
+
+Usage: python benchmarks/bench_selective_scan.py --out results.json [--mamba-sdist PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import torch
+import triton
+import triton.language as tl
+from tabulate import tabulate
+
+from corey_compile.codegen.selective_scan.chunk import selective_scan_chunked
+from corey_compile.codegen.selective_scan.naive import selective_scan_naive
+from corey_compile.codegen.selective_scan.step import selective_state_update_triton
+
+DIM, DSTATE = 2048, 16
+PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
+CHUNKS = [16, 32, 64, 128]
+BLOCK_DS = [1, 2, 4, 8]
+DECODE_BATCHES = [1, 16, 64]
+
+
+def bench(fn) -> float:
+    """Median microseconds over many runs (CUDA events)."""
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
+
+
+def make_inputs(batch, seqlen, dtype, device="cuda"):
+    g = torch.Generator(device=device).manual_seed(batch * 7 + seqlen)
+    rand = lambda *s: torch.randn(*s, device=device, generator=g)  # noqa: E731
+    return dict(u=rand(batch, DIM, seqlen).to(dtype), delta=(rand(batch, DIM, seqlen) * 0.5 - 1).to(dtype),
+                A=-torch.exp(rand(DIM, DSTATE) * 0.5), B=rand(batch, DSTATE, seqlen).to(dtype),
+                C=rand(batch, DSTATE, seqlen).to(dtype), D=rand(DIM), z=rand(batch, DIM, seqlen).to(dtype),
+                delta_bias=rand(DIM) * 0.1)
+
+
+def copy_bandwidth() -> float:
+    src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    us = bench(lambda: dst.copy_(src))
+    return 2 * src.numel() / (us * 1e-6)  # bytes read + written per second
+
+
+@triton.jit
+def _exp_rate_kernel(x_ptr, out_ptr, ITERS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for _ in range(ITERS):
+        x = tl.exp2(x * -0.999)
+        acc += x
+    tl.store(out_ptr + offs, acc)
+
+
+def exp_rate() -> float:
+    n, iters = 132 * 2048 * 8, 256
+    x = torch.rand(n, device="cuda")
+    out = torch.empty_like(x)
+    us = bench(lambda: _exp_rate_kernel[(n // 1024,)](x, out, ITERS=iters, BLOCK=1024))
+    return n * iters / (us * 1e-6)
+
+
+def floor_us(batch, seqlen, dtype, bandwidth, exps_per_s):
+    elt = torch.finfo(dtype).bits // 8
+    bytes_moved = elt * batch * seqlen * (DIM * 4 + 2 * DSTATE)  # read u, delta, z, B, C; write out
+    return max(bytes_moved / bandwidth, batch * DIM * DSTATE * seqlen / exps_per_s) * 1e6, bytes_moved
+
+
+def inductor_associative_scan():
+    from torch._higher_order_ops.associative_scan import associative_scan
+
+    def combine(left, right):
+        return left[0] * right[0], right[0] * left[1] + right[1]
+
+    def scan(u, delta, A, B, C, D, z, delta_bias):
+        dt = torch.nn.functional.softplus(delta + delta_bias[..., None])
+        dA = torch.exp(A[None, :, None, :] * dt[..., None])
+        dBu = dt[..., None] * B.transpose(1, 2)[:, None].float() * u[..., None].float()
+        _, states = associative_scan(combine, (dA, dBu), dim=2, combine_mode="pointwise")
+        y = torch.matmul(states.transpose(1, 2).to(u.dtype), C.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+        return (y + u * D[None, :, None]) * torch.nn.functional.silu(z)
+
+    return torch.compile(scan)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--mamba-sdist", default=None)
+    parser.add_argument("--build-dir", default="/tmp/mamba_ssm_build")
+    args = parser.parse_args()
+    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "python": platform.python_version(), "dim": DIM, "dstate": DSTATE, "prefill": [], "decode": [], "notes": []}
+    try:
+        import transformers
+        results["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    mamba_fwd = mamba_step = None
+    if args.mamba_sdist:
+        try:
+            sys.path.insert(0, "benchmarks/peers")
+            from build_mamba_ssm import build
+
+            module, pkg = build(args.mamba_sdist, args.build_dir)
+            mamba_fwd = module.fwd
+            sys.path.insert(0, pkg)
+            from mamba_ssm.ops.triton.selective_state_update import selective_state_update as mamba_step
+            results["mamba_ssm"] = args.mamba_sdist.rsplit("/", 1)[-1]
+        except Exception as exc:  # noqa: BLE001 - the peer is optional; say why it is missing
+            results["notes"].append(f"mamba-ssm peer unavailable: {type(exc).__name__}: {exc}")
+            print(results["notes"][-1], flush=True)
+    bandwidth, exps = copy_bandwidth(), exp_rate()
+    results["copy_bandwidth_TBps"], results["exp_rate_Tps"] = bandwidth / 1e12, exps / 1e12
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s, exp2 rate {exps / 1e12:.2f} T/s", flush=True)
+    inductor_fn = inductor_associative_scan()
+
+    rows = []
+    for dtype in (torch.float16, torch.bfloat16):
+        for batch, seqlen in PREFILL_SHAPES:
+            x = make_inputs(batch, seqlen, dtype)
+            ref, _ = selective_scan_naive(**{k: v.double() for k, v in x.items()}, delta_softplus=True,
+                                          compute_dtype=torch.float64) if seqlen <= 2048 and batch == 1 else (None, None)
+            entry = {"dtype": str(dtype).split(".")[1], "batch": batch, "seqlen": seqlen, "corey": {}}
+            best = (float("inf"), None)
+            for chunk in CHUNKS:
+                for block_d in BLOCK_DS:
+                    if block_d * DSTATE * chunk > 16384:
+                        continue
+                    for warps in (4, 8):
+                        fn = lambda: selective_scan_chunked(**x, delta_softplus=True, chunk_size=chunk,  # noqa: E731
+                                                            block_d=block_d, num_warps=warps)
+                        try:
+                            out, _ = fn()
+                            if ref is not None:
+                                err = ((out.double() - ref).norm() / ref.norm()).item()
+                                if not err < 2e-2:
+                                    raise AssertionError(f"relative error {err:.2e}")
+                            us = bench(fn)
+                        except Exception as exc:  # noqa: BLE001
+                            entry["corey"][f"c{chunk}_bd{block_d}_w{warps}"] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+                            continue
+                        entry["corey"][f"c{chunk}_bd{block_d}_w{warps}"] = us
+                        best = min(best, (us, (chunk, block_d, warps)))
+            entry["corey_best_us"], entry["corey_best_config"] = best
+            per_chunk = {}
+            for key, us in entry["corey"].items():
+                if isinstance(us, float):
+                    chunk = int(key.split("_")[0][1:])
+                    per_chunk[chunk] = min(per_chunk.get(chunk, float("inf")), us)
+            entry["corey_best_by_chunk"] = per_chunk
+            if mamba_fwd is not None:
+                fn = lambda: mamba_fwd(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)  # noqa: E731
+                out = fn()[-1]
+                if ref is not None:
+                    entry["mamba_ssm_rel_err"] = ((out.double() - ref).norm() / ref.norm()).item()
+                entry["mamba_ssm_us"] = bench(fn)
+            try:
+                inductor_fn(**x)
+                entry["inductor_assoc_scan_us"] = bench(lambda: inductor_fn(**x))
+            except Exception as exc:  # noqa: BLE001
+                entry["inductor_assoc_scan_us"] = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
+            entry["floor_us"], entry["bytes"] = floor_us(batch, seqlen, dtype, bandwidth, exps)
+            results["prefill"].append(entry)
+            mamba_us = entry.get("mamba_ssm_us")
+            rows.append([entry["dtype"], batch, seqlen, f"{entry['corey_best_us']:.1f}", str(entry["corey_best_config"]),
+                         " ".join(f"{c}:{v:.0f}" for c, v in sorted(per_chunk.items())),
+                         f"{mamba_us:.1f}" if mamba_us else "-", f"{mamba_us / entry['corey_best_us']:.2f}x" if mamba_us else "-",
+                         entry["inductor_assoc_scan_us"] if isinstance(entry["inductor_assoc_scan_us"], str) else f"{entry['inductor_assoc_scan_us']:.0f}",
+                         f"{entry['floor_us']:.1f}", f"{entry['corey_best_us'] / entry['floor_us']:.1f}x"])
+            print(rows[-1], flush=True)
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
+
+    decode_rows = []
+    for batch in DECODE_BATCHES:
+        g = torch.Generator(device="cuda").manual_seed(batch)
+        r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+        state = r(batch, DIM, DSTATE).half()
+        x, dt, z = (r(batch, DIM).half() for _ in range(3))
+        A, B, C, D, bias = -torch.exp(r(DIM, DSTATE)), r(batch, DSTATE).half(), r(batch, DSTATE).half(), r(DIM), r(DIM)
+        entry = {"batch": batch, "dtype": "float16",
+                 "corey_us": bench(lambda: selective_state_update_triton(state, x, dt, A, B, C, D, z, bias, True))}
+        if mamba_step is not None:
+            entry["mamba_ssm_triton_us"] = bench(lambda: mamba_step(state, x, dt, A, B, C, D, z, bias, True))
+        results["decode"].append(entry)
+        decode_rows.append([batch, f"{entry['corey_us']:.1f}", f"{entry.get('mamba_ssm_triton_us', float('nan')):.1f}"])
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(tabulate(rows, headers=["dtype", "b", "l", "corey µs", "(chunk, block_d, warps)", "corey best per chunk µs",
+                                  "mamba-ssm µs", "speed-up", "inductor µs", "floor µs", "× floor"]))
+    print(tabulate(decode_rows, headers=["decode batch", "corey µs", "mamba-ssm triton µs"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The Triton kernels (run by Triton's interpreter here) against the float64 reference."""
+import pytest
+import torch
+
+from corey_compile.codegen.selective_scan.chunk import selective_scan_chunked
+from corey_compile.codegen.selective_scan.naive import selective_scan_naive, selective_state_update_naive
+from corey_compile.codegen.selective_scan.step import selective_state_update_triton
+from tests.helpers import TOLERANCES
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _inputs(b, d, l, n, groups, dtype, delta_scale):
+    bc_shape = (b, n, l) if groups == 0 else (b, groups, n, l)
+    return dict(
+        u=torch.randn(b, d, l).to(dtype), delta=(torch.randn(b, d, l) * delta_scale).to(dtype),
+        A=-torch.rand(d, n) * 2 - 0.05, B=torch.randn(*bc_shape).to(dtype), C=torch.randn(*bc_shape).to(dtype),
+        D=torch.randn(d), z=torch.randn(b, d, l).to(dtype), delta_bias=torch.randn(d) * 0.5,
+    )
+
+
+def _reference(inputs, use, softplus, h0):
+    args = {k: (v.double() if use.get(k, True) else None) for k, v in inputs.items()}
+    return selective_scan_naive(**args, delta_softplus=softplus, initial_state=None if h0 is None else h0.double(),
+                                compute_dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
+@pytest.mark.parametrize("seqlen", [1, 7, 63, 300])
+@pytest.mark.parametrize("chunk", [16, 64])
+def test_prefill_matches_reference(dtype, seqlen, chunk):
+    inputs = _inputs(2, 5, seqlen, 4, 0, dtype, 1.0)
+    out = torch.full_like(inputs["u"], float("nan"))
+    last = torch.full((2, 5, 4), float("nan"))
+    selective_scan_chunked(**inputs, delta_softplus=True, chunk_size=chunk, out=out, last_state=last)
+    ref_out, ref_last = _reference(inputs, {}, True, None)
+    rtol, atol = TOLERANCES[dtype]
+    assert not out.isnan().any() and not last.isnan().any()
+    torch.testing.assert_close(out.double(), ref_out.double(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(last.double(), ref_last, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("variant", ["plain", "no_D", "no_z", "no_bias", "no_softplus", "groups", "initial_state"])
+def test_prefill_optional_parts(variant):
+    groups = 2 if variant == "groups" else 0
+    inputs = _inputs(2, 6, 37, 3, groups, torch.float32, 1.0)
+    use = {"D": variant != "no_D", "z": variant != "no_z", "delta_bias": variant != "no_bias"}
+    h0 = torch.randn(2, 6, 3) if variant == "initial_state" else None
+    softplus = variant != "no_softplus"
+    if not softplus:
+        inputs["delta"] = inputs["delta"].abs()
+    kwargs = {k: (v if use.get(k, True) else None) for k, v in inputs.items()}
+    out, last = selective_scan_chunked(**kwargs, delta_softplus=softplus, initial_state=h0, chunk_size=16)
+    ref_out, ref_last = _reference(inputs, use, softplus, h0)
+    torch.testing.assert_close(out.double(), ref_out, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last.double(), ref_last, rtol=6e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("delta_scale", [1e-4, 30.0], ids=["tiny_delta", "large_delta"])
+def test_prefill_extreme_deltas(delta_scale):
+    inputs = _inputs(1, 4, 50, 4, 0, torch.float32, 1.0)
+    inputs["delta"] = torch.rand_like(inputs["delta"]) * delta_scale
+    inputs["delta_bias"] = None
+    out, last = selective_scan_chunked(**inputs, delta_softplus=False, chunk_size=16)
+    ref_out, ref_last = _reference({**inputs, "delta_bias": torch.zeros(4)}, {"delta_bias": False}, False, None)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref_out, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last.double(), ref_last, rtol=6e-4, atol=2e-3)
+
+
+def test_prefill_rejects_bad_shapes():
+    inputs = _inputs(1, 4, 8, 4, 0, torch.float32, 1.0)
+    with pytest.raises(ValueError, match="delta must have u's shape"):
+        selective_scan_chunked(**{**inputs, "delta": inputs["delta"][..., :5]})
+    with pytest.raises(ValueError, match="chunk_size must be a power of two"):
+        selective_scan_chunked(**inputs, chunk_size=24)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
+@pytest.mark.parametrize("groups", [0, 2])
+def test_decode_step_matches_reference(dtype, groups):
+    b, d, n = 3, 6, 5
+    bc = (b, n) if groups == 0 else (b, groups, n)
+    state = torch.randn(b, d, n)
+    x, dt, z = (torch.randn(b, d).to(dtype) for _ in range(3))
+    A, B, C, D, bias = -torch.rand(d, n), torch.randn(*bc).to(dtype), torch.randn(*bc).to(dtype), torch.randn(d), torch.randn(d)
+    ref_state = state.double().clone()
+    ref = selective_state_update_naive(ref_state, x.double(), dt.double(), A.double(), B.double(), C.double(), D.double(),
+                                       z.double(), bias.double(), True, compute_dtype=torch.float64)
+    out = torch.full_like(x, float("nan"))
+    selective_state_update_triton(state, x, dt, A, B, C, D, z, bias, True, out=out)
+    rtol, atol = TOLERANCES[dtype]
+    assert not out.isnan().any()
+    torch.testing.assert_close(out.double(), ref.double(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(state.double(), ref_state, rtol=rtol, atol=atol)
+
+
+def test_ops_registered_with_fake_kernels():
+    inputs = _inputs(2, 4, 9, 3, 0, torch.float32, 1.0)
+    torch.library.opcheck(torch.ops.corey.selective_scan.default,
+                          (inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"], inputs["D"], inputs["z"],
+                           inputs["delta_bias"], True, None, 16), test_utils=("test_schema", "test_faketensor"))
+    state = torch.randn(2, 4, 3)
+    torch.library.opcheck(torch.ops.corey.selective_state_update.default,
+                          (state, torch.randn(2, 4), torch.randn(2, 4), -torch.rand(4, 3), torch.randn(2, 3),
+                           torch.randn(2, 3), None, None, None, True), test_utils=("test_schema", "test_faketensor"))

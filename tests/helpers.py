@@ -1,0 +1,37 @@
+"""Helpers shared by the tests: fresh inputs, tolerances, and a backend that keeps the rewritten graph."""
+from __future__ import annotations
+
+import torch
+
+from corey_compile.backend import _copy_graph_module, run_pipeline
+from corey_compile.options import resolve_options
+from corey_compile.report import CompileReport
+
+TOLERANCES = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
+
+
+def scan_inputs(b=2, d=6, l=7, n=4, dtype=torch.float32, delta_scale=1.0):
+    """Fresh random inputs of mamba-ssm's contract; A is negative as in real models."""
+    return dict(
+        u=torch.randn(b, d, l, dtype=dtype), delta=(torch.randn(b, d, l) * delta_scale).to(dtype),
+        A=-torch.rand(d, n) - 0.1, B=torch.randn(b, n, l, dtype=dtype), C=torch.randn(b, n, l, dtype=dtype),
+        D=torch.randn(d), z=torch.randn(b, d, l, dtype=dtype), delta_bias=torch.randn(d) * 0.5,
+    )
+
+
+def compile_capturing(fn, **options):
+    """torch.compile ``fn`` through corey's pipeline, keeping each rewritten graph and its report."""
+    captured = []
+
+    def backend(gm, example_inputs):
+        report = CompileReport()
+        rewritten = run_pipeline(_copy_graph_module(gm), resolve_options(options), report)
+        captured.append((rewritten, report))
+        return rewritten.forward
+
+    return torch.compile(fn, backend=backend), captured
+
+
+def targets(gm) -> list:
+    """Every call_function/call_method target of a graph, as strings."""
+    return [str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method")]

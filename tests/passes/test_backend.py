@@ -1,0 +1,79 @@
+"""The backend's contract: options, fallback on a failing pass, graphs without a scan, the report."""
+import json
+import warnings
+
+import pytest
+import torch
+
+import corey_compile
+from corey_compile import passes
+from tests import scan_forms as forms
+from tests.helpers import scan_inputs
+
+
+def test_backend_name_resolves_without_import_side_channel():
+    from torch._dynamo.backends.registry import lookup_backend
+
+    assert lookup_backend("corey") is corey_compile.corey_backend
+
+
+def test_unknown_option_is_a_clear_error():
+    fn = torch.compile(forms.loop_matmul_readout, backend="corey", options={"chunk": 32})
+    with pytest.raises(Exception, match="unknown corey option.*valid options are"):
+        fn(**scan_inputs(l=3))
+
+
+def test_bad_option_value_names_the_valid_ones():
+    fn = torch.compile(forms.loop_matmul_readout, backend="corey", options={"inner_compiler": "tvm"})
+    with pytest.raises(Exception, match="valid values are \\('inductor', 'eager'\\)"):
+        fn(**scan_inputs(l=3))
+
+
+def _broken_pass(gm, ctx):
+    raise RuntimeError("planted failure")
+
+
+def test_failing_pass_falls_back_to_the_model_graph(monkeypatch):
+    monkeypatch.setattr(passes, "PIPELINE", passes.PIPELINE + (("broken", _broken_pass, None),))
+    inputs = scan_inputs(l=5)
+    fn = torch.compile(forms.loop_matmul_readout, backend="corey", options={"inner_compiler": "eager"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out, last = fn(**inputs)
+    ref_out, ref_last = forms.loop_matmul_readout(**inputs)
+    assert torch.equal(out, ref_out) and torch.equal(last, ref_last)
+    assert any("corey pass broken failed" in str(w.message) for w in caught)
+    report = corey_compile.last_report()
+    assert report.fell_back and "planted failure" in report.fallback_reason and report.regions == []
+
+
+def test_strict_reraises(monkeypatch):
+    monkeypatch.setattr(passes, "PIPELINE", passes.PIPELINE + (("broken", _broken_pass, None),))
+    fn = torch.compile(forms.loop_matmul_readout, backend="corey", options={"strict": True})
+    with pytest.raises(Exception, match="planted failure"):
+        fn(**scan_inputs(l=3))
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+def test_model_without_ssm_runs_unchanged(inner):
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        ref = model(x)
+        out = torch.compile(model, backend="corey", options={"inner_compiler": inner})(x)
+    torch.testing.assert_close(out, ref)
+    report = corey_compile.last_report()
+    assert report.regions == [] and report.declined == [] and not report.fell_back
+
+
+def test_report_is_json_and_lists_the_pipeline():
+    torch.compile(forms.loop_matmul_readout, backend="corey", options={"inner_compiler": "eager"})(**scan_inputs(l=4))
+    data = json.loads(corey_compile.last_report().to_json())
+    assert data["pipeline"] == ["match_unrolled_recurrence", "match_associative_scan", "match_state_update", "plan_chunks"]
+    assert data["regions"][0]["form"] == "F1 unrolled recurrence" and data["regions"][0]["chunk_size"] == 16
+
+
+def test_match_forms_option_disables_a_matcher():
+    fn = torch.compile(forms.loop_matmul_readout, backend="corey", options={"match_forms": ["F2"], "inner_compiler": "eager"})
+    fn(**scan_inputs(l=4))
+    assert corey_compile.last_report().regions == []

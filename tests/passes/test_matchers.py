@@ -1,0 +1,104 @@
+"""The matchers on hand-written scan forms: numerics, match counts, and what the graph became."""
+import pytest
+import torch
+
+import corey_compile
+from tests import scan_forms as forms
+from tests.helpers import compile_capturing, scan_inputs, targets
+
+SCAN_OP = "corey.selective_scan.default"
+STEP_OP = "corey.selective_state_update.default"
+
+
+@pytest.mark.parametrize("seqlen", [1, 7, 63])
+@pytest.mark.parametrize("form", ["loop_matmul_readout", "associative_scan_form"])
+def test_prefill_forms_become_one_op(form, seqlen):
+    fn = getattr(forms, form)
+    inputs = scan_inputs(l=seqlen)
+    compiled, captured = compile_capturing(fn)
+    out, last = compiled(**inputs)
+    ref_out, ref_last = fn(**inputs)
+    torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last, ref_last, rtol=6e-4, atol=2e-3)
+    (gm, report), = captured
+    assert [r.form[:2] for r in report.regions] == [form == "loop_matmul_readout" and "F1" or "F2"]
+    assert report.regions[0].absorbed == ["delta_bias", "softplus", "D", "z"]
+    ops = targets(gm)
+    assert ops.count(SCAN_OP) == 1
+    for gone in ("associative_scan", "<built-in method stack", "<built-in method exp", "silu", "softplus"):
+        assert not any(gone in t for t in ops), f"{gone} is still in the graph: {ops}"
+
+
+def test_loop_with_initial_state_and_sum_readout():
+    inputs = scan_inputs(l=9)
+    h0 = torch.randn(2, 6, 4)
+    compiled, captured = compile_capturing(forms.loop_sum_readout_with_initial_state)
+    out, last = compiled(**inputs, h0=h0)
+    ref_out, ref_last = forms.loop_sum_readout_with_initial_state(**inputs, h0=h0)
+    torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last, ref_last, rtol=6e-4, atol=2e-3)
+    (gm, report), = captured
+    assert [r.absorbed for r in report.regions] == [["delta_bias", "softplus", "initial_state"]]
+    assert targets(gm).count(SCAN_OP) == 1
+
+
+def test_state_update_becomes_one_op_that_writes_the_state():
+    b, d, n = 3, 6, 4
+    args = dict(x=torch.randn(b, d), dt=torch.randn(b, d), A=-torch.rand(d, n), B=torch.randn(b, n), C=torch.randn(b, n),
+                D=torch.randn(d), z=torch.randn(b, d), dt_bias=torch.randn(d))
+    state = torch.randn(b, d, n)
+    ref_state = state.clone()
+    compiled, captured = compile_capturing(forms.state_update_step)
+    out = compiled(state, **args)
+    ref = forms.state_update_step(ref_state, **args)
+    torch.testing.assert_close(out, ref, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(state, ref_state, rtol=6e-4, atol=2e-3)
+    (gm, report), = captured
+    assert [r.form for r in report.regions] == ["F3 state update"]
+    ops = targets(gm)
+    assert ops.count(STEP_OP) == 1 and "copy_" not in ops
+
+
+@pytest.mark.parametrize("near_miss, reason", [
+    ("loop_nonlinear_update", "not decay\\*prev \\+ drive"),
+    ("loop_steps_out_of_order", "step 0"),
+    ("loop_state_leaks", "also used by"),
+    ("associative_scan_other_combine", "not the linear recurrence"),
+])
+def test_near_misses_stay_unmatched(near_miss, reason):
+    fn = getattr(forms, near_miss)
+    inputs = scan_inputs(l=6)
+    compiled, captured = compile_capturing(fn)
+    out, last = compiled(**inputs)
+    ref_out, ref_last = fn(**inputs)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(last, ref_last)
+    (gm, report), = captured
+    assert report.regions == []
+    assert len(report.declined) == 1
+    assert __import__("re").search(reason, report.declined[0].reason), report.declined[0].reason
+    assert SCAN_OP not in targets(gm)
+
+
+def test_state_update_near_miss_stays_unmatched():
+    b, d, n = 2, 5, 3
+    args = dict(x=torch.randn(b, d), dt=torch.randn(b, d), A=-torch.rand(d, n), B=torch.randn(b, n), C=torch.randn(b, n),
+                D=torch.randn(d), z=torch.randn(b, d), dt_bias=torch.randn(d))
+    state = torch.randn(b, d, n)
+    ref_state = state.clone()
+    compiled, captured = compile_capturing(forms.state_update_not_elementwise)
+    out = compiled(state, **args)
+    ref = forms.state_update_not_elementwise(ref_state, **args)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(state, ref_state)
+    (gm, report), = captured
+    assert report.regions == [] and "state*decay + drive" in report.declined[0].reason
+    assert STEP_OP not in targets(gm)
+
+
+def test_chunk_policy_sets_the_op_argument():
+    compiled, captured = compile_capturing(forms.loop_matmul_readout, chunk_policy="fixed", chunk_size=8)
+    compiled(**scan_inputs(l=5))
+    (gm, report), = captured
+    scan = next(n for n in gm.graph.nodes if str(n.target) == SCAN_OP)
+    assert scan.args[10] == 8 and report.regions[0].chunk_size == 8
