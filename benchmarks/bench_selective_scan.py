@@ -164,7 +164,7 @@ def main():
                     per_chunk[chunk] = min(per_chunk.get(chunk, float("inf")), us)
             entry["corey_best_by_chunk"] = per_chunk
             if mamba_fwd is not None:
-                fn = lambda: mamba_fwd(x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)  # noqa: E731
+                fn = lambda: mamba_fwd(x["u"], x["delta"], x["A"], x["B"][:, None], x["C"][:, None], x["D"], x["z"], x["delta_bias"], True)  # noqa: E731
                 out = fn()[-1]
                 if ref is not None:
                     entry["mamba_ssm_rel_err"] = ((out.double() - ref).norm() / ref.norm()).item()

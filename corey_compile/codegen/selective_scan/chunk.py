@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-SOFTPLUS_THRESHOLD = 20.0
+LOG2E = tl.constexpr(1.4426950408889634)
+SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
 
 
 @triton.jit
