@@ -19,6 +19,14 @@ def scan_inputs(b=2, d=6, l=7, n=4, dtype=torch.float32, delta_scale=1.0):
     )
 
 
+def step_inputs(b=3, d=6, n=4):
+    """Fresh random inputs of one decode step: state (b, d, n) and the step's tensors."""
+    return torch.randn(b, d, n), dict(
+        x=torch.randn(b, d), dt=torch.randn(b, d), A=-torch.rand(d, n), B=torch.randn(b, n), C=torch.randn(b, n),
+        D=torch.randn(d), z=torch.randn(b, d), dt_bias=torch.randn(d),
+    )
+
+
 def compile_capturing(fn, **options):
     """torch.compile ``fn`` through corey's pipeline, keeping each rewritten graph and its report."""
     captured = []

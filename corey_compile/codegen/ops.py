@@ -15,8 +15,8 @@ import torch
 from .selective_scan.naive import selective_scan_naive, selective_state_update_naive
 
 try:
-    from .selective_scan.chunk import check_scan_args, selective_scan_chunked
-    from .selective_scan.step import check_step_args, selective_state_update_triton
+    from .selective_scan.chunk import selective_scan_chunked
+    from .selective_scan.step import selective_state_update_triton
 
     TRITON_AVAILABLE = True
 except ImportError:  # triton is not installed: CPU users keep the torch path

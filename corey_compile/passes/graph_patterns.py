@@ -439,12 +439,6 @@ def follow_views(node: fx.Node, labels: list) -> tuple:
         node = user
 
 
-def first_position(nodes) -> dict:
-    """Position of every node of the graph that holds ``nodes``, for ordering checks."""
-    graph = next(iter(nodes)).graph
-    return {n: i for i, n in enumerate(graph.nodes)}
-
-
 def erase_dead(graph: fx.Graph, roots) -> int:
     """Erase nodes left without users, walking from ``roots`` to their inputs.
 

@@ -4,7 +4,7 @@ import torch
 
 import corey_compile
 from tests import scan_forms as forms
-from tests.helpers import compile_capturing, scan_inputs, targets
+from tests.helpers import compile_capturing, scan_inputs, step_inputs, targets
 
 SCAN_OP = "corey.selective_scan.default"
 STEP_OP = "corey.selective_state_update.default"
@@ -43,10 +43,7 @@ def test_loop_with_initial_state_and_sum_readout():
 
 
 def test_state_update_becomes_one_op_that_writes_the_state():
-    b, d, n = 3, 6, 4
-    args = dict(x=torch.randn(b, d), dt=torch.randn(b, d), A=-torch.rand(d, n), B=torch.randn(b, n), C=torch.randn(b, n),
-                D=torch.randn(d), z=torch.randn(b, d), dt_bias=torch.randn(d))
-    state = torch.randn(b, d, n)
+    state, args = step_inputs(3, 6, 4)
     ref_state = state.clone()
     compiled, captured = compile_capturing(forms.state_update_step)
     out = compiled(state, **args)
@@ -81,10 +78,7 @@ def test_near_misses_stay_unmatched(near_miss, reason):
 
 
 def test_state_update_near_miss_stays_unmatched():
-    b, d, n = 2, 5, 3
-    args = dict(x=torch.randn(b, d), dt=torch.randn(b, d), A=-torch.rand(d, n), B=torch.randn(b, n), C=torch.randn(b, n),
-                D=torch.randn(d), z=torch.randn(b, d), dt_bias=torch.randn(d))
-    state = torch.randn(b, d, n)
+    state, args = step_inputs(2, 5, 3)
     ref_state = state.clone()
     compiled, captured = compile_capturing(forms.state_update_not_elementwise)
     out = compiled(state, **args)
