@@ -1,12 +1,17 @@
 """Chunked Triton selective scan (prefill).
 
 One program owns ``BLOCK_D`` channels of one batch row and walks the sequence
-``CHUNK`` steps at a time. Inside a chunk the recurrence
-``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` is solved with a parallel
-``tl.associative_scan`` over the chunk axis; the state carried between chunks
-lives in registers. Only ``u, delta, z, B, C`` are read and ``out`` written:
-nothing of shape ``(b, d, l, n)`` touches memory. The derivation is in
-``README.md`` beside this file.
+``CHUNK`` steps at a time. A chunk is held as ``(BLOCK_D, CHUNK)`` tiles whose
+time axis is split across the lanes of a warp, each lane holding a few
+consecutive steps; the state dimension is walked one index at a time
+(``DSTATE`` is unrolled), so that the readout ``y = sum_n C_n h_n`` stays a
+running sum in registers and never needs a reduction across lanes. For each
+state index the recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``
+is one ``tl.associative_scan`` along the chunk, with the state carried in
+from the previous chunk folded into the first step. The carries live in
+registers as a tuple of ``DSTATE`` vectors of shape ``(BLOCK_D,)``. Only ``u, delta, z,
+B, C`` are read and ``out`` written: nothing of shape ``(b, d, l, n)`` touches
+memory. The derivation is in ``docs/ARCHITECTURE.md``.
 """
 from __future__ import annotations
 
@@ -25,11 +30,64 @@ def _linear_recurrence_combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
+def _scan_chunk(
+    u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
+    start, seqlen, mask_d, steps,
+    stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
+    stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, MASK_L: tl.constexpr,
+):
+    """Steps ``start .. start + CHUNK`` of one block of channels.
+
+    ``h`` is the carried state as a tuple of ``DSTATE`` vectors of shape (BLOCK_D,), one per state
+    index, so that picking one out costs nothing; returns the tuple after the chunk.
+    """
+    offs_l = start + steps
+    if MASK_L:
+        mask_dl = mask_d[:, None] & (offs_l < seqlen)[None, :]
+    else:
+        mask_dl = mask_d[:, None] & (steps >= 0)[None, :]
+    u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_dl, other=0.0).to(tl.float32)  # (BLOCK_D, CHUNK)
+    dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_dl, other=0.0).to(tl.float32)
+    if HAS_DELTA_BIAS:
+        dt += delta_bias[:, None]
+    if DELTA_SOFTPLUS:
+        dt = tl.where(dt <= SOFTPLUS_THRESHOLD, tl.log(1.0 + tl.exp(dt)), dt)
+    if MASK_L:
+        dt = tl.where(mask_dl, dt, 0.0)  # steps past the end leave the state unchanged
+    dtu = dt * u
+    if HAS_D:
+        y = u * D[:, None]
+    else:
+        y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+
+    h_out = ()
+    for n in tl.static_range(DSTATE):
+        # exp(delta A) is evaluated as exp2(delta (A log2 e)).
+        A_n = tl.load(A_rows + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E  # (BLOCK_D,)
+        B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_dl, other=0.0).to(tl.float32)
+        C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_dl, other=0.0).to(tl.float32)
+        decay = tl.exp2(dt * A_n[:, None])  # (BLOCK_D, CHUNK)
+        drive = dtu * B_n
+        drive = tl.where(steps[None, :] == 0, drive + decay * h[n][:, None], drive)  # the carry enters at step 0
+        _, states = tl.associative_scan((decay, drive), axis=1, combine_fn=_linear_recurrence_combine)
+        y += states * C_n
+        h_out = h_out + (tl.sum(tl.where(steps[None, :] == CHUNK - 1, states, 0.0), axis=1),)  # (BLOCK_D,)
+
+    if HAS_Z:
+        z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=0.0).to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(out_rows + offs_l[None, :] * stride_out_l, y.to(out_rows.dtype.element_ty), mask=mask_dl)
+    return h_out
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     # pointers
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, h0_ptr, out_ptr, h_last_ptr,
     # sizes
-    seqlen, dim, dstate, dim_per_group,
+    seqlen, dim, dim_per_group,
     # strides
     stride_u_b, stride_u_d, stride_u_l,
     stride_dt_b, stride_dt_d, stride_dt_l,
@@ -43,75 +101,55 @@ def _selective_scan_fwd_kernel(
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
+    steps = tl.arange(0, CHUNK)
     mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
     group = (pid_d * BLOCK_D) // dim_per_group  # the launcher keeps a block inside one group
 
-    # exp(delta A) is evaluated as exp2(delta (A log2 e)).
-    A_log2 = tl.load(A_ptr + offs_d[:, None] * stride_A_d + offs_n[None, :] * stride_A_n,
-                     mask=mask_dn, other=0.0).to(tl.float32) * LOG2E  # (BLOCK_D, BLOCK_N)
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_DELTA_BIAS:
-        delta_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * stride_h0_b + offs_d[:, None] * stride_h0_d + offs_n[None, :] * stride_h0_n,
-                    mask=mask_dn, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    D = tl.load(D_ptr + offs_d, mask=mask_d & HAS_D, other=0.0).to(tl.float32)  # (BLOCK_D,)
+    delta_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d & HAS_DELTA_BIAS, other=0.0).to(tl.float32)
+    h = ()  # DSTATE vectors (BLOCK_D,): the state carried between chunks
+    for n in tl.static_range(DSTATE):
+        h = h + (tl.load(h0_ptr + pid_b * stride_h0_b + offs_d * stride_h0_d + n * stride_h0_n,
+                         mask=mask_d & HAS_H0, other=0.0).to(tl.float32),)
 
     u_rows = u_ptr + pid_b * stride_u_b + offs_d[:, None] * stride_u_d
     dt_rows = delta_ptr + pid_b * stride_dt_b + offs_d[:, None] * stride_dt_d
     z_rows = z_ptr + pid_b * stride_z_b + offs_d[:, None] * stride_z_d
     out_rows = out_ptr + pid_b * stride_out_b + offs_d[:, None] * stride_out_d
-    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n[:, None] * stride_B_n
-    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n[:, None] * stride_C_n
-    is_chunk_end = tl.arange(0, CHUNK) == CHUNK - 1
+    A_rows = A_ptr + offs_d * stride_A_d
+    # B and C are read as full (BLOCK_D, CHUNK) tiles with a zero channel stride, so that they
+    # take the layout of u and delta and need no shuffle to meet them.
+    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + 0 * offs_d[:, None]
+    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + 0 * offs_d[:, None]
 
-    for start in range(0, seqlen, CHUNK):
-        offs_l = start + tl.arange(0, CHUNK)
-        mask_l = offs_l < seqlen
-        mask_dl = mask_d[:, None] & mask_l[None, :]
-        mask_nl = mask_n[:, None] & mask_l[None, :]
-        u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_dl, other=0.0).to(tl.float32)  # (BLOCK_D, CHUNK)
-        dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_dl, other=0.0).to(tl.float32)
-        if HAS_DELTA_BIAS:
-            dt += delta_bias[:, None]
-        if DELTA_SOFTPLUS:
-            dt = tl.where(dt <= SOFTPLUS_THRESHOLD, tl.log(1.0 + tl.exp(dt)), dt)
-        dt = tl.where(mask_dl, dt, 0.0)  # steps past the end leave the state unchanged
-        B = tl.load(B_rows + offs_l[None, :] * stride_B_l, mask=mask_nl, other=0.0).to(tl.float32)  # (BLOCK_N, CHUNK)
-        C = tl.load(C_rows + offs_l[None, :] * stride_C_l, mask=mask_nl, other=0.0).to(tl.float32)
+    # Whole chunks need no bounds on the sequence; the tail chunk, if any, is masked.
+    num_whole = seqlen // CHUNK
+    for chunk in range(0, num_whole):
+        h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
+                        chunk * CHUNK, seqlen, mask_d, steps,
+                        stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
+                        stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=False)
+    if num_whole * CHUNK < seqlen:
+        h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
+                        num_whole * CHUNK, seqlen, mask_d, steps,
+                        stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
+                        stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=True)
 
-        decay = tl.exp2(dt[:, None, :] * A_log2[:, :, None])  # (BLOCK_D, BLOCK_N, CHUNK)
-        drive = (dt * u)[:, None, :] * B[None, :, :]  # (BLOCK_D, BLOCK_N, CHUNK)
-        decay_prefix, drive_prefix = tl.associative_scan((decay, drive), axis=2, combine_fn=_linear_recurrence_combine)
-        states = decay_prefix * h[:, :, None] + drive_prefix  # (BLOCK_D, BLOCK_N, CHUNK)
-        y = tl.sum(states * C[None, :, :], axis=1)  # (BLOCK_D, CHUNK)
-        h = tl.sum(tl.where(is_chunk_end[None, None, :], states, 0.0), axis=2)
-
-        if HAS_D:
-            y += u * D[:, None]
-        if HAS_Z:
-            z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=0.0).to(tl.float32)
-            y *= z * tl.sigmoid(z)
-        tl.store(out_rows + offs_l[None, :] * stride_out_l, y.to(out_ptr.dtype.element_ty), mask=mask_dl)
-
-    tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d[:, None] * stride_hl_d + offs_n[None, :] * stride_hl_n,
-             h, mask=mask_dn)
+    for n in tl.static_range(DSTATE):
+        tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d * stride_hl_d + n * stride_hl_n, h[n], mask=mask_d)
 
 
-def default_block_d(chunk: int, block_n: int, dim: int) -> int:
-    """Channels per program: keep one (BLOCK_D, BLOCK_N, CHUNK) tile near 4096 elements."""
-    budget = max(1, 4096 // (chunk * block_n))
-    return min(1 << (budget.bit_length() - 1), triton.next_power_of_2(dim), 64)
+def default_launch(chunk: int, dim: int) -> tuple[int, int]:
+    """(block_d, num_warps): a (BLOCK_D, CHUNK) tile of 256 elements on one warp, 8 steps per lane."""
+    block_d = max(1, min(256 // chunk, triton.next_power_of_2(dim)))
+    return block_d, max(1, block_d * chunk // 256)
 
 
 def check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[int, int, int, int, int]:
@@ -164,7 +202,7 @@ def selective_scan_chunked(
     initial_state: torch.Tensor | None = None,
     chunk_size: int = 64,
     block_d: int | None = None,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,9 +219,9 @@ def selective_scan_chunked(
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     dim_per_group = dim // groups
-    block_n = max(2, triton.next_power_of_2(dstate))
-    if block_d is None:
-        block_d = default_block_d(chunk_size, block_n, dim)
+    default_block_d, default_warps = default_launch(chunk_size, dim)
+    block_d = block_d or default_block_d
+    num_warps = num_warps or default_warps
     if groups > 1:
         block_d = min(block_d, dim_per_group & -dim_per_group)  # largest power of two dividing d/g
     if out is None:
@@ -195,11 +233,11 @@ def selective_scan_chunked(
     grid = (triton.cdiv(dim, block_d), batch)
     _selective_scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0, out, last_state,
-        seqlen, dim, dstate, dim_per_group,
+        seqlen, dim, dim_per_group,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
         *h0.stride(), *last_state.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-        BLOCK_D=block_d, BLOCK_N=block_n, CHUNK=chunk_size, num_warps=num_warps,
+        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, num_warps=num_warps,
     )
     return out, last_state
