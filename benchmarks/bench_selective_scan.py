@@ -30,9 +30,10 @@ from corey_compile.codegen.selective_scan.step import selective_state_update_tri
 
 DIM, DSTATE = 2048, 16
 PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
-# (chunk, block_d, num_warps): each lane holds block_d * chunk / (32 * num_warps) steps of its tile.
-CONFIGS = [(16, 8, 1), (16, 16, 1), (32, 4, 1), (32, 8, 1), (32, 16, 2), (32, 16, 1), (64, 2, 1), (64, 4, 1),
-           (64, 8, 2), (64, 8, 1), (128, 1, 1), (128, 2, 1), (128, 4, 2), (128, 4, 1), (256, 1, 1), (256, 2, 2)]
+# (chunk, block_d, num_warps, shared_bc_row, maxnreg): a lane holds 8 steps of one or two channels.
+CONFIGS = [(16, 16, 1, False, None), (16, 16, 1, False, 128), (16, 32, 1, True, None), (16, 32, 1, True, 168),
+           (32, 8, 1, False, None), (64, 4, 1, False, None), (64, 8, 2, False, None), (128, 2, 1, False, None),
+           (128, 2, 1, False, 128), (128, 4, 2, False, None), (256, 1, 1, False, None), (256, 2, 2, False, None)]
 TOP_CONFIGS_REPEATED = 3  # the fastest fp16 configs are re-timed with CUDA graphs and run in bf16
 DECODE_BATCHES = [1, 16, 64]
 
@@ -40,6 +41,11 @@ DECODE_BATCHES = [1, 16, 64]
 def bench(fn) -> float:
     """Median microseconds over many runs (CUDA events around launches from Python)."""
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
+
+
+def config_key(config) -> str:
+    chunk, block_d, warps, shared, maxnreg = config
+    return f"c{chunk}_bd{block_d}_w{warps}" + ("_shared" if shared else "") + (f"_r{maxnreg}" if maxnreg else "")
 
 
 def bench_graph(fn) -> float:
@@ -147,10 +153,11 @@ def main():
             entry = {"dtype": str(dtype).split(".")[1], "batch": batch, "seqlen": seqlen, "corey": {}}
             configs = CONFIGS if dtype == torch.float16 else top_configs[(batch, seqlen)]
             timed = []
-            for chunk, block_d, warps in configs:
-                key = f"c{chunk}_bd{block_d}_w{warps}"
-                fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk,
-                                       block_d=block_d, num_warps=warps)
+            for config in configs:
+                chunk, block_d, warps, shared, maxnreg = config
+                key = config_key(config)
+                fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk, block_d=block_d,
+                                       num_warps=warps, shared_bc_row=shared, maxnreg=maxnreg)
                 try:
                     out, _ = fn()
                     if ref is not None:
@@ -158,17 +165,17 @@ def main():
                         if not err < 2e-2:
                             raise AssertionError(f"relative error {err:.2e}")
                     entry["corey"][key] = {"launch_us": bench(fn)}
-                    timed.append((entry["corey"][key]["launch_us"], (chunk, block_d, warps), fn))
+                    timed.append((entry["corey"][key]["launch_us"], config, fn))
                 except Exception as exc:  # noqa: BLE001
                     entry["corey"][key] = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
             timed.sort(key=lambda t: t[0])
             if dtype == torch.float16:
                 top_configs[(batch, seqlen)] = [cfg for _, cfg, _ in timed[:TOP_CONFIGS_REPEATED]]
             best = (float("inf"), None)
-            for _, (chunk, block_d, warps), fn in timed[:TOP_CONFIGS_REPEATED]:
+            for _, config, fn in timed[:TOP_CONFIGS_REPEATED]:
                 us = bench_graph(fn)
-                entry["corey"][f"c{chunk}_bd{block_d}_w{warps}"]["graph_us"] = us
-                best = min(best, (us, (chunk, block_d, warps)))
+                entry["corey"][config_key(config)]["graph_us"] = us
+                best = min(best, (us, config_key(config)))
             entry["corey_best_graph_us"], entry["corey_best_config"] = best
             entry["corey_best_launch_us"] = timed[0][0] if timed else None
             per_chunk = {}
@@ -222,7 +229,7 @@ def main():
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print("Prefill. graph: CUDA-graph replay (device time); launch: launched from Python each call.")
-    print(tabulate(rows, headers=["dtype", "b", "l", "corey graph µs", "corey launch µs", "(chunk, block_d, warps)",
+    print(tabulate(rows, headers=["dtype", "b", "l", "corey graph µs", "corey launch µs", "best launch shape",
                                   "corey launch µs by chunk", "mamba-ssm graph µs", "speed-up", "inductor µs",
                                   "floor µs", "× floor"]))
     print(tabulate(decode_rows, headers=["decode batch", "corey graph µs", "mamba-ssm triton graph µs",

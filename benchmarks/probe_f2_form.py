@@ -37,3 +37,23 @@ print("targets seen per graph:", seen)
 report = corey_compile.last_report()
 print("max diff", (out - ref).abs().max().item(), "regions", [(r.form, r.chunk_size) for r in report.regions],
       "declined", report.declined)
+
+
+@torch.compile(backend="eager", fullgraph=True)
+def dynamo_flags(x):
+    return x + (1 if mm.is_torchdynamo_compiling() else 0) + (10 if mm.is_torchdynamo_exporting() else 0)
+
+
+print("compiling + 10*exporting, as Dynamo sees them:", dynamo_flags(torch.zeros(1, device="cuda")).item())
+print("is_torch_greater_or_equal('2.9.0'):", mm.is_torch_greater_or_equal("2.9.0"))
+b, d, l, n = 2, 8, 9, 4
+args = [torch.randn(b, d, l, device="cuda"), torch.randn(b, d, l, device="cuda"), -torch.rand(d, n, device="cuda"),
+        torch.randn(b, n, l, device="cuda"), torch.randn(b, n, l, device="cuda")]
+for fullgraph in (False, True):
+    seen.clear()
+    try:
+        fn = torch.compile(lambda *a: mm.mamba_selective_scan(*a, use_associative_scan=True), backend=spy, fullgraph=fullgraph)
+        fn(*args)
+        print(f"direct call, fullgraph={fullgraph}: targets", seen)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: show why
+        print(f"direct call, fullgraph={fullgraph}: {type(exc).__name__}: {str(exc)[:1500]}")
