@@ -24,16 +24,15 @@ import triton
 import triton.language as tl
 from tabulate import tabulate
 
-from corey_compile.codegen.selective_scan.chunk import selective_scan_chunked
+from corey_compile.codegen.selective_scan.chunk import preferred_chunk, selective_scan_chunked
 from corey_compile.codegen.selective_scan.naive import selective_scan_naive
 from corey_compile.codegen.selective_scan.step import selective_state_update_triton
 
 DIM, DSTATE = 2048, 16
 PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
-# (chunk, block_d, num_warps, shared_bc_row, maxnreg): a lane holds 8 steps of one or two channels.
-CONFIGS = [(16, 16, 1, False, None), (16, 16, 1, False, 128), (16, 32, 1, True, None), (16, 32, 1, True, 168),
-           (32, 8, 1, False, None), (64, 4, 1, False, None), (64, 8, 2, False, None), (128, 2, 1, False, None),
-           (128, 2, 1, False, 128), (128, 4, 2, False, None), (256, 1, 1, False, None), (256, 2, 2, False, None)]
+# (chunk, block_d, num_warps); None: the shape corey picks itself (preferred_chunk, default_launch).
+CONFIGS = [None, (16, 16, 1), (16, 8, 1), (32, 8, 1), (64, 4, 1), (64, 8, 2), (128, 2, 1), (128, 4, 2), (256, 1, 1),
+           (256, 2, 2)]
 TOP_CONFIGS_REPEATED = 3  # the fastest fp16 configs are re-timed with CUDA graphs and run in bf16
 DECODE_BATCHES = [1, 16, 64]
 
@@ -44,8 +43,7 @@ def bench(fn) -> float:
 
 
 def config_key(config) -> str:
-    chunk, block_d, warps, shared, maxnreg = config
-    return f"c{chunk}_bd{block_d}_w{warps}" + ("_shared" if shared else "") + (f"_r{maxnreg}" if maxnreg else "")
+    return "default" if config is None else "c{}_bd{}_w{}".format(*config)
 
 
 def bench_graph(fn) -> float:
@@ -151,13 +149,18 @@ def main():
             ref, _ = selective_scan_naive(**{k: v.double() for k, v in x.items()}, delta_softplus=True,
                                           compute_dtype=torch.float64) if seqlen <= 2048 and batch == 1 else (None, None)
             entry = {"dtype": str(dtype).split(".")[1], "batch": batch, "seqlen": seqlen, "corey": {}}
-            configs = CONFIGS if dtype == torch.float16 else top_configs[(batch, seqlen)]
+            configs = CONFIGS if dtype == torch.float16 else [None] + [c for c in top_configs[(batch, seqlen)] if c]
             timed = []
             for config in configs:
-                chunk, block_d, warps, shared, maxnreg = config
                 key = config_key(config)
-                fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk, block_d=block_d,
-                                       num_warps=warps, shared_bc_row=shared, maxnreg=maxnreg)
+                if config is None:  # what the op does by itself
+                    chunk = preferred_chunk(batch, DIM, seqlen, torch.cuda.get_device_properties(0).multi_processor_count)
+                    fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk)
+                    entry["default_chunk"] = chunk
+                else:
+                    chunk, block_d, warps = config
+                    fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk,
+                                           block_d=block_d, num_warps=warps)
                 try:
                     out, _ = fn()
                     if ref is not None:
@@ -177,10 +180,14 @@ def main():
                 entry["corey"][config_key(config)]["graph_us"] = us
                 best = min(best, (us, config_key(config)))
             entry["corey_best_graph_us"], entry["corey_best_config"] = best
+            default = next((fn for _, config, fn in timed if config is None), None)
+            if default is not None and "graph_us" not in entry["corey"]["default"]:
+                entry["corey"]["default"]["graph_us"] = bench_graph(default)
+            default_us = entry["corey"]["default"]["graph_us"] if default is not None else float("nan")
             entry["corey_best_launch_us"] = timed[0][0] if timed else None
             per_chunk = {}
             for key, t in entry["corey"].items():
-                if isinstance(t, dict):
+                if isinstance(t, dict) and key != "default":
                     chunk = int(key.split("_")[0][1:])
                     per_chunk[chunk] = min(per_chunk.get(chunk, float("inf")), t["launch_us"])
             entry["corey_best_launch_by_chunk"] = per_chunk
@@ -201,7 +208,8 @@ def main():
             mamba_us = entry.get("mamba_ssm_graph_us")
             corey_us = entry["corey_best_graph_us"]
             inductor = entry["inductor_assoc_scan_us"]
-            rows.append([entry["dtype"], batch, seqlen, f"{corey_us:.1f}", f"{entry['corey_best_launch_us']:.1f}",
+            rows.append([entry["dtype"], batch, seqlen, f"{default_us:.1f} (c{entry.get('default_chunk')})",
+                         f"{corey_us:.1f}", f"{entry['corey_best_launch_us']:.1f}",
                          str(entry["corey_best_config"]), " ".join(f"{c}:{v:.0f}" for c, v in sorted(per_chunk.items())),
                          f"{mamba_us:.1f}" if mamba_us else "-", f"{mamba_us / corey_us:.2f}x" if mamba_us else "-",
                          inductor if isinstance(inductor, str) else f"{inductor:.0f}",
@@ -229,7 +237,7 @@ def main():
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print("Prefill. graph: CUDA-graph replay (device time); launch: launched from Python each call.")
-    print(tabulate(rows, headers=["dtype", "b", "l", "corey graph µs", "corey launch µs", "best launch shape",
+    print(tabulate(rows, headers=["dtype", "b", "l", "corey default graph µs", "corey best graph µs", "corey launch µs", "best launch shape",
                                   "corey launch µs by chunk", "mamba-ssm graph µs", "speed-up", "inductor µs",
                                   "floor µs", "× floor"]))
     print(tabulate(decode_rows, headers=["decode batch", "corey graph µs", "mamba-ssm triton graph µs",

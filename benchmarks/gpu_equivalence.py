@@ -9,8 +9,23 @@ import time
 import torch
 import transformers
 
+from transformers.models.mamba import modeling_mamba
+
 import corey_compile
 from corey_compile.models import build_mamba
+
+
+def exporting_flag_is_wrong() -> bool:
+    """Whether transformers' is_torchdynamo_exporting() reads True inside a plain torch.compile.
+
+    Seen with transformers 5.17 on torch 2.11: transformers then never takes its associative_scan
+    path under torch.compile and hands Dynamo its Python loop instead.
+    """
+    @torch.compile(backend="eager", fullgraph=True)
+    def probe(x):
+        return x + (1 if modeling_mamba.is_torchdynamo_exporting() else 0)
+
+    return probe(torch.zeros(1)).item() == 1
 
 
 def check(dtype, layers=2, seqlen=63, new_tokens=16, preset="tiny"):
@@ -33,6 +48,7 @@ def check(dtype, layers=2, seqlen=63, new_tokens=16, preset="tiny"):
         "logit_scale": ref_logits.abs().max().item(),
         "greedy_identical": bool(torch.equal(tokens, ref_tokens)),
         "first_call_s": compile_s,
+        "forms": sorted({r.form for rep in reports for r in rep.regions}),
         "graphs": [{"regions": [(r.form, r.op, r.shape, r.chunk_size) for r in rep.regions],
                     "declined": [(d.what, d.reason) for d in rep.declined], "fell_back": rep.fell_back} for rep in reports],
     }
@@ -44,12 +60,20 @@ def main():
     args = parser.parse_args()
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
                "checks": []}
+    if exporting_flag_is_wrong():
+        # Nothing here exports: restore the flag's meaning so that transformers takes its default
+        # associative_scan form, the one this check is about.
+        modeling_mamba.is_torchdynamo_exporting = lambda: False
+        results["patched"] = "transformers' is_torchdynamo_exporting read True under torch.compile; patched to False"
+        print(results["patched"], flush=True)
     for dtype in (torch.float32, torch.float16):
         entry = check(dtype)
         results["checks"].append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "graphs"}), flush=True)
         for g in entry["graphs"]:
             print("  ", g, flush=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
     entry = check(torch.float16, layers=24, seqlen=2048, new_tokens=8, preset="130m")
     results["checks"].append(entry)
     print(json.dumps({k: v for k, v in entry.items() if k != "graphs"}), flush=True)

@@ -38,9 +38,10 @@ def _requires_grad(example_inputs) -> bool:
     return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
 
 
-def run_pipeline(gm: fx.GraphModule, options: Options, report: CompileReport) -> fx.GraphModule:
-    """Run every pass in order on ``gm`` (in place), linting the graph after each."""
-    ctx = CompileContext(options=options, report=report)
+def run_pipeline(gm: fx.GraphModule, options: Options, report: CompileReport,
+                 device: torch.device = torch.device("cpu")) -> fx.GraphModule:
+    """Run every pass in order on ``gm`` (in place), linting the graph after each; ``device`` holds the inputs."""
+    ctx = CompileContext(options=options, report=report, device=device)
     for name, pass_fn in pipeline_for(options):
         start = time.perf_counter()
         try:
@@ -90,7 +91,8 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
         report.decline("whole graph", "inputs require grad: corey compiles inference graphs; ran the graph unchanged")
         return _inner_compile(gm, example_inputs, opts)
     try:
-        gm = run_pipeline(_copy_graph_module(gm), opts, report)
+        device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
+        gm = run_pipeline(_copy_graph_module(gm), opts, report, device)
     except PassError as exc:
         if opts.strict:
             raise

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 INNER_COMPILERS = ("inductor", "eager")
-CHUNK_POLICIES = ("seqlen", "fixed")
+CHUNK_POLICIES = ("occupancy", "seqlen", "fixed")
 
 
 @dataclass(frozen=True)
@@ -15,15 +15,17 @@ class Options:
 
     inner_compiler: what compiles the rest of the graph, "inductor" or "eager" (COREY_INNER_COMPILER).
     strict: re-raise a failing pass instead of falling back to the model's own graph (COREY_STRICT).
-    chunk_policy: how the chunk size is chosen: "seqlen" keys it on the sequence length,
-        "fixed" uses ``chunk_size`` everywhere (COREY_CHUNK_POLICY).
+    chunk_policy: how the chunk size is chosen: "occupancy" (the default) from how many channels
+        there are to spread over the GPU's multiprocessors, capped by the sequence length;
+        "seqlen" keys it on the sequence length alone; "fixed" uses ``chunk_size`` everywhere
+        (COREY_CHUNK_POLICY).
     chunk_size: the chunk size of the "fixed" policy, a power of two (COREY_CHUNK_SIZE).
     match_forms: which forms the matcher looks for, a subset of ("F1", "F2", "F3") (COREY_MATCH_FORMS, comma-separated).
     """
 
     inner_compiler: str = "inductor"
     strict: bool = False
-    chunk_policy: str = "seqlen"
+    chunk_policy: str = "occupancy"
     chunk_size: int = 64
     match_forms: tuple = ("F1", "F2", "F3")
 

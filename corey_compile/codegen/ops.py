@@ -15,14 +15,20 @@ import torch
 from .selective_scan.naive import selective_scan_naive, selective_state_update_naive
 
 try:
-    from .selective_scan.chunk import selective_scan_chunked
+    from .selective_scan.chunk import preferred_chunk, selective_scan_chunked
     from .selective_scan.step import selective_state_update_triton
 
     TRITON_AVAILABLE = True
 except ImportError:  # triton is not installed: CPU users keep the torch path
     TRITON_AVAILABLE = False
 
-DEFAULT_CHUNK = 64
+NOMINAL_SM_COUNT = 132  # an H100's; what the chunk heuristic assumes where no GPU is visible
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return NOMINAL_SM_COUNT
 
 
 def triton_interpreter_active() -> bool:
@@ -59,9 +65,9 @@ def selective_scan(
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
     """
     if uses_triton(u.device):
-        return selective_scan_chunked(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size=chunk_size or DEFAULT_CHUNK
-        )
+        batch, dim, seqlen = u.shape
+        chunk_size = chunk_size or preferred_chunk(batch, dim, seqlen, sm_count(u.device))
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size=chunk_size)
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 
 

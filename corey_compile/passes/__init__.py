@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import torch
+
 from ..options import Options
 from ..report import CompileReport
 from .match_associative_scan import match_associative_scan
@@ -21,6 +23,7 @@ from .plan_chunks import plan_chunks
 class CompileContext:
     options: Options
     report: CompileReport
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the example inputs live
     _region_ids: itertools.count = field(default_factory=itertools.count)
 
     def next_region_name(self) -> str:

@@ -30,43 +30,26 @@ def _linear_recurrence_combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
-def _load_chunk(u_rows, dt_rows, z_rows, start, seqlen, mask_d, steps, stride_u_l, stride_dt_l, stride_z_l,
-                HAS_Z: tl.constexpr):
-    """u, delta and z for steps ``start .. start + CHUNK`` (zeros past the end), in their own dtype."""
-    offs_l = start + steps
-    mask_dl = mask_d[:, None] & (offs_l < seqlen)[None, :]
-    u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_dl, other=0.0)  # (BLOCK_D, CHUNK)
-    dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_dl, other=0.0)
-    if HAS_Z:
-        z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=0.0)
-    else:
-        z = u
-    return u, dt, z
-
-
-@triton.jit
 def _scan_chunk(
-    u, dt, z, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
-    start, seqlen, mask_d, row_zeros, steps,
-    stride_out_l, stride_A_n,
+    u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
+    start, seqlen, mask_d, steps,
+    stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
     stride_B_n, stride_B_l, stride_C_n, stride_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SHARED_BC_ROW: tl.constexpr,
-    MASK_L: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, MASK_L: tl.constexpr,
 ):
-    """Steps ``start .. start + CHUNK`` of one block of channels, from their loaded u, delta and z.
+    """Steps ``start .. start + CHUNK`` of one block of channels.
 
     ``h`` is the carried state as a tuple of ``DSTATE`` vectors of shape (BLOCK_D,), one per state
     index, so that picking one out costs nothing; returns the tuple after the chunk.
     """
     offs_l = start + steps
     if MASK_L:
-        mask_l = (offs_l < seqlen)[None, :]  # (1, CHUNK)
+        mask_dl = mask_d[:, None] & (offs_l < seqlen)[None, :]
     else:
-        mask_l = (steps >= 0)[None, :]
-    mask_dl = mask_d[:, None] & mask_l
-    u = u.to(tl.float32)  # (BLOCK_D, CHUNK)
-    dt = dt.to(tl.float32)
+        mask_dl = mask_d[:, None] & (steps >= 0)[None, :]
+    u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_dl, other=0.0).to(tl.float32)  # (BLOCK_D, CHUNK)
+    dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_dl, other=0.0).to(tl.float32)
     if HAS_DELTA_BIAS:
         dt += delta_bias[:, None]
     if DELTA_SOFTPLUS:
@@ -83,17 +66,8 @@ def _scan_chunk(
     for n in tl.static_range(DSTATE):
         # exp(delta A) is evaluated as exp2(delta (A log2 e)).
         A_n = tl.load(A_rows + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E  # (BLOCK_D,)
-        if SHARED_BC_ROW:
-            # One (1, CHUNK) row, broadcast over the channels: a lane holding two channels converts
-            # each value once. Only where its layout matches the tile's (see default_launch).
-            B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_l, other=0.0).to(tl.float32)
-            C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_l, other=0.0).to(tl.float32)
-        else:
-            # A (BLOCK_D, CHUNK) tile with a zero channel stride takes the layout of u and delta.
-            B_n = tl.load(B_rows + row_zeros + n * stride_B_n + offs_l[None, :] * stride_B_l,
-                          mask=mask_dl, other=0.0).to(tl.float32)
-            C_n = tl.load(C_rows + row_zeros + n * stride_C_n + offs_l[None, :] * stride_C_l,
-                          mask=mask_dl, other=0.0).to(tl.float32)
+        B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_dl, other=0.0).to(tl.float32)
+        C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_dl, other=0.0).to(tl.float32)
         decay = tl.exp2(dt * A_n[:, None])  # (BLOCK_D, CHUNK)
         drive = dtu * B_n
         drive = tl.where(steps[None, :] == 0, drive + decay * h[n][:, None], drive)  # the carry enters at step 0
@@ -102,7 +76,7 @@ def _scan_chunk(
         h_out = h_out + (tl.sum(tl.where(steps[None, :] == CHUNK - 1, states, 0.0), axis=1),)  # (BLOCK_D,)
 
     if HAS_Z:
-        z = z.to(tl.float32)
+        z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=0.0).to(tl.float32)
         y *= z * tl.sigmoid(z)
     tl.store(out_rows + offs_l[None, :] * stride_out_l, y.to(out_rows.dtype.element_ty), mask=mask_dl)
     return h_out
@@ -127,7 +101,7 @@ def _selective_scan_fwd_kernel(
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, SHARED_BC_ROW: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -148,27 +122,25 @@ def _selective_scan_fwd_kernel(
     z_rows = z_ptr + pid_b * stride_z_b + offs_d[:, None] * stride_z_d
     out_rows = out_ptr + pid_b * stride_out_b + offs_d[:, None] * stride_out_d
     A_rows = A_ptr + offs_d * stride_A_d
-    row_zeros = 0 * offs_d[:, None]  # (BLOCK_D, 1): spreads a row of B or C over the tile's layout
-    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g
-    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g
+    # B and C are read as full (BLOCK_D, CHUNK) tiles with a zero channel stride, so that they
+    # take the layout of u and delta and need no shuffle to meet them.
+    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + 0 * offs_d[:, None]
+    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + 0 * offs_d[:, None]
 
-    # Whole chunks need no bounds on the sequence; the tail chunk, if any, is masked. u, delta
-    # and z of the next chunk are loaded before the current one is scanned, to hide their latency.
+    # Whole chunks need no bounds on the sequence; the tail chunk, if any, is masked.
     num_whole = seqlen // CHUNK
-    u, dt, z = _load_chunk(u_rows, dt_rows, z_rows, 0, seqlen, mask_d, steps, stride_u_l, stride_dt_l, stride_z_l, HAS_Z)
     for chunk in range(0, num_whole):
-        u_next, dt_next, z_next = _load_chunk(u_rows, dt_rows, z_rows, (chunk + 1) * CHUNK, seqlen, mask_d, steps,
-                                              stride_u_l, stride_dt_l, stride_z_l, HAS_Z)
-        h = _scan_chunk(u, dt, z, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
-                        chunk * CHUNK, seqlen, mask_d, row_zeros, steps,
-                        stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, SHARED_BC_ROW, MASK_L=False)
-        u, dt, z = u_next, dt_next, z_next
+        h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
+                        chunk * CHUNK, seqlen, mask_d, steps,
+                        stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
+                        stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=False)
     if num_whole * CHUNK < seqlen:
-        h = _scan_chunk(u, dt, z, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
-                        num_whole * CHUNK, seqlen, mask_d, row_zeros, steps,
-                        stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, SHARED_BC_ROW, MASK_L=True)
+        h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
+                        num_whole * CHUNK, seqlen, mask_d, steps,
+                        stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
+                        stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=True)
 
     for n in tl.static_range(DSTATE):
         tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d * stride_hl_d + n * stride_hl_n, h[n], mask=mask_d)
@@ -178,6 +150,20 @@ def default_launch(chunk: int, dim: int) -> tuple[int, int]:
     """(block_d, num_warps): a (BLOCK_D, CHUNK) tile of 256 elements on one warp, 8 steps per lane."""
     block_d = max(1, min(256 // chunk, triton.next_power_of_2(dim)))
     return block_d, max(1, block_d * chunk // 256)
+
+
+def preferred_chunk(batch: int, dim: int, seqlen: int, sm_count: int, warps_per_sm: int = 8) -> int:
+    """The chunk that keeps about ``warps_per_sm`` one-warp programs on every multiprocessor.
+
+    With :func:`default_launch` a warp holds ``256 / chunk`` channels, ``chunk / 8`` lanes along
+    the sequence. Few channels (one sequence, a small model) want long chunks, spreading each
+    channel over more lanes; many channels want short ones, which cost fewer shuffles per step.
+    Never longer than the sequence needs.
+    """
+    channels_per_warp = batch * dim / (warps_per_sm * sm_count)
+    chunk = 256 / max(channels_per_warp, 1.0)
+    chunk = 1 << max(4, min(8, int(chunk).bit_length() - 1))  # a power of two in [16, 256]
+    return min(chunk, max(16, triton.next_power_of_2(seqlen)))
 
 
 def check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[int, int, int, int, int]:
@@ -231,8 +217,6 @@ def selective_scan_chunked(
     chunk_size: int = 64,
     block_d: int | None = None,
     num_warps: int | None = None,
-    shared_bc_row: bool = False,
-    maxnreg: int | None = None,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,7 +252,6 @@ def selective_scan_chunked(
         *h0.stride(), *last_state.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, SHARED_BC_ROW=shared_bc_row, num_warps=num_warps,
-        **({} if maxnreg is None else {"maxnreg": maxnreg}),
+        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, num_warps=num_warps,
     )
     return out, last_state
