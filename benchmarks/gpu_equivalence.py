@@ -74,7 +74,7 @@ def main():
             print("  ", g, flush=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
-    entry = check(torch.float16, layers=24, seqlen=2048, new_tokens=8, preset="130m")
+    entry = check(torch.float32, layers=24, seqlen=2048, new_tokens=8, preset="130m")
     results["checks"].append(entry)
     print(json.dumps({k: v for k, v in entry.items() if k != "graphs"}), flush=True)
     with open(args.out, "w") as f:

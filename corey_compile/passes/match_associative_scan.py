@@ -70,8 +70,8 @@ def match_scan_node(gm: fx.GraphModule, scan: fx.Node) -> ScanRegion:
     outputs = {u.args[1]: u for u in scan.users if op_name(u) == "getitem"}
     if len(outputs) != len(scan.users) or 1 not in outputs:
         raise NoMatch("the scan's states are not read")
-    if 0 in outputs and outputs[0].users:
-        raise NoMatch("the cumulative decay output of the scan is used")
+    if 0 in outputs and live_users(outputs[0]):
+        raise NoMatch("the cumulative decay output of the scan is used: " + ", ".join(map(str, live_users(outputs[0]))))
     states = outputs[1]
     visited = {scan, *outputs.values()}
     views, frontier = _view_closure(states)
