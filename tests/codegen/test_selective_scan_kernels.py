@@ -104,3 +104,13 @@ def test_ops_registered_with_fake_kernels():
     torch.library.opcheck(torch.ops.corey.selective_state_update.default,
                           (state, torch.randn(2, 4), torch.randn(2, 4), -torch.rand(4, 3), torch.randn(2, 3),
                            torch.randn(2, 3), None, None, None, True), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_preferred_chunk_follows_the_channels_per_multiprocessor():
+    from corey_compile.codegen.selective_scan.chunk import preferred_chunk
+
+    assert preferred_chunk(batch=1, dim=2048, seqlen=2048, sm_count=132) == 128  # few channels: long chunks
+    assert preferred_chunk(batch=8, dim=2048, seqlen=2048, sm_count=132) == 16  # many channels: short chunks
+    assert preferred_chunk(batch=1, dim=64, seqlen=4096, sm_count=132) == 256  # never longer than 256
+    assert preferred_chunk(batch=1, dim=2048, seqlen=40, sm_count=132) == 64  # nor than the sequence needs
+    assert preferred_chunk(batch=64, dim=8192, seqlen=1, sm_count=132) == 16
