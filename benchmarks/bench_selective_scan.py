@@ -24,13 +24,14 @@ import triton
 import triton.language as tl
 from tabulate import tabulate
 
-from corey_compile.codegen.selective_scan.chunk import preferred_chunk, selective_scan_chunked
+from corey_compile.codegen.ops import occupancy_chunk
+from corey_compile.codegen.selective_scan.chunk import selective_scan_chunked
 from corey_compile.codegen.selective_scan.naive import selective_scan_naive
 from corey_compile.codegen.selective_scan.step import selective_state_update_triton
 
 DIM, DSTATE = 2048, 16
 PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
-# (chunk, block_d, num_warps); None: the shape corey picks itself (preferred_chunk, default_launch).
+# (chunk, block_d, num_warps); None: the shape corey picks itself (occupancy_chunk, default_launch).
 CONFIGS = [None, (16, 16, 1), (16, 8, 1), (32, 8, 1), (64, 4, 1), (64, 8, 2), (128, 2, 1), (128, 4, 2), (256, 1, 1),
            (256, 2, 2)]
 TOP_CONFIGS_REPEATED = 3  # the fastest fp16 configs are re-timed with CUDA graphs and run in bf16
@@ -154,7 +155,7 @@ def main():
             for config in configs:
                 key = config_key(config)
                 if config is None:  # what the op does by itself
-                    chunk = preferred_chunk(batch, DIM, seqlen, torch.cuda.get_device_properties(0).multi_processor_count)
+                    chunk = occupancy_chunk(batch, DIM, seqlen, torch.device("cuda"))
                     fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk)
                     entry["default_chunk"] = chunk
                 else:

@@ -31,6 +31,11 @@ def sm_count(device: torch.device) -> int:
     return NOMINAL_SM_COUNT
 
 
+def occupancy_chunk(batch: int, dim: int, seqlen: int, device: torch.device) -> int:
+    """The prefill kernel's chunk for this shape on ``device`` (needs triton; see ``preferred_chunk``)."""
+    return preferred_chunk(batch, dim, seqlen, sm_count(device))
+
+
 def triton_interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -65,8 +70,7 @@ def selective_scan(
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
     """
     if uses_triton(u.device):
-        batch, dim, seqlen = u.shape
-        chunk_size = chunk_size or preferred_chunk(batch, dim, seqlen, sm_count(u.device))
+        chunk_size = chunk_size or occupancy_chunk(*u.shape, u.device)
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size=chunk_size)
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 

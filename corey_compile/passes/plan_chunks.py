@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..codegen.ops import TRITON_AVAILABLE, sm_count
+from ..codegen.ops import TRITON_AVAILABLE, occupancy_chunk, sm_count
 
 # The "seqlen" policy's table: short prompts take short chunks (less wasted work in the
 # last, partial chunk); long ones take the tile that keeps the most work in flight.
@@ -26,12 +26,10 @@ def plan_chunks(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         if ctx.options.chunk_policy == "fixed":
             chunk, reason = ctx.options.chunk_size, "fixed policy"
         elif ctx.options.chunk_policy == "occupancy" and TRITON_AVAILABLE:
-            from ..codegen.selective_scan.chunk import preferred_chunk
-
             shape = record.shape
-            sms = sm_count(ctx.device)
-            chunk = preferred_chunk(shape["batch"], shape["dim"], shape["seqlen"], sms)
-            reason = f"occupancy policy: b·d={shape['batch'] * shape['dim']} channels on {sms} SMs, l={shape['seqlen']}"
+            chunk = occupancy_chunk(shape["batch"], shape["dim"], shape["seqlen"], ctx.device)
+            reason = (f"occupancy policy: b·d={shape['batch'] * shape['dim']} channels on "
+                      f"{sm_count(ctx.device)} SMs, l={shape['seqlen']}")
         else:
             chunk = chunk_for_seqlen(record.shape["seqlen"])
             reason = f"seqlen policy: l={record.shape['seqlen']}"

@@ -1,4 +1,6 @@
 """The matchers on hand-written scan forms: numerics, match counts, and what the graph became."""
+import re
+
 import pytest
 import torch
 
@@ -8,6 +10,19 @@ from tests.helpers import compile_capturing, scan_inputs, step_inputs, targets
 
 SCAN_OP = "corey.selective_scan.default"
 STEP_OP = "corey.selective_state_update.default"
+
+
+def run_step_form(form, batch, dim, dstate):
+    """Run a single-step form compiled with corey and eagerly, each on its own copy of the state.
+
+    Returns (out, ref, state after corey, state after eager, the captured (graph, report) list).
+    """
+    state, args = step_inputs(batch, dim, dstate)
+    ref_state = state.clone()
+    compiled, captured = compile_capturing(form)
+    out = compiled(state, **args)
+    ref = form(ref_state, **args)
+    return out, ref, state, ref_state, captured
 
 
 @pytest.mark.parametrize("seqlen", [1, 7, 63])
@@ -43,11 +58,7 @@ def test_loop_with_initial_state_and_sum_readout():
 
 
 def test_state_update_becomes_one_op_that_writes_the_state():
-    state, args = step_inputs(3, 6, 4)
-    ref_state = state.clone()
-    compiled, captured = compile_capturing(forms.state_update_step)
-    out = compiled(state, **args)
-    ref = forms.state_update_step(ref_state, **args)
+    out, ref, state, ref_state, captured = run_step_form(forms.state_update_step, 3, 6, 4)
     torch.testing.assert_close(out, ref, rtol=6e-4, atol=2e-3)
     torch.testing.assert_close(state, ref_state, rtol=6e-4, atol=2e-3)
     (gm, report), = captured
@@ -73,16 +84,12 @@ def test_near_misses_stay_unmatched(near_miss, reason):
     (gm, report), = captured
     assert report.regions == []
     assert len(report.declined) == 1
-    assert __import__("re").search(reason, report.declined[0].reason), report.declined[0].reason
+    assert re.search(reason, report.declined[0].reason), report.declined[0].reason
     assert SCAN_OP not in targets(gm)
 
 
 def test_state_update_near_miss_stays_unmatched():
-    state, args = step_inputs(2, 5, 3)
-    ref_state = state.clone()
-    compiled, captured = compile_capturing(forms.state_update_not_elementwise)
-    out = compiled(state, **args)
-    ref = forms.state_update_not_elementwise(ref_state, **args)
+    out, ref, state, ref_state, captured = run_step_form(forms.state_update_not_elementwise, 2, 5, 3)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(state, ref_state)
     (gm, report), = captured
