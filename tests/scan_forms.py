@@ -45,6 +45,21 @@ def loop_sum_readout_with_initial_state(u, delta, A, B, C, D, z, delta_bias, h0)
     return y, state
 
 
+def loop_one_step_from_cache(u, delta, A, B, C, D, z, delta_bias, h0):
+    """transformers' decode step before 5.3 (F1, l = 1): the step input is a (b, d) tensor unsqueezed."""
+    x = u[:, :, 0].unsqueeze(-1)  # (b, d, 1): constant along time as far as the graph shows
+    dt = F.softplus(delta + delta_bias[..., None])  # (b, d, 1)
+    dA = torch.exp(A[None, :, None, :] * dt[:, :, :, None])  # (b, d, 1, n)
+    dBu = dt[:, :, :, None] * B.transpose(1, 2)[:, None, :, :].float() * x[:, :, :, None].float()
+    state = h0.clone()
+    ys = []
+    for i in range(x.shape[2]):
+        state = dA[:, :, i, :] * state + dBu[:, :, i, :]
+        ys.append(torch.matmul(state.to(u.dtype), C.transpose(1, 2)[:, i, :].unsqueeze(-1))[:, :, 0])
+    y = torch.stack(ys, dim=-1) + x * D[None, :, None]
+    return y * F.silu(z), state
+
+
 def loop_nonlinear_update(u, delta, A, B, C, D, z, delta_bias):
     """Near miss: the update passes through tanh, so it is no linear recurrence."""
     dA, dBu = _discretize(u, delta, A, B, delta_bias)

@@ -70,9 +70,24 @@ def selective_scan(
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
     """
     if uses_triton(u.device):
+        if u.shape[-1] == 1:  # one step, as pre-5.3 transformers decodes: the decode kernel is cheaper
+            return _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
         chunk_size = chunk_size or occupancy_chunk(*u.shape, u.device)
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size=chunk_size)
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+
+
+def _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    """``selective_scan`` of length one as a decode step on a float32 copy of the initial state."""
+    batch, dim, _ = u.shape
+    if initial_state is None:
+        state = u.new_zeros((batch, dim, A.shape[1]), dtype=torch.float32)
+    else:
+        state = initial_state.to(torch.float32, copy=True)
+    out = selective_state_update_triton(
+        state, u[..., 0], delta[..., 0], A, B[..., 0], C[..., 0], D, None if z is None else z[..., 0],
+        delta_bias, delta_softplus)
+    return out.unsqueeze(-1), state
 
 
 @selective_scan.register_fake

@@ -335,8 +335,9 @@ def parse_discretization(decay, drive, index_labels: tuple) -> Discretization:
     rest = [f for f in drive_factors if f.node is not delta.node]
     if len(rest) != 2:
         raise NoMatch(f"{drive.name}: the drive does not use the decay's delta exactly once")
-    B = [f for f in rest if set(f.labels) == (channel_labels - {"d"}) | {"n"}]
-    u = [f for f in rest if set(f.labels) == channel_labels]
+    # u and B may be constant along the time axis (a one-step decode slices delta but unsqueezes u).
+    B = [f for f in rest if set(f.labels) | {"l"} == (channel_labels - {"d"}) | {"n", "l"}]
+    u = [f for f in rest if set(f.labels) | {"l"} == channel_labels | {"l"}]
     if len(B) != 1 or len(u) != 1:
         raise NoMatch(f"{drive.name}: the drive is not delta·B·u with B over (b, [l,] n) and u over (b, d[, l])")
     raw_delta, bias, softplus = parse_delta(delta)
@@ -401,6 +402,26 @@ def permute_to(graph: fx.Graph, operand: Operand, want: tuple):
         return operand.node
     perm = [operand.labels.index(label) for label in want]
     return graph.call_function(torch.permute, (operand.node, perm))
+
+
+def broadcast_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
+    """Like ``permute_to``, and a dim of ``want`` that ``operand`` lacks is broadcast to ``sizes[label]``.
+
+    ``sizes`` maps a label to an int or to a (node, dim) pair whose size it takes.
+    """
+    missing = [label for label in want if label not in operand.labels]
+    if not missing:
+        return permute_to(graph, operand, want)
+    node = permute_to(graph, operand, tuple(label for label in want if label in operand.labels))
+    shape = []
+    for pos, label in enumerate(want):
+        if label in missing:
+            node = graph.call_function(torch.unsqueeze, (node, pos))
+            size = sizes[label]
+            shape.append(size if isinstance(size, int) else graph.call_method("size", size))
+        else:
+            shape.append(-1)
+    return graph.call_method("expand", (node, *shape))
 
 
 def follow_views(node: fx.Node, labels: list) -> tuple:

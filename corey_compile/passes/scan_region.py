@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from .graph_patterns import Discretization, Epilogue, NoMatch, Operand, erase_dead, meta_value, permute_to
+from .graph_patterns import Discretization, Epilogue, NoMatch, Operand, broadcast_to, erase_dead, meta_value, permute_to
 from ..report import RegionRecord
 
 BDL, BNL, BDN, DN = ("b", "d", "l"), ("b", "n", "l"), ("b", "d", "n"), ("d", "n")
@@ -50,9 +50,10 @@ def emit_scan(gm: fx.GraphModule, region: ScanRegion, name: str) -> RegionRecord
         raise NoMatch(f"inputs {late} are computed after the scan's results are first used")
     u_val = meta_value(disc.u.node)
     with graph.inserting_before(anchor):
+        steps = {"l": (disc.delta.node, disc.delta.labels.index("l"))}  # u and B may be constant in time
         args = (
-            permute_to(graph, disc.u, BDL), permute_to(graph, disc.delta, BDL), permute_to(graph, disc.A, DN),
-            permute_to(graph, disc.B, BNL), permute_to(graph, region.C, BNL), epi.D,
+            broadcast_to(graph, disc.u, BDL, steps), permute_to(graph, disc.delta, BDL), permute_to(graph, disc.A, DN),
+            broadcast_to(graph, disc.B, BNL, steps), permute_to(graph, region.C, BNL), epi.D,
             permute_to(graph, epi.z, BDL) if epi.z else None, disc.delta_bias, disc.delta_softplus,
             region.initial_state, 0,
         )
@@ -69,7 +70,7 @@ def emit_scan(gm: fx.GraphModule, region: ScanRegion, name: str) -> RegionRecord
     if last is not None:
         region.last_state.replace_all_uses_with(last, delete_user_cb=lambda user: user not in region_nodes)
     erased = erase_dead(graph, [epi.output, *region.region_nodes])
-    batch, dim, seqlen = (u_val.shape[disc.u.labels.index(k)] for k in BDL)
+    batch, dim, seqlen = (meta_value(disc.delta.node).shape[disc.delta.labels.index(k)] for k in BDL)
     absorbed = [name for name, present in (("delta_bias", disc.delta_bias is not None),
                                            ("softplus", disc.delta_softplus), ("D", epi.D is not None),
                                            ("z", epi.z is not None), ("initial_state", region.initial_state is not None))

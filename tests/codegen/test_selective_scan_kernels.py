@@ -95,6 +95,21 @@ def test_decode_step_matches_reference(dtype, groups):
     torch.testing.assert_close(state.double(), ref_state, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("groups", [0, 2])
+def test_one_step_scan_runs_as_a_decode_step(groups):
+    # The op sends a length-one scan (pre-5.3 transformers' decode) to the decode kernel.
+    inputs = _inputs(2, 6, 1, 4, groups, torch.float16, 1.0)
+    h0 = torch.randn(2, 6, 4)
+    h0_before = h0.clone()
+    out, last = torch.ops.corey.selective_scan(*inputs.values(), True, h0, 0)
+    ref_out, ref_last = _reference(inputs, {}, True, h0)
+    rtol, atol = TOLERANCES[torch.float16]
+    assert out.shape == (2, 6, 1) and out.dtype == torch.float16 and last.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref_out.double(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(last.double(), ref_last, rtol=rtol, atol=atol)
+    assert torch.equal(h0, h0_before)  # the initial state is an input, never written
+
+
 def test_ops_registered_with_fake_kernels():
     inputs = _inputs(2, 4, 9, 3, 0, torch.float32, 1.0)
     torch.library.opcheck(torch.ops.corey.selective_scan.default,

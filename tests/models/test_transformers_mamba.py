@@ -27,10 +27,13 @@ def _prompt(batch, seqlen, vocab):
 def test_logits_match_eager(seqlen):
     model = _model()
     prompt = _prompt(2, seqlen, model.config.vocab_size)
+    # Before 5.3 a forward without a cache builds one, and Dynamo (torch 2.13) refuses that
+    # cache's mark_static_address whatever the backend; generate() builds it outside the graph.
+    kwargs = dict(use_cache=False) if LEGACY else {}
     with torch.no_grad():
-        ref = model(prompt).logits
+        ref = model(prompt, **kwargs).logits
         model.compile(backend="corey", options={"inner_compiler": "eager", "strict": True})
-        out = model(prompt).logits
+        out = model(prompt, **kwargs).logits
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     (report,) = corey_compile.all_reports()
     assert [r.op for r in report.regions] == ["corey::selective_scan"] * LAYERS

@@ -57,6 +57,19 @@ def test_loop_with_initial_state_and_sum_readout():
     assert targets(gm).count(SCAN_OP) == 1
 
 
+def test_one_step_loop_with_an_unsqueezed_input():
+    inputs = scan_inputs(l=1)
+    h0 = torch.randn(2, 6, 4)
+    compiled, captured = compile_capturing(forms.loop_one_step_from_cache)
+    out, last = compiled(**inputs, h0=h0)
+    ref_out, ref_last = forms.loop_one_step_from_cache(**inputs, h0=h0)
+    torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last, ref_last, rtol=6e-4, atol=2e-3)
+    (gm, report), = captured
+    assert [r.absorbed for r in report.regions] == [["delta_bias", "softplus", "D", "z", "initial_state"]]
+    assert targets(gm).count(SCAN_OP) == 1
+
+
 def test_state_update_becomes_one_op_that_writes_the_state():
     out, ref, state, ref_state, captured = run_step_form(forms.state_update_step, 3, 6, 4)
     torch.testing.assert_close(out, ref, rtol=6e-4, atol=2e-3)
