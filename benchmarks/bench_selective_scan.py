@@ -30,12 +30,18 @@ from corey_compile.codegen.selective_scan.naive import selective_scan_naive
 from corey_compile.codegen.selective_scan.step import selective_state_update_triton
 
 DIM, DSTATE = 2048, 16
+DEVICE = "cuda"
 PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
-# (chunk, block_d, num_warps); None: the shape corey picks itself (occupancy_chunk, default_launch).
-CONFIGS = [None, (16, 16, 1), (16, 8, 1), (32, 8, 1), (64, 4, 1), (64, 8, 2), (128, 2, 1), (128, 4, 2), (256, 1, 1),
-           (256, 2, 2)]
-TOP_CONFIGS_REPEATED = 3  # the fastest fp16 configs are re-timed with CUDA graphs and run in bf16
+# (chunk, block_d, num_warps, prefetch, maxnreg); None: the launch corey picks itself (occupancy_chunk,
+# default_launch, DEFAULT_PREFETCH). A block_d twice default_launch's gives each lane two channels.
+FEW_CHANNELS = [None, (128, 2, 1, 0, None), (128, 4, 1, 2, None), (128, 2, 1, 2, 168), (256, 1, 1, 2, None),
+                (256, 2, 1, 2, None), (64, 4, 1, 2, None), (64, 8, 1, 2, None), (64, 4, 1, 2, 168), (32, 8, 1, 2, None),
+                (16, 16, 1, 2, None)]
+MANY_CHANNELS = [None, (16, 16, 1, 0, None), (16, 32, 1, 2, None), (16, 16, 1, 2, 168), (16, 8, 1, 2, None),
+                 (32, 8, 1, 2, None), (32, 16, 1, 2, None), (64, 4, 1, 2, None), (128, 2, 1, 2, None)]
+TOP_CONFIGS_REPEATED = 3  # the fastest fp16 configs are run in bf16 too
 DECODE_BATCHES = [1, 16, 64]
+DECODE_LAUNCHES = [None, (64, 4), (32, 4), (32, 2), (16, 2), (16, 1), (8, 1)]  # (block_d, num_warps)
 
 
 def bench(fn) -> float:
@@ -44,7 +50,10 @@ def bench(fn) -> float:
 
 
 def config_key(config) -> str:
-    return "default" if config is None else "c{}_bd{}_w{}".format(*config)
+    if config is None:
+        return "default"
+    chunk, block_d, warps, prefetch, maxnreg = config
+    return f"c{chunk}_bd{block_d}_w{warps}_pf{prefetch}" + (f"_r{maxnreg}" if maxnreg else "")
 
 
 def bench_graph(fn) -> float:
@@ -150,7 +159,8 @@ def main():
             ref, _ = selective_scan_naive(**{k: v.double() for k, v in x.items()}, delta_softplus=True,
                                           compute_dtype=torch.float64) if seqlen <= 2048 and batch == 1 else (None, None)
             entry = {"dtype": str(dtype).split(".")[1], "batch": batch, "seqlen": seqlen, "corey": {}}
-            configs = CONFIGS if dtype == torch.float16 else [None] + [c for c in top_configs[(batch, seqlen)] if c]
+            candidates = FEW_CHANNELS if batch * DIM <= 4096 else MANY_CHANNELS
+            configs = candidates if dtype == torch.float16 else [None] + [c for c in top_configs[(batch, seqlen)] if c]
             timed = []
             for config in configs:
                 key = config_key(config)
@@ -159,39 +169,36 @@ def main():
                     fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk)
                     entry["default_chunk"] = chunk
                 else:
-                    chunk, block_d, warps = config
+                    chunk, block_d, warps, prefetch, maxnreg = config
                     fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk,
-                                           block_d=block_d, num_warps=warps)
+                                           block_d=block_d, num_warps=warps, prefetch=prefetch, maxnreg=maxnreg)
                 try:
                     out, _ = fn()
                     if ref is not None:
                         err = ((out.double() - ref).norm() / ref.norm()).item()
                         if not err < 2e-2:
                             raise AssertionError(f"relative error {err:.2e}")
-                    entry["corey"][key] = {"launch_us": bench(fn)}
-                    timed.append((entry["corey"][key]["launch_us"], config, fn))
+                    entry["corey"][key] = {"graph_us": bench_graph(fn)}
+                    timed.append((entry["corey"][key]["graph_us"], config, fn))
                 except Exception as exc:  # noqa: BLE001
                     entry["corey"][key] = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
             timed.sort(key=lambda t: t[0])
             if dtype == torch.float16:
                 top_configs[(batch, seqlen)] = [cfg for _, cfg, _ in timed[:TOP_CONFIGS_REPEATED]]
-            best = (float("inf"), None)
-            for _, config, fn in timed[:TOP_CONFIGS_REPEATED]:
-                us = bench_graph(fn)
-                entry["corey"][config_key(config)]["graph_us"] = us
-                best = min(best, (us, config_key(config)))
-            entry["corey_best_graph_us"], entry["corey_best_config"] = best
+            entry["corey_best_graph_us"], best_config, best_fn = timed[0] if timed else (float("nan"), None, None)
+            entry["corey_best_config"] = config_key(best_config)
             default = next((fn for _, config, fn in timed if config is None), None)
-            if default is not None and "graph_us" not in entry["corey"]["default"]:
-                entry["corey"]["default"]["graph_us"] = bench_graph(default)
             default_us = entry["corey"]["default"]["graph_us"] if default is not None else float("nan")
-            entry["corey_best_launch_us"] = timed[0][0] if timed else None
+            for key, fn in (("default", default), (entry["corey_best_config"], best_fn)):
+                if fn is not None:
+                    entry["corey"][key]["launch_us"] = bench(fn)
+            entry["corey_best_launch_us"] = entry["corey"][entry["corey_best_config"]].get("launch_us") if timed else None
             per_chunk = {}
             for key, t in entry["corey"].items():
                 if isinstance(t, dict) and key != "default":
                     chunk = int(key.split("_")[0][1:])
-                    per_chunk[chunk] = min(per_chunk.get(chunk, float("inf")), t["launch_us"])
-            entry["corey_best_launch_by_chunk"] = per_chunk
+                    per_chunk[chunk] = min(per_chunk.get(chunk, float("inf")), t["graph_us"])
+            entry["corey_best_graph_by_chunk"] = per_chunk
             if mamba_fwd is not None:
                 fn = lambda: mamba_fwd(x["u"], x["delta"], x["A"], x["B"][:, None], x["C"][:, None], x["D"], x["z"], x["delta_bias"], True)  # noqa: E731
                 out = fn()[-1]
@@ -221,27 +228,34 @@ def main():
 
     decode_rows = []
     for batch in DECODE_BATCHES:
-        g = torch.Generator(device="cuda").manual_seed(batch)
-        r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+        g = torch.Generator(device=DEVICE).manual_seed(batch)
+        r = lambda *s: torch.randn(*s, device=DEVICE, generator=g)  # noqa: E731
         state = r(batch, DIM, DSTATE).half()
         x, dt, z = (r(batch, DIM).half() for _ in range(3))
         A, B, C, D, bias = -torch.exp(r(DIM, DSTATE)), r(batch, DSTATE).half(), r(batch, DSTATE).half(), r(DIM), r(DIM)
+        entry = {"batch": batch, "dtype": "float16", "corey": {}}
+        for launch in DECODE_LAUNCHES:
+            kwargs = {} if launch is None else dict(block_d=launch[0], num_warps=launch[1])
+            step = functools.partial(selective_state_update_triton, state, x, dt, A, B, C, D, z, bias, True, **kwargs)
+            entry["corey"]["default" if launch is None else "bd{}_w{}".format(*launch)] = bench_graph(step)
         corey_step = lambda: selective_state_update_triton(state, x, dt, A, B, C, D, z, bias, True)  # noqa: E731
-        entry = {"batch": batch, "dtype": "float16", "corey_launch_us": bench(corey_step), "corey_graph_us": bench_graph(corey_step)}
+        entry["corey_launch_us"], entry["corey_graph_us"] = bench(corey_step), entry["corey"]["default"]
+        entry["corey_best_graph_us"], entry["corey_best_launch"] = min((v, k) for k, v in entry["corey"].items())
         if mamba_step is not None:
             peer_step = lambda: mamba_step(state, x, dt, A, B, C, D, z, bias, True)  # noqa: E731
             entry["mamba_ssm_triton_launch_us"] = bench(peer_step)
             entry["mamba_ssm_triton_graph_us"] = bench_graph(peer_step)
         results["decode"].append(entry)
-        decode_rows.append([batch, f"{entry['corey_graph_us']:.1f}", f"{entry.get('mamba_ssm_triton_graph_us', float('nan')):.1f}",
+        decode_rows.append([batch, f"{entry['corey_graph_us']:.1f}", f"{entry['corey_best_graph_us']:.1f} {entry['corey_best_launch']}",
+                            f"{entry.get('mamba_ssm_triton_graph_us', float('nan')):.1f}",
                             f"{entry['corey_launch_us']:.1f}", f"{entry.get('mamba_ssm_triton_launch_us', float('nan')):.1f}"])
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print("Prefill. graph: CUDA-graph replay (device time); launch: launched from Python each call.")
-    print(tabulate(rows, headers=["dtype", "b", "l", "corey default graph µs", "corey best graph µs", "corey launch µs", "best launch shape",
-                                  "corey launch µs by chunk", "mamba-ssm graph µs", "speed-up", "inductor µs",
+    print(tabulate(rows, headers=["dtype", "b", "l", "corey default graph µs", "corey best graph µs", "corey best launch µs",
+                                  "best launch shape", "corey graph µs by chunk", "mamba-ssm graph µs", "speed-up", "inductor µs",
                                   "floor µs", "× floor"]))
-    print(tabulate(decode_rows, headers=["decode batch", "corey graph µs", "mamba-ssm triton graph µs",
+    print(tabulate(decode_rows, headers=["decode batch", "corey graph µs", "corey best graph µs", "mamba-ssm triton graph µs",
                                          "corey launch µs", "mamba-ssm triton launch µs"]))
 
 

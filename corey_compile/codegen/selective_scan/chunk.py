@@ -21,6 +21,7 @@ import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
 SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
+DEFAULT_PREFETCH = 2  # chunks ahead; long sequences outgrow the L2 and one-warp programs hide little latency
 
 
 @triton.jit
@@ -30,13 +31,26 @@ def _linear_recurrence_combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
+def _keep_right(left, right):
+    # As a reduction along an axis: the last element.
+    return right
+
+
+@triton.jit
+def _prefetch_to_l2(ptrs):
+    # A hint with nothing to wait for: `prefetch.global.L2` at every pointer of the tile.
+    return tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _scan_chunk(
     u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
     start, seqlen, mask_d, steps,
     stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
     stride_B_n, stride_B_l, stride_C_n, stride_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, MASK_L: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, MASK_L: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """Steps ``start .. start + CHUNK`` of one block of channels.
 
@@ -44,12 +58,22 @@ def _scan_chunk(
     index, so that picking one out costs nothing; returns the tuple after the chunk.
     """
     offs_l = start + steps
+    # B and C are the same for every channel, so only the sequence bounds them; u, delta, z and out
+    # are bounded by the channels too unless the block divides them. No mask at all is cheapest:
+    # a masked load first zeroes its registers.
     if MASK_L:
-        mask_dl = mask_d[:, None] & (offs_l < seqlen)[None, :]
+        mask_l = tl.broadcast_to((offs_l < seqlen)[None, :], (BLOCK_D, CHUNK))
+        mask_dl = mask_d[:, None] & mask_l
+    elif EVEN_D:
+        mask_l = None
+        mask_dl = None
     else:
-        mask_dl = mask_d[:, None] & (steps >= 0)[None, :]
-    u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_dl, other=0.0).to(tl.float32)  # (BLOCK_D, CHUNK)
-    dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_dl, other=0.0).to(tl.float32)
+        mask_l = None
+        mask_dl = tl.broadcast_to(mask_d[:, None], (BLOCK_D, CHUNK))
+    other_dl: tl.constexpr = None if mask_dl is None else 0.0
+    other_l: tl.constexpr = None if mask_l is None else 0.0
+    u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_dl, other=other_dl).to(tl.float32)  # (BLOCK_D, CHUNK)
+    dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_dl, other=other_dl).to(tl.float32)
     if HAS_DELTA_BIAS:
         dt += delta_bias[:, None]
     if DELTA_SOFTPLUS:
@@ -66,17 +90,17 @@ def _scan_chunk(
     for n in tl.static_range(DSTATE):
         # exp(delta A) is evaluated as exp2(delta (A log2 e)).
         A_n = tl.load(A_rows + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E  # (BLOCK_D,)
-        B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_dl, other=0.0).to(tl.float32)
-        C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_dl, other=0.0).to(tl.float32)
+        B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_l, other=other_l).to(tl.float32)
+        C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_l, other=other_l).to(tl.float32)
         decay = tl.exp2(dt * A_n[:, None])  # (BLOCK_D, CHUNK)
         drive = dtu * B_n
         drive = tl.where(steps[None, :] == 0, drive + decay * h[n][:, None], drive)  # the carry enters at step 0
         _, states = tl.associative_scan((decay, drive), axis=1, combine_fn=_linear_recurrence_combine)
         y += states * C_n
-        h_out = h_out + (tl.sum(tl.where(steps[None, :] == CHUNK - 1, states, 0.0), axis=1),)  # (BLOCK_D,)
+        h_out = h_out + (tl.reduce(states, 1, _keep_right),)  # (BLOCK_D,): the state after the last step
 
     if HAS_Z:
-        z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=0.0).to(tl.float32)
+        z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=other_dl).to(tl.float32)
         y *= z * tl.sigmoid(z)
     tl.store(out_rows + offs_l[None, :] * stride_out_l, y.to(out_rows.dtype.element_ty), mask=mask_dl)
     return h_out
@@ -101,7 +125,8 @@ def _selective_scan_fwd_kernel(
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
+    PREFETCH: tl.constexpr,  # chunks ahead to prefetch u, delta, z into L2 (0: none; CUDA only)
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -129,18 +154,28 @@ def _selective_scan_fwd_kernel(
 
     # Whole chunks need no bounds on the sequence; the tail chunk, if any, is masked.
     num_whole = seqlen // CHUNK
+    # One prefetch per 32 elements (a 128-byte line of float32), clamped into the tensors.
+    LINES: tl.constexpr = (CHUNK + 31) // 32
+    line_offs = tl.minimum(tl.arange(0, LINES) * 32, CHUNK - 1)  # (LINES,)
+    rows_d = tl.minimum(offs_d, dim - 1)[:, None]  # (BLOCK_D, 1)
     for chunk in range(0, num_whole):
+        if PREFETCH:
+            ahead = tl.minimum((chunk + PREFETCH) * CHUNK + line_offs, seqlen - 1)[None, :]  # (1, LINES)
+            _prefetch_to_l2(u_ptr + pid_b * stride_u_b + rows_d * stride_u_d + ahead * stride_u_l)
+            _prefetch_to_l2(delta_ptr + pid_b * stride_dt_b + rows_d * stride_dt_d + ahead * stride_dt_l)
+            if HAS_Z:
+                _prefetch_to_l2(z_ptr + pid_b * stride_z_b + rows_d * stride_z_d + ahead * stride_z_l)
         h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
                         chunk * CHUNK, seqlen, mask_d, steps,
                         stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
                         stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=False)
+                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=False, EVEN_D=EVEN_D)
     if num_whole * CHUNK < seqlen:
         h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
                         num_whole * CHUNK, seqlen, mask_d, steps,
                         stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
                         stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=True)
+                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=True, EVEN_D=EVEN_D)
 
     for n in tl.static_range(DSTATE):
         tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d * stride_hl_d + n * stride_hl_n, h[n], mask=mask_d)
@@ -217,6 +252,8 @@ def selective_scan_chunked(
     chunk_size: int = 64,
     block_d: int | None = None,
     num_warps: int | None = None,
+    prefetch: int | None = None,
+    maxnreg: int | None = None,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -225,7 +262,8 @@ def selective_scan_chunked(
     u, delta, z: (b, d, l); A: (d, n) real; B, C: (b, n, l) or (b, g, n, l);
     D, delta_bias: (d,); initial_state: (b, d, n).
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
-    ``out`` and ``last_state`` may be given to be written in place.
+    ``block_d``, ``num_warps``, ``prefetch`` (chunks ahead to prefetch into L2; CUDA only) and
+    ``maxnreg`` (registers per thread) override the defaults. ``out`` and ``last_state`` may be given to be written in place.
     """
     batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
@@ -252,6 +290,8 @@ def selective_scan_chunked(
         *h0.stride(), *last_state.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, num_warps=num_warps,
+        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, EVEN_D=dim % block_d == 0,
+        PREFETCH=(DEFAULT_PREFETCH if prefetch is None else prefetch) if u.is_cuda else 0, num_warps=num_warps,
+        **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     return out, last_state
