@@ -32,16 +32,18 @@ from corey_compile.codegen.selective_scan.step import selective_state_update_tri
 DIM, DSTATE = 2048, 16
 DEVICE = "cuda"
 PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
-# (chunk, block_d, num_warps, prefetch, maxnreg); None: the launch corey picks itself (occupancy_chunk,
-# default_launch, DEFAULT_PREFETCH). A block_d twice default_launch's gives each lane two channels.
-FEW_CHANNELS = [None, (128, 2, 1, 0, None), (128, 4, 1, 2, None), (128, 2, 1, 2, 168), (256, 1, 1, 2, None),
-                (256, 2, 1, 2, None), (64, 4, 1, 2, None), (64, 8, 1, 2, None), (64, 4, 1, 2, 168), (32, 8, 1, 2, None),
-                (16, 16, 1, 2, None)]
-MANY_CHANNELS = [None, (16, 16, 1, 0, None), (16, 32, 1, 2, None), (16, 16, 1, 2, 168), (16, 8, 1, 2, None),
-                 (32, 8, 1, 2, None), (32, 16, 1, 2, None), (64, 4, 1, 2, None), (128, 2, 1, 2, None)]
+# (chunk, block_d, num_warps, prefetch, maxnreg, convert_bc); None: the launch corey picks itself
+# (occupancy_chunk, default_launch, DEFAULT_PREFETCH). A block_d twice default_launch's gives each lane
+# two channels; convert_bc times the float32 copies of B and C with the kernel.
+FEW_CHANNELS = [None, (128, 2, 1, 0, None, False), (128, 2, 1, 2, None, True), (128, 4, 1, 2, None, False),
+                (256, 1, 1, 2, None, False), (256, 1, 1, 2, None, True), (64, 4, 1, 2, None, False),
+                (32, 8, 1, 2, None, False), (16, 16, 1, 2, None, False)]
+MANY_CHANNELS = [None, (16, 16, 1, 0, None, False), (16, 16, 1, 2, None, True), (16, 32, 1, 2, None, False),
+                 (32, 8, 1, 2, None, False), (32, 8, 1, 2, None, True), (64, 4, 1, 2, None, False),
+                 (128, 2, 1, 2, None, False)]
 TOP_CONFIGS_REPEATED = 3  # the fastest fp16 configs are run in bf16 too
 DECODE_BATCHES = [1, 16, 64]
-DECODE_LAUNCHES = [None, (64, 4), (32, 4), (32, 2), (16, 2), (16, 1), (8, 1)]  # (block_d, num_warps)
+DECODE_LAUNCHES = [None, (128, 4), (64, 4), (32, 4), (32, 2), (16, 2)]  # (block_d, num_warps)
 
 
 def bench(fn) -> float:
@@ -52,8 +54,8 @@ def bench(fn) -> float:
 def config_key(config) -> str:
     if config is None:
         return "default"
-    chunk, block_d, warps, prefetch, maxnreg = config
-    return f"c{chunk}_bd{block_d}_w{warps}_pf{prefetch}" + (f"_r{maxnreg}" if maxnreg else "")
+    chunk, block_d, warps, prefetch, maxnreg, convert_bc = config
+    return f"c{chunk}_bd{block_d}_w{warps}_pf{prefetch}" + (f"_r{maxnreg}" if maxnreg else "") + ("_bc32" if convert_bc else "")
 
 
 def bench_graph(fn) -> float:
@@ -156,7 +158,7 @@ def main():
     for dtype in (torch.float16, torch.bfloat16):
         for batch, seqlen in PREFILL_SHAPES:
             x = make_inputs(batch, seqlen, dtype)
-            ref, _ = selective_scan_naive(**{k: v.double() for k, v in x.items()}, delta_softplus=True,
+            ref, ref_last = selective_scan_naive(**{k: v.double() for k, v in x.items()}, delta_softplus=True,
                                           compute_dtype=torch.float64) if seqlen <= 2048 and batch == 1 else (None, None)
             entry = {"dtype": str(dtype).split(".")[1], "batch": batch, "seqlen": seqlen, "corey": {}}
             candidates = FEW_CHANNELS if batch * DIM <= 4096 else MANY_CHANNELS
@@ -169,15 +171,17 @@ def main():
                     fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk)
                     entry["default_chunk"] = chunk
                 else:
-                    chunk, block_d, warps, prefetch, maxnreg = config
+                    chunk, block_d, warps, prefetch, maxnreg, convert_bc = config
                     fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk,
-                                           block_d=block_d, num_warps=warps, prefetch=prefetch, maxnreg=maxnreg)
+                                           block_d=block_d, num_warps=warps, prefetch=prefetch, maxnreg=maxnreg,
+                                           convert_bc=convert_bc)
                 try:
-                    out, _ = fn()
+                    out, last = fn()
                     if ref is not None:
-                        err = ((out.double() - ref).norm() / ref.norm()).item()
-                        if not err < 2e-2:
-                            raise AssertionError(f"relative error {err:.2e}")
+                        for name, got, want in (("out", out, ref), ("last state", last, ref_last)):
+                            err = ((got.double() - want).norm() / want.norm()).item()
+                            if not err < 2e-2:
+                                raise AssertionError(f"{name}: relative error {err:.2e}")
                     entry["corey"][key] = {"graph_us": bench_graph(fn)}
                     timed.append((entry["corey"][key]["graph_us"], config, fn))
                 except Exception as exc:  # noqa: BLE001

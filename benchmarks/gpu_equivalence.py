@@ -29,6 +29,7 @@ def exporting_flag_is_wrong() -> bool:
 
 
 def check(dtype, layers=2, seqlen=63, new_tokens=16, preset="tiny"):
+    torch._dynamo.reset()  # each check compiles afresh, below Dynamo's recompile limit for Mamba's forward
     model = build_mamba(preset, num_hidden_layers=layers, device="cuda", dtype=dtype)
     prompt = torch.randint(1, model.config.vocab_size, (2, seqlen), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     kwargs = dict(max_new_tokens=new_tokens, do_sample=False, attention_mask=torch.ones_like(prompt))
@@ -41,12 +42,20 @@ def check(dtype, layers=2, seqlen=63, new_tokens=16, preset="tiny"):
         logits = model(prompt).logits.float()
         compile_s = time.perf_counter() - start
         tokens = model.generate(prompt, **kwargs)
+        divergence = None
+        if not torch.equal(tokens, ref_tokens):
+            # Where the compiled model first chose another token, and by how much eager preferred its own there.
+            rows = (tokens != ref_tokens).any(1).nonzero().flatten()
+            pos = int((tokens[rows] != ref_tokens[rows]).any(0).nonzero()[0])
+            top2 = model.forward(ref_tokens[rows, :pos]).logits[:, -1].float().topk(2).values
+            divergence = {"new_token": pos - seqlen, "rows": rows.tolist(),
+                          "eager_top2_margin": (top2[:, 0] - top2[:, 1]).min().item()}
     reports = corey_compile.all_reports()
     return {
         "dtype": str(dtype), "preset": preset, "layers": layers, "seqlen": seqlen,
         "max_abs_logit_diff": (logits - ref_logits).abs().max().item(),
         "logit_scale": ref_logits.abs().max().item(),
-        "greedy_identical": bool(torch.equal(tokens, ref_tokens)),
+        "greedy_identical": bool(torch.equal(tokens, ref_tokens)), "first_divergence": divergence,
         "first_call_s": compile_s,
         "forms": sorted({r.form for rep in reports for r in rep.regions}),
         "graphs": [{"regions": [(r.form, r.op, r.shape, r.chunk_size) for r in rep.regions],

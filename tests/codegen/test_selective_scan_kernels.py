@@ -1,4 +1,11 @@
-"""The Triton kernels (run by Triton's interpreter here) against the float64 reference."""
+"""The Triton kernels against the float64 reference.
+
+On the CPU the kernels run in Triton's interpreter. ``COREY_KERNEL_TEST_DEVICE=cuda
+TRITON_INTERPRET=0 pytest tests/codegen`` runs the same tests compiled on a GPU, where
+lanes and layouts are real (the interpreter cannot show a result that depends on them).
+"""
+import os
+
 import pytest
 import torch
 
@@ -8,6 +15,13 @@ from corey_compile.codegen.selective_scan.step import selective_state_update_tri
 from tests.helpers import TOLERANCES
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+KERNEL_DEVICE = os.environ.get("COREY_KERNEL_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _on_kernel_device():
+    with torch.device(KERNEL_DEVICE):  # tensors made by the tests land on the device under test
+        yield
 
 
 def _inputs(b, d, l, n, groups, dtype, delta_scale):
@@ -26,8 +40,7 @@ def _reference(inputs, use, softplus, h0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
-@pytest.mark.parametrize("seqlen", [1, 7, 63, 300])
-@pytest.mark.parametrize("chunk", [16, 64])
+@pytest.mark.parametrize("seqlen, chunk", [(s, c) for s in (1, 7, 63, 300) for c in (16, 64)] + [(300, 128)])
 def test_prefill_matches_reference(dtype, seqlen, chunk):
     inputs = _inputs(2, 5, seqlen, 4, 0, dtype, 1.0)
     out = torch.full_like(inputs["u"], float("nan"))
@@ -36,6 +49,20 @@ def test_prefill_matches_reference(dtype, seqlen, chunk):
     ref_out, ref_last = _reference(inputs, {}, True, None)
     rtol, atol = TOLERANCES[dtype]
     assert not out.isnan().any() and not last.isnan().any()
+    torch.testing.assert_close(out.double(), ref_out.double(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(last.double(), ref_last, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("chunk, block_d, convert_bc", [(128, 2, False), (128, 4, False), (256, 2, False),
+                                                       (16, 32, False), (128, 2, True)])
+def test_prefill_launch_shapes(chunk, block_d, convert_bc):
+    # The launches the benchmark sweeps: one channel per lane, two (block_d twice the default), B/C in float32.
+    inputs = _inputs(1, 8, 300, 4, 0, torch.float16, 1.0)  # blocks wider than d: their rows past d are masked
+    h0 = torch.randn(1, 8, 4)
+    out, last = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, chunk_size=chunk, block_d=block_d,
+                                       convert_bc=convert_bc)
+    ref_out, ref_last = _reference(inputs, {}, True, h0)
+    rtol, atol = TOLERANCES[torch.float16]
     torch.testing.assert_close(out.double(), ref_out.double(), rtol=rtol, atol=atol)
     torch.testing.assert_close(last.double(), ref_last, rtol=rtol, atol=atol)
 
@@ -119,6 +146,14 @@ def test_ops_registered_with_fake_kernels():
     torch.library.opcheck(torch.ops.corey.selective_state_update.default,
                           (state, torch.randn(2, 4), torch.randn(2, 4), -torch.rand(4, 3), torch.randn(2, 3),
                            torch.randn(2, 3), None, None, None, True), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_decode_block_narrows_while_few_programs_run():
+    from corey_compile.codegen.selective_scan.step import default_step_block
+
+    assert default_step_block(batch=1, dim=2048, dstate=16) == 32  # 64 programs rather than 16
+    assert default_step_block(batch=16, dim=2048, dstate=16) == 128
+    assert default_step_block(batch=1, dim=6, dstate=4) == 8  # never wider than the channels
 
 
 def test_preferred_chunk_follows_the_channels_per_multiprocessor():

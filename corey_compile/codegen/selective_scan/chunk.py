@@ -254,6 +254,7 @@ def selective_scan_chunked(
     num_warps: int | None = None,
     prefetch: int | None = None,
     maxnreg: int | None = None,
+    convert_bc: bool = False,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,13 +264,16 @@ def selective_scan_chunked(
     D, delta_bias: (d,); initial_state: (b, d, n).
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
     ``block_d``, ``num_warps``, ``prefetch`` (chunks ahead to prefetch into L2; CUDA only) and
-    ``maxnreg`` (registers per thread) override the defaults. ``out`` and ``last_state`` may be given to be written in place.
+    ``maxnreg`` (registers per thread) override the defaults. ``convert_bc`` converts half-precision
+    B and C to float32 first (two small copies), sparing the kernel a conversion per channel. ``out`` and ``last_state`` may be given to be written in place.
     """
     batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
+    if convert_bc and B.dtype != torch.float32:
+        B, C = B.float(), C.float()
     dim_per_group = dim // groups
     default_block_d, default_warps = default_launch(chunk_size, dim)
     block_d = block_d or default_block_d
