@@ -31,9 +31,23 @@ def _linear_recurrence_combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
-def _keep_right(left, right):
-    # As a reduction along an axis: the last element.
-    return right
+def _last_step(x, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
+    """``x[:, CHUNK - 1]`` of a (BLOCK_D, CHUNK) tile whose lanes hold 8 consecutive steps each.
+
+    Three splits of the trailing pair keep every 8th step (picking registers, no shuffles); a
+    masked sum over those, one per lane, leaves the last. (A reduction that keeps its right
+    operand is not one: Triton's butterfly reductions assume a commutative combine, and lanes
+    then disagree on the result.)
+    """
+    if CHUNK >= 2:
+        x = tl.split(tl.reshape(x, (BLOCK_D, CHUNK // 2, 2)))[1]
+    if CHUNK >= 4:
+        x = tl.split(tl.reshape(x, (BLOCK_D, CHUNK // 4, 2)))[1]
+    if CHUNK >= 8:
+        x = tl.split(tl.reshape(x, (BLOCK_D, CHUNK // 8, 2)))[1]
+    ENDS: tl.constexpr = CHUNK // 8 if CHUNK >= 8 else 1
+    ends = tl.arange(0, ENDS)  # the lane-final steps 7, 15, ...
+    return tl.sum(tl.where(ends[None, :] == ENDS - 1, x, 0.0), axis=1)
 
 
 @triton.jit
@@ -97,7 +111,7 @@ def _scan_chunk(
         drive = tl.where(steps[None, :] == 0, drive + decay * h[n][:, None], drive)  # the carry enters at step 0
         _, states = tl.associative_scan((decay, drive), axis=1, combine_fn=_linear_recurrence_combine)
         y += states * C_n
-        h_out = h_out + (tl.reduce(states, 1, _keep_right),)  # (BLOCK_D,): the state after the last step
+        h_out = h_out + (_last_step(states, BLOCK_D, CHUNK),)  # (BLOCK_D,): the state after the last step
 
     if HAS_Z:
         z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=other_dl).to(tl.float32)
