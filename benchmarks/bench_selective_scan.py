@@ -8,7 +8,7 @@ bandwidth measured in this run, and d·n·l exponentials over the exp rate
 measured in this run. Decode: corey's step against mamba-ssm's Triton
 ``selective_state_update`` at batch 1, 16 and 64.
 
-Usage: python benchmarks/bench_selective_scan.py --out results.json [--mamba-sdist PATH]
+Usage: python benchmarks/bench_selective_scan.py --out results.json [--mamba-sdist PATH] [--parts prefill,decode]
 """
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--mamba-sdist", default=None)
     parser.add_argument("--build-dir", default="/tmp/mamba_ssm_build")
+    parser.add_argument("--parts", default="prefill,decode", help="comma-separated: prefill, decode")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "python": platform.python_version(), "dim": DIM, "dstate": DSTATE, "prefill": [], "decode": [], "notes": []}
     try:
@@ -140,8 +142,8 @@ def main():
             sys.path.insert(0, "benchmarks/peers")
             from build_mamba_ssm import build
 
-            module, pkg = build(args.mamba_sdist, args.build_dir)
-            mamba_fwd = module.fwd
+            module, pkg = build(args.mamba_sdist, args.build_dir, compile_forward="prefill" in parts)
+            mamba_fwd = module.fwd if module is not None else None
             sys.path.insert(0, pkg)
             from mamba_ssm.ops.triton.selective_state_update import selective_state_update as mamba_step
             results["mamba_ssm"] = args.mamba_sdist.rsplit("/", 1)[-1]
@@ -155,7 +157,7 @@ def main():
 
     rows = []
     top_configs = {}
-    for dtype in (torch.float16, torch.bfloat16):
+    for dtype in (torch.float16, torch.bfloat16) if "prefill" in parts else ():
         for batch, seqlen in PREFILL_SHAPES:
             x = make_inputs(batch, seqlen, dtype)
             ref, ref_last = selective_scan_naive(**{k: v.double() for k, v in x.items()}, delta_softplus=True,
@@ -231,7 +233,7 @@ def main():
                 json.dump(results, f, indent=2)
 
     decode_rows = []
-    for batch in DECODE_BATCHES:
+    for batch in DECODE_BATCHES if "decode" in parts else ():
         g = torch.Generator(device=DEVICE).manual_seed(batch)
         r = lambda *s: torch.randn(*s, device=DEVICE, generator=g)  # noqa: E731
         state = r(batch, DIM, DSTATE).half()
