@@ -44,29 +44,22 @@ def test_prefill_forms_become_one_op(form, seqlen):
         assert not any(gone in t for t in ops), f"{gone} is still in the graph: {ops}"
 
 
-def test_loop_with_initial_state_and_sum_readout():
-    inputs = scan_inputs(l=9)
+@pytest.mark.parametrize("form, seqlen, absorbed", [
+    ("loop_sum_readout_with_initial_state", 9, ["delta_bias", "softplus", "initial_state"]),
+    # transformers before 5.3 decodes through its loop, one step long, with a (b, d) input unsqueezed.
+    ("loop_one_step_from_cache", 1, ["delta_bias", "softplus", "D", "z", "initial_state"]),
+])
+def test_loops_from_a_given_initial_state(form, seqlen, absorbed):
+    fn = getattr(forms, form)
+    inputs = scan_inputs(l=seqlen)
     h0 = torch.randn(2, 6, 4)
-    compiled, captured = compile_capturing(forms.loop_sum_readout_with_initial_state)
+    compiled, captured = compile_capturing(fn)
     out, last = compiled(**inputs, h0=h0)
-    ref_out, ref_last = forms.loop_sum_readout_with_initial_state(**inputs, h0=h0)
+    ref_out, ref_last = fn(**inputs, h0=h0)
     torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3)
     torch.testing.assert_close(last, ref_last, rtol=6e-4, atol=2e-3)
     (gm, report), = captured
-    assert [r.absorbed for r in report.regions] == [["delta_bias", "softplus", "initial_state"]]
-    assert targets(gm).count(SCAN_OP) == 1
-
-
-def test_one_step_loop_with_an_unsqueezed_input():
-    inputs = scan_inputs(l=1)
-    h0 = torch.randn(2, 6, 4)
-    compiled, captured = compile_capturing(forms.loop_one_step_from_cache)
-    out, last = compiled(**inputs, h0=h0)
-    ref_out, ref_last = forms.loop_one_step_from_cache(**inputs, h0=h0)
-    torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3)
-    torch.testing.assert_close(last, ref_last, rtol=6e-4, atol=2e-3)
-    (gm, report), = captured
-    assert [r.absorbed for r in report.regions] == [["delta_bias", "softplus", "D", "z", "initial_state"]]
+    assert [r.absorbed for r in report.regions] == [absorbed]
     assert targets(gm).count(SCAN_OP) == 1
 
 
