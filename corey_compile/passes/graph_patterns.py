@@ -405,9 +405,9 @@ def permute_to(graph: fx.Graph, operand: Operand, want: tuple):
 
 
 def broadcast_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
-    """Like ``permute_to``, and a dim of ``want`` that ``operand`` lacks is broadcast to ``sizes[label]``.
+    """Like ``permute_to``, and a dim of ``want`` that ``operand`` lacks is broadcast.
 
-    ``sizes`` maps a label to an int or to a (node, dim) pair whose size it takes.
+    ``sizes`` maps such a label to the (node, dim) whose size it takes.
     """
     missing = [label for label in want if label not in operand.labels]
     if not missing:
@@ -417,8 +417,7 @@ def broadcast_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
     for pos, label in enumerate(want):
         if label in missing:
             node = graph.call_function(torch.unsqueeze, (node, pos))
-            size = sizes[label]
-            shape.append(size if isinstance(size, int) else graph.call_method("size", size))
+            shape.append(graph.call_method("size", sizes[label]))
         else:
             shape.append(-1)
     return graph.call_method("expand", (node, *shape))

@@ -171,14 +171,17 @@ def _selective_scan_fwd_kernel(
     # One prefetch per 32 elements (a 128-byte line of float32), clamped into the tensors.
     LINES: tl.constexpr = (CHUNK + 31) // 32
     line_offs = tl.minimum(tl.arange(0, LINES) * 32, CHUNK - 1)  # (LINES,)
-    rows_d = tl.minimum(offs_d, dim - 1)[:, None]  # (BLOCK_D, 1)
+    rows_d = tl.minimum(offs_d, dim - 1)[:, None]  # (BLOCK_D, 1): blocks past d prefetch the last channel
+    u_ahead_rows = u_ptr + pid_b * stride_u_b + rows_d * stride_u_d
+    dt_ahead_rows = delta_ptr + pid_b * stride_dt_b + rows_d * stride_dt_d
+    z_ahead_rows = z_ptr + pid_b * stride_z_b + rows_d * stride_z_d
     for chunk in range(0, num_whole):
         if PREFETCH:
             ahead = tl.minimum((chunk + PREFETCH) * CHUNK + line_offs, seqlen - 1)[None, :]  # (1, LINES)
-            _prefetch_to_l2(u_ptr + pid_b * stride_u_b + rows_d * stride_u_d + ahead * stride_u_l)
-            _prefetch_to_l2(delta_ptr + pid_b * stride_dt_b + rows_d * stride_dt_d + ahead * stride_dt_l)
+            _prefetch_to_l2(u_ahead_rows + ahead * stride_u_l)
+            _prefetch_to_l2(dt_ahead_rows + ahead * stride_dt_l)
             if HAS_Z:
-                _prefetch_to_l2(z_ptr + pid_b * stride_z_b + rows_d * stride_z_d + ahead * stride_z_l)
+                _prefetch_to_l2(z_ahead_rows + ahead * stride_z_l)
         h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
                         chunk * CHUNK, seqlen, mask_d, steps,
                         stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
