@@ -32,15 +32,19 @@ from corey_compile.codegen.selective_scan.step import selective_state_update_tri
 DIM, DSTATE = 2048, 16
 DEVICE = "cuda"
 PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
-# (chunk, block_d, num_warps, prefetch, maxnreg, convert_bc); None: the launch corey picks itself
-# (occupancy_chunk, default_launch, DEFAULT_PREFETCH). A block_d twice default_launch's gives each lane
-# two channels; convert_bc times the float32 copies of B and C with the kernel.
-FEW_CHANNELS = [None, (128, 2, 1, 0, None, False), (128, 2, 1, 2, None, True), (128, 4, 1, 2, None, False),
-                (256, 1, 1, 2, None, False), (256, 1, 1, 2, None, True), (64, 4, 1, 2, None, False),
-                (32, 8, 1, 2, None, False), (16, 16, 1, 2, None, False)]
-MANY_CHANNELS = [None, (16, 16, 1, 0, None, False), (16, 16, 1, 2, None, True), (16, 32, 1, 2, None, False),
-                 (32, 8, 1, 2, None, False), (32, 8, 1, 2, None, True), (64, 4, 1, 2, None, False),
-                 (128, 2, 1, 2, None, False)]
+# Launches swept besides the one corey picks itself (None: occupancy_chunk, default_launch and
+# default_schedule), as keyword arguments of selective_scan_chunked. A block_d twice default_launch's
+# gives each lane two channels.
+FEW_CHANNELS = [None] + [dict(chunk_size=128, **kw) for kw in (
+    dict(pipeline=1, prefetch=0, hoist_a=True), dict(pipeline=1, prefetch=0, hoist_a=False),
+    dict(pipeline=0, prefetch=0, hoist_a=True), dict(pipeline=0, prefetch=2, hoist_a=True),
+    dict(pipeline=1, prefetch=0, hoist_a=True, block_d=4))] + [
+    dict(chunk_size=256, pipeline=1, prefetch=0, hoist_a=True), dict(chunk_size=64, pipeline=1, prefetch=0, hoist_a=True)]
+MANY_CHANNELS = [None] + [dict(chunk_size=16, **kw) for kw in (
+    dict(pipeline=0, prefetch=0, hoist_a=False), dict(pipeline=0, prefetch=0, hoist_a=True),
+    dict(pipeline=1, prefetch=0, hoist_a=False), dict(pipeline=0, prefetch=2, hoist_a=False))] + [
+    dict(chunk_size=32, pipeline=0, prefetch=0, hoist_a=False), dict(chunk_size=32, pipeline=1, prefetch=0, hoist_a=False),
+    dict(chunk_size=8, pipeline=0, prefetch=0, hoist_a=False)]
 TOP_CONFIGS_REPEATED = 3  # the fastest fp16 configs are run in bf16 too
 DECODE_BATCHES = [1, 16, 64]
 DECODE_LAUNCHES = [None, (128, 4), (64, 4), (32, 4), (32, 2), (16, 2)]  # (block_d, num_warps)
@@ -51,11 +55,13 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
 
 
+SHORT_NAMES = {"chunk_size": "c", "block_d": "bd", "pipeline": "pl", "prefetch": "pf", "hoist_a": "hoist"}
+
+
 def config_key(config) -> str:
     if config is None:
         return "default"
-    chunk, block_d, warps, prefetch, maxnreg, convert_bc = config
-    return f"c{chunk}_bd{block_d}_w{warps}_pf{prefetch}" + (f"_r{maxnreg}" if maxnreg else "") + ("_bc32" if convert_bc else "")
+    return "_".join(f"{SHORT_NAMES.get(k, k)}{int(v) if isinstance(v, bool) else v}" for k, v in config.items())
 
 
 def bench_graph(fn) -> float:
@@ -173,10 +179,7 @@ def main():
                     fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk)
                     entry["default_chunk"] = chunk
                 else:
-                    chunk, block_d, warps, prefetch, maxnreg, convert_bc = config
-                    fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk,
-                                           block_d=block_d, num_warps=warps, prefetch=prefetch, maxnreg=maxnreg,
-                                           convert_bc=convert_bc)
+                    fn = functools.partial(selective_scan_chunked, **x, delta_softplus=True, **config)
                 try:
                     out, last = fn()
                     if ref is not None:
@@ -202,7 +205,7 @@ def main():
             per_chunk = {}
             for key, t in entry["corey"].items():
                 if isinstance(t, dict) and key != "default":
-                    chunk = int(key.split("_")[0][1:])
+                    chunk = int(key.split("_")[0][1:])  # keys start with c<chunk>
                     per_chunk[chunk] = min(per_chunk.get(chunk, float("inf")), t["graph_us"])
             entry["corey_best_graph_by_chunk"] = per_chunk
             if mamba_fwd is not None:

@@ -53,14 +53,17 @@ def test_prefill_matches_reference(dtype, seqlen, chunk):
     torch.testing.assert_close(last.double(), ref_last, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("chunk, block_d, convert_bc", [(128, 2, False), (128, 4, False), (256, 2, False),
-                                                       (16, 32, False), (128, 2, True)])
-def test_prefill_launch_shapes(chunk, block_d, convert_bc):
-    # The launches the benchmark sweeps: one channel per lane, two (block_d twice the default), B/C in float32.
+@pytest.mark.parametrize("launch", [dict(chunk_size=128, block_d=2), dict(chunk_size=128, block_d=4), dict(chunk_size=256, block_d=2),
+                                    dict(chunk_size=16, block_d=32), dict(chunk_size=128, block_d=2, convert_bc=True),
+                                    dict(chunk_size=128, pipeline=0, hoist_a=True), dict(chunk_size=64, pipeline=2, hoist_a=False),
+                                    dict(chunk_size=16, pipeline=1, hoist_a=True), dict(chunk_size=8, pipeline=0, hoist_a=False)],
+                         ids=lambda kw: "_".join(f"{k}={v}" for k, v in kw.items()))
+def test_prefill_launch_shapes(launch):
+    # The launches the benchmark sweeps: one channel per lane, two (block_d twice the default), B/C in
+    # float32, and each way of overlapping loads with the scan (pipeline, hoist_a).
     inputs = _inputs(1, 8, 300, 4, 0, torch.float16, 1.0)  # blocks wider than d: their rows past d are masked
     h0 = torch.randn(1, 8, 4)
-    out, last = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, chunk_size=chunk, block_d=block_d,
-                                       convert_bc=convert_bc)
+    out, last = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, **launch)
     ref_out, ref_last = _reference(inputs, {}, True, h0)
     rtol, atol = TOLERANCES[torch.float16]
     torch.testing.assert_close(out.double(), ref_out.double(), rtol=rtol, atol=atol)

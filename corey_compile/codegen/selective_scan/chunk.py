@@ -15,13 +15,18 @@ memory. The derivation is in ``docs/ARCHITECTURE.md``.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
-DEFAULT_PREFETCH = 2  # chunks ahead; long sequences outgrow the L2 and one-warp programs hide little latency
+# Consecutive steps a lane runs by itself (CHUNK / STEPS lanes share a chunk): a 16-byte load of
+# half-precision values, the layout Triton gives the (BLOCK_D, CHUNK) tiles.
+STEPS_PER_LANE = 8
 
 
 @triton.jit
@@ -31,23 +36,74 @@ def _linear_recurrence_combine(a_left, b_left, a_right, b_right):
 
 
 @triton.jit
-def _last_step(x, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
-    """``x[:, CHUNK - 1]`` of a (BLOCK_D, CHUNK) tile whose lanes hold 8 consecutive steps each.
+def _approx_log2(x, PTX: tl.constexpr):
+    # `tl.log2` compiles to a libm-style polynomial of about 20 instructions; the hardware's
+    # `lg2.approx` is one (relative error about 2^-22).
+    if PTX:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
 
-    Three splits of the trailing pair keep every 8th step (picking registers, no shuffles); a
-    masked sum over those, one per lane, leaves the last. (A reduction that keeps its right
-    operand is not one: Triton's butterfly reductions assume a commutative combine, and lanes
-    then disagree on the result.)
+
+@triton.jit
+def _approx_reciprocal(x, PTX: tl.constexpr):
+    if PTX:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def softplus(x, PTX: tl.constexpr):
+    """log(1 + e^x) by the base-2 exponential and logarithm of the hardware; x itself above 20."""
+    return tl.where(x <= SOFTPLUS_THRESHOLD, _approx_log2(1.0 + tl.exp2(x * LOG2E), PTX) * LN2, x)
+
+
+@triton.jit
+def silu(x, PTX: tl.constexpr):
+    """x sigmoid(x) = x / (1 + e^-x)."""
+    return x * _approx_reciprocal(1.0 + tl.exp2(-x * LOG2E), PTX)
+
+
+@triton.jit
+def _unstack_steps(x, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr, LOG2_STEPS: tl.constexpr):
+    """A (BLOCK_D, LANES, STEPS) tile whose steps lie in one lane -> a tuple of STEPS tiles (BLOCK_D, LANES).
+
+    Halving the trailing axis by ``tl.split`` picks registers and moves nothing between lanes:
+    after each halving the even steps come first, so entry ``k`` of the result is step ``k``.
     """
-    if CHUNK >= 2:
-        x = tl.split(tl.reshape(x, (BLOCK_D, CHUNK // 2, 2)))[1]
-    if CHUNK >= 4:
-        x = tl.split(tl.reshape(x, (BLOCK_D, CHUNK // 4, 2)))[1]
-    if CHUNK >= 8:
-        x = tl.split(tl.reshape(x, (BLOCK_D, CHUNK // 8, 2)))[1]
-    ENDS: tl.constexpr = CHUNK // 8 if CHUNK >= 8 else 1
-    ends = tl.arange(0, ENDS)  # the lane-final steps 7, 15, ...
-    return tl.sum(tl.where(ends[None, :] == ENDS - 1, x, 0.0), axis=1)
+    parts = (x,)
+    for level in tl.static_range(LOG2_STEPS):
+        evens = ()
+        odds = ()
+        for i in tl.static_range(1 << level):
+            if (STEPS >> level) == 2:
+                even, odd = tl.split(parts[i])
+            else:
+                even, odd = tl.split(tl.reshape(parts[i], (BLOCK_D, LANES, (STEPS >> level) // 2, 2)))
+            evens = evens + (even,)
+            odds = odds + (odd,)
+        parts = evens + odds
+    if STEPS == 1:
+        parts = (tl.reshape(x, (BLOCK_D, LANES)),)
+    return parts
+
+
+@triton.jit
+def _stack_steps(parts, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr, LOG2_STEPS: tl.constexpr):
+    """The inverse of :func:`_unstack_steps`: STEPS tiles (BLOCK_D, LANES) -> one (BLOCK_D, LANES, STEPS)."""
+    for level in tl.static_range(LOG2_STEPS - 1, -1, -1):
+        joined = ()
+        for i in tl.static_range(1 << level):
+            pair = tl.join(parts[i], parts[i + (1 << level)])
+            if (STEPS >> level) > 2:
+                pair = tl.reshape(pair, (BLOCK_D, LANES, STEPS >> level))
+            joined = joined + (pair,)
+        parts = joined
+    stacked = parts[0]
+    if STEPS == 1:
+        stacked = tl.reshape(stacked, (BLOCK_D, LANES, 1))
+    return stacked
 
 
 @triton.jit
@@ -59,65 +115,100 @@ def _prefetch_to_l2(ptrs):
 
 @triton.jit
 def _scan_chunk(
-    u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
-    start, seqlen, mask_d, steps,
-    stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
-    stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+    u, dt, z, out_rows, A_log2, B_rows, C_rows, D, delta_bias, carries,
+    start, seqlen, mask_d, lanes, chunk_steps,
+    stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, MASK_L: tl.constexpr, EVEN_D: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr, LOG2_STEPS: tl.constexpr,
+    MASK_L: tl.constexpr, EVEN_D: tl.constexpr, HOIST_A: tl.constexpr, PTX: tl.constexpr,
 ):
-    """Steps ``start .. start + CHUNK`` of one block of channels.
+    """Steps ``start .. start + CHUNK`` of one block of channels, given its (BLOCK_D, CHUNK) tiles of u, delta, z.
 
-    ``h`` is the carried state as a tuple of ``DSTATE`` vectors of shape (BLOCK_D,), one per state
-    index, so that picking one out costs nothing; returns the tuple after the chunk.
+    ``carries`` holds, per state index, a (BLOCK_D, LANES) tile whose lane 0 is the state before
+    the chunk; returns the same for the next chunk (lane 0 then holds the state after this one).
     """
-    offs_l = start + steps
-    # B and C are the same for every channel, so only the sequence bounds them; u, delta, z and out
-    # are bounded by the channels too unless the block divides them. No mask at all is cheapest:
-    # a masked load first zeroes its registers.
+    CHUNK: tl.constexpr = LANES * STEPS
+    offs_l = start + chunk_steps  # (CHUNK,)
+    # B and C are the same for every channel, so only the sequence bounds them; out is bounded by
+    # the channels too unless the block divides them. No mask at all is cheapest: a masked load
+    # first zeroes its registers.
+    mask_l = None
+    mask_dl = None
     if MASK_L:
         mask_l = tl.broadcast_to((offs_l < seqlen)[None, :], (BLOCK_D, CHUNK))
         mask_dl = mask_d[:, None] & mask_l
-    elif EVEN_D:
-        mask_l = None
-        mask_dl = None
-    else:
-        mask_l = None
+    elif not EVEN_D:
         mask_dl = tl.broadcast_to(mask_d[:, None], (BLOCK_D, CHUNK))
-    other_dl: tl.constexpr = None if mask_dl is None else 0.0
     other_l: tl.constexpr = None if mask_l is None else 0.0
-    u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_dl, other=other_dl).to(tl.float32)  # (BLOCK_D, CHUNK)
-    dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_dl, other=other_dl).to(tl.float32)
+    # The tiles' layout puts STEPS consecutive steps in each lane; they are viewed as (BLOCK_D, LANES, STEPS).
+    u = tl.reshape(u.to(tl.float32), (BLOCK_D, LANES, STEPS))
+    dt = tl.reshape(dt.to(tl.float32), (BLOCK_D, LANES, STEPS))
     if HAS_DELTA_BIAS:
-        dt += delta_bias[:, None]
+        dt += delta_bias[:, None, None]
     if DELTA_SOFTPLUS:
-        dt = tl.where(dt <= SOFTPLUS_THRESHOLD, tl.log(1.0 + tl.exp(dt)), dt)
+        dt = softplus(dt, PTX)
     if MASK_L:
-        dt = tl.where(mask_dl, dt, 0.0)  # steps past the end leave the state unchanged
-    dtu = dt * u
+        dt = tl.where(tl.reshape(mask_dl, (BLOCK_D, LANES, STEPS)), dt, 0.0)  # steps past the end leave the state unchanged
     if HAS_D:
-        y = u * D[:, None]
+        y = u * D[:, None, None]
     else:
-        y = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        y = tl.zeros((BLOCK_D, LANES, STEPS), dtype=tl.float32)
+    dt_lane = tl.sum(dt, axis=2)  # (BLOCK_D, LANES): the lane's decay over its steps is exp(dt_lane A)
+    dts = _unstack_steps(dt, BLOCK_D, LANES, STEPS, LOG2_STEPS)
+    dtus = _unstack_steps(dt * u, BLOCK_D, LANES, STEPS, LOG2_STEPS)
+    ys = _unstack_steps(y, BLOCK_D, LANES, STEPS, LOG2_STEPS)
+    first_lane = lanes[None, :] == 0
+    previous_lane = tl.broadcast_to(((lanes + LANES - 1) % LANES)[None, :], (BLOCK_D, LANES))
 
-    h_out = ()
+    new_carries = ()
     for n in tl.static_range(DSTATE):
-        # exp(delta A) is evaluated as exp2(delta (A log2 e)).
-        A_n = tl.load(A_rows + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E  # (BLOCK_D,)
-        B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_l, other=other_l).to(tl.float32)
-        C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_l, other=other_l).to(tl.float32)
-        decay = tl.exp2(dt * A_n[:, None])  # (BLOCK_D, CHUNK)
-        drive = dtu * B_n
-        drive = tl.where(steps[None, :] == 0, drive + decay * h[n][:, None], drive)  # the carry enters at step 0
-        _, states = tl.associative_scan((decay, drive), axis=1, combine_fn=_linear_recurrence_combine)
-        y += states * C_n
-        h_out = h_out + (_last_step(states, BLOCK_D, CHUNK),)  # (BLOCK_D,): the state after the last step
+        if HOIST_A:
+            A_n = A_log2[n]  # (BLOCK_D, 1)
+        else:
+            A_n = (tl.load(A_log2 + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E)[:, None]
+        B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_l, other=other_l)
+        C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_l, other=other_l)
+        B_n = tl.reshape(B_n, (BLOCK_D, LANES, STEPS))
+        C_n = tl.reshape(C_n, (BLOCK_D, LANES, STEPS))
+        Bs = _unstack_steps(B_n, BLOCK_D, LANES, STEPS, LOG2_STEPS)
+        Cs = _unstack_steps(C_n, BLOCK_D, LANES, STEPS, LOG2_STEPS)
+        decays = ()
+        drives = ()
+        for k in tl.static_range(STEPS):
+            decays = decays + (tl.exp2(dts[k] * A_n),)
+            drives = drives + (dtus[k] * Bs[k].to(tl.float32),)
+        carry = carries[n]
+        if LANES > 1:
+            # Each lane runs its steps from a zero state: `local` is where its steps alone lead.
+            local = drives[0]
+            for k in tl.static_range(1, STEPS):
+                local = decays[k] * local + drives[k]
+            # Across lanes: lane j ends in state a_j h + local_j from its starting state h. The
+            # carry enters lane 0; an inclusive scan then leaves in lane j the state after its steps.
+            lane_decay = tl.exp2(dt_lane * A_n)
+            local = tl.where(first_lane, local + lane_decay * carry, local)
+            _, lane_end = tl.associative_scan((lane_decay, local), axis=1, combine_fn=_linear_recurrence_combine)
+            # One rotation by a lane gives lane j the state it starts from (lane j-1's end) and
+            # lane 0 the state after the whole chunk, which is the next chunk's carry.
+            next_carry = tl.gather(lane_end, previous_lane, axis=1)
+            h = tl.where(first_lane, carry, next_carry)
+        else:
+            h = carry  # one lane holds the whole chunk: no lanes to combine
+        new_ys = ()
+        for k in tl.static_range(STEPS):
+            h = decays[k] * h + drives[k]
+            new_ys = new_ys + (ys[k] + Cs[k].to(tl.float32) * h,)
+        if LANES == 1:
+            next_carry = h
+        ys = new_ys
+        new_carries = new_carries + (next_carry,)
 
+    y = _stack_steps(ys, BLOCK_D, LANES, STEPS, LOG2_STEPS)  # (BLOCK_D, LANES, STEPS)
     if HAS_Z:
-        z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_dl, other=other_dl).to(tl.float32)
-        y *= z * tl.sigmoid(z)
+        y *= silu(tl.reshape(z.to(tl.float32), (BLOCK_D, LANES, STEPS)), PTX)
+    y = tl.reshape(y, (BLOCK_D, CHUNK))
     tl.store(out_rows + offs_l[None, :] * stride_out_l, y.to(out_rows.dtype.element_ty), mask=mask_dl)
-    return h_out
+    return new_carries
 
 
 @triton.jit
@@ -139,30 +230,45 @@ def _selective_scan_fwd_kernel(
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, EVEN_D: tl.constexpr,
-    PREFETCH: tl.constexpr,  # chunks ahead to prefetch u, delta, z into L2 (0: none; CUDA only)
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr, EVEN_D: tl.constexpr,
+    PREFETCH: tl.constexpr,  # chunks ahead to prefetch u, delta, z into L2 (0: none; PTX only)
+    HOIST_A: tl.constexpr,  # keep A in registers across chunks
+    PIPELINE: tl.constexpr,  # chunks ahead whose u, delta, z are loaded into registers while this one is scanned
+    PTX: tl.constexpr,  # an NVIDIA GPU: inline PTX for the approximate logarithm and reciprocal, and the prefetch
 ):
+    LANES: tl.constexpr = CHUNK // STEPS
+    LOG2_STEPS: tl.constexpr = STEPS.bit_length() - 1
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    steps = tl.arange(0, CHUNK)
+    lanes = tl.arange(0, LANES)
+    chunk_steps = tl.arange(0, CHUNK)
     mask_d = offs_d < dim
     group = (pid_d * BLOCK_D) // dim_per_group  # the launcher keeps a block inside one group
 
     D = tl.load(D_ptr + offs_d, mask=mask_d & HAS_D, other=0.0).to(tl.float32)  # (BLOCK_D,)
     delta_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d & HAS_DELTA_BIAS, other=0.0).to(tl.float32)
-    h = ()  # DSTATE vectors (BLOCK_D,): the state carried between chunks
+    # exp(delta A) = exp2(delta A log2(e)). With HOIST_A the DSTATE vectors (BLOCK_D, 1) of A log2(e)
+    # stay in registers; otherwise each chunk reads A again (from L1) and the registers go elsewhere.
+    A_log2 = A_ptr + offs_d * stride_A_d
+    if HOIST_A:
+        A_rows = A_log2
+        A_log2 = ()
+        for n in tl.static_range(DSTATE):
+            A_n = tl.load(A_rows + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32)
+            A_log2 = A_log2 + ((A_n * LOG2E)[:, None],)
+    carries = ()  # DSTATE tiles (BLOCK_D, LANES): lane 0 holds the state carried between chunks
     for n in tl.static_range(DSTATE):
-        h = h + (tl.load(h0_ptr + pid_b * stride_h0_b + offs_d * stride_h0_d + n * stride_h0_n,
-                         mask=mask_d & HAS_H0, other=0.0).to(tl.float32),)
+        h0_n = tl.load(h0_ptr + pid_b * stride_h0_b + offs_d * stride_h0_d + n * stride_h0_n,
+                       mask=mask_d & HAS_H0, other=0.0).to(tl.float32)
+        carries = carries + (tl.broadcast_to(h0_n[:, None], (BLOCK_D, LANES)),)
 
     u_rows = u_ptr + pid_b * stride_u_b + offs_d[:, None] * stride_u_d
     dt_rows = delta_ptr + pid_b * stride_dt_b + offs_d[:, None] * stride_dt_d
     z_rows = z_ptr + pid_b * stride_z_b + offs_d[:, None] * stride_z_d
     out_rows = out_ptr + pid_b * stride_out_b + offs_d[:, None] * stride_out_d
-    A_rows = A_ptr + offs_d * stride_A_d
-    # B and C are read as full (BLOCK_D, CHUNK) tiles with a zero channel stride, so that they
-    # take the layout of u and delta and need no shuffle to meet them.
+    # B and C are read as full (BLOCK_D, CHUNK) tiles with a zero channel stride, so that
+    # they take the layout of u and delta and need no shuffle to meet them.
     B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + 0 * offs_d[:, None]
     C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + 0 * offs_d[:, None]
 
@@ -175,6 +281,21 @@ def _selective_scan_fwd_kernel(
     u_ahead_rows = u_ptr + pid_b * stride_u_b + rows_d * stride_u_d
     dt_ahead_rows = delta_ptr + pid_b * stride_dt_b + rows_d * stride_dt_d
     z_ahead_rows = z_ptr + pid_b * stride_z_b + rows_d * stride_z_d
+    # u, delta and z of whole chunks need no bounds on the sequence, nor on the channels where the
+    # block divides them; the tail chunk, if any, is masked. With PIPELINE the next chunk's tiles
+    # are loaded before this one is scanned, so that the scan hides their latency.
+    mask_whole = None if EVEN_D else tl.broadcast_to(mask_d[:, None], (BLOCK_D, CHUNK))
+    other_whole: tl.constexpr = None if EVEN_D else 0.0
+    if PIPELINE >= 1:
+        ahead = tl.minimum(chunk_steps, seqlen - 1)[None, :]  # a sequence shorter than a chunk repeats its last step
+        u_1 = tl.load(u_rows + ahead * stride_u_l, mask=mask_whole, other=other_whole)
+        dt_1 = tl.load(dt_rows + ahead * stride_dt_l, mask=mask_whole, other=other_whole)
+        z_1 = tl.load(z_rows + ahead * stride_z_l, mask=mask_whole, other=other_whole) if HAS_Z else u_1
+    if PIPELINE >= 2:
+        ahead = tl.minimum(CHUNK + chunk_steps, seqlen - 1)[None, :]
+        u_2 = tl.load(u_rows + ahead * stride_u_l, mask=mask_whole, other=other_whole)
+        dt_2 = tl.load(dt_rows + ahead * stride_dt_l, mask=mask_whole, other=other_whole)
+        z_2 = tl.load(z_rows + ahead * stride_z_l, mask=mask_whole, other=other_whole) if HAS_Z else u_2
     for chunk in range(0, num_whole):
         if PREFETCH:
             ahead = tl.minimum((chunk + PREFETCH) * CHUNK + line_offs, seqlen - 1)[None, :]  # (1, LINES)
@@ -182,20 +303,61 @@ def _selective_scan_fwd_kernel(
             _prefetch_to_l2(dt_ahead_rows + ahead * stride_dt_l)
             if HAS_Z:
                 _prefetch_to_l2(z_ahead_rows + ahead * stride_z_l)
-        h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
-                        chunk * CHUNK, seqlen, mask_d, steps,
-                        stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
-                        stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=False, EVEN_D=EVEN_D)
+        if PIPELINE == 0:
+            offs_l = (chunk * CHUNK + chunk_steps)[None, :]
+            u = tl.load(u_rows + offs_l * stride_u_l, mask=mask_whole, other=other_whole)
+            dt = tl.load(dt_rows + offs_l * stride_dt_l, mask=mask_whole, other=other_whole)
+            z = tl.load(z_rows + offs_l * stride_z_l, mask=mask_whole, other=other_whole) if HAS_Z else u
+        else:
+            u, dt, z = u_1, dt_1, z_1
+            if PIPELINE >= 2:
+                u_1, dt_1, z_1 = u_2, dt_2, z_2
+            # The chunk PIPELINE ahead, or the last whole chunk again near the end.
+            ahead = (tl.minimum(chunk + PIPELINE, num_whole - 1) * CHUNK + chunk_steps)[None, :]
+            u_next = tl.load(u_rows + ahead * stride_u_l, mask=mask_whole, other=other_whole)
+            dt_next = tl.load(dt_rows + ahead * stride_dt_l, mask=mask_whole, other=other_whole)
+            z_next = tl.load(z_rows + ahead * stride_z_l, mask=mask_whole, other=other_whole) if HAS_Z else u_next
+            if PIPELINE >= 2:
+                u_2, dt_2, z_2 = u_next, dt_next, z_next
+            else:
+                u_1, dt_1, z_1 = u_next, dt_next, z_next
+        carries = _scan_chunk(u, dt, z, out_rows, A_log2, B_rows, C_rows, D, delta_bias, carries,
+                              chunk * CHUNK, seqlen, mask_d, lanes, chunk_steps,
+                              stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+                              HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS, LOG2_STEPS,
+                              MASK_L=False, EVEN_D=EVEN_D, HOIST_A=HOIST_A, PTX=PTX)
     if num_whole * CHUNK < seqlen:
-        h = _scan_chunk(u_rows, dt_rows, z_rows, out_rows, A_rows, B_rows, C_rows, D, delta_bias, h,
-                        num_whole * CHUNK, seqlen, mask_d, steps,
-                        stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n,
-                        stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                        HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, MASK_L=True, EVEN_D=EVEN_D)
+        offs_l = num_whole * CHUNK + chunk_steps
+        mask_tail = mask_d[:, None] & (offs_l < seqlen)[None, :]
+        u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_tail, other=0.0)
+        dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_tail, other=0.0)
+        z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_tail, other=0.0) if HAS_Z else u
+        carries = _scan_chunk(u, dt, z, out_rows, A_log2, B_rows, C_rows, D, delta_bias, carries,
+                              num_whole * CHUNK, seqlen, mask_d, lanes, chunk_steps,
+                              stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+                              HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS, LOG2_STEPS,
+                              MASK_L=True, EVEN_D=EVEN_D, HOIST_A=HOIST_A, PTX=PTX)
 
+    first_lane = lanes[None, :] == 0
     for n in tl.static_range(DSTATE):
-        tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d * stride_hl_d + n * stride_hl_n, h[n], mask=mask_d)
+        last = tl.sum(tl.where(first_lane, carries[n], 0.0), axis=1)  # (BLOCK_D,)
+        tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d * stride_hl_d + n * stride_hl_n, last, mask=mask_d)
+
+
+def runs_ptx(tensor: torch.Tensor) -> bool:
+    """Whether kernels on this tensor compile to PTX (an NVIDIA GPU, not the interpreter or ROCm)."""
+    return tensor.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+def default_schedule(chunk: int) -> dict[str, int | bool]:
+    """How a program overlaps loads with the scan, by chunk (measured on an H100, docs/ARCHITECTURE.md).
+
+    Long chunks (few channels, many lanes along time) load the next chunk's inputs into registers
+    while scanning this one and keep A in registers. Short chunks (many channels) spend those
+    registers on the scan instead: there, holding both spilled.
+    """
+    long_chunk = chunk >= 64
+    return {"pipeline": 1 if long_chunk else 0, "prefetch": 0, "hoist_a": long_chunk}
 
 
 def default_launch(chunk: int, dim: int) -> tuple[int, int]:
@@ -272,6 +434,8 @@ def selective_scan_chunked(
     prefetch: int | None = None,
     maxnreg: int | None = None,
     convert_bc: bool = False,
+    pipeline: int | None = None,
+    hoist_a: bool | None = None,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,10 +444,11 @@ def selective_scan_chunked(
     u, delta, z: (b, d, l); A: (d, n) real; B, C: (b, n, l) or (b, g, n, l);
     D, delta_bias: (d,); initial_state: (b, d, n).
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
-    ``block_d``, ``num_warps``, ``prefetch`` (chunks ahead to prefetch into L2; CUDA only) and
-    ``maxnreg`` (registers per thread) override the defaults. ``convert_bc`` converts half-precision
-    B and C to float32 first (two small copies, measured slower on an H100 than converting in the
-    kernel). ``out`` and ``last_state`` may be given to be written in place.
+    ``block_d``, ``num_warps`` and ``maxnreg`` (registers per thread) override :func:`default_launch`;
+    ``pipeline`` (chunks ahead loaded into registers), ``prefetch`` (chunks ahead prefetched into
+    L2; NVIDIA only) and ``hoist_a`` override :func:`default_schedule`. ``convert_bc`` converts
+    half-precision B and C to float32 first (two small copies, measured slower on an H100 than
+    converting in the kernel). ``out`` and ``last_state`` may be given to be written in place.
     """
     batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk_size < 1 or chunk_size & (chunk_size - 1):
@@ -305,6 +470,9 @@ def selective_scan_chunked(
     h0 = initial_state if initial_state is not None else last_state
     z_arg = z if z is not None else u
     grid = (triton.cdiv(dim, block_d), batch)
+    ptx = runs_ptx(u)
+    schedule = default_schedule(chunk_size)
+    schedule.update({k: v for k, v in (("prefetch", prefetch), ("pipeline", pipeline), ("hoist_a", hoist_a)) if v is not None})
     _selective_scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0, out, last_state,
         seqlen, dim, dim_per_group,
@@ -312,8 +480,9 @@ def selective_scan_chunked(
         *h0.stride(), *last_state.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, EVEN_D=dim % block_d == 0,
-        PREFETCH=(DEFAULT_PREFETCH if prefetch is None else prefetch) if u.is_cuda else 0, num_warps=num_warps,
+        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, STEPS=min(STEPS_PER_LANE, chunk_size), EVEN_D=dim % block_d == 0,
+        PREFETCH=schedule["prefetch"] if ptx else 0, PIPELINE=int(schedule["pipeline"]), HOIST_A=bool(schedule["hoist_a"]), PTX=ptx,
+        num_warps=num_warps,
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     return out, last_state
