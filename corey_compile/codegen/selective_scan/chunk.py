@@ -1,17 +1,25 @@
 """Chunked Triton selective scan (prefill).
 
 One program owns ``BLOCK_D`` channels of one batch row and walks the sequence
-``CHUNK`` steps at a time. A chunk is held as ``(BLOCK_D, CHUNK)`` tiles whose
-time axis is split across the lanes of a warp, each lane holding a few
-consecutive steps; the state dimension is walked one index at a time
-(``DSTATE`` is unrolled), so that the readout ``y = sum_n C_n h_n`` stays a
-running sum in registers and never needs a reduction across lanes. For each
-state index the recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``
-is one ``tl.associative_scan`` along the chunk, with the state carried in
-from the previous chunk folded into the first step. The carries live in
-registers as a tuple of ``DSTATE`` vectors of shape ``(BLOCK_D,)``. Only ``u, delta, z,
-B, C`` are read and ``out`` written: nothing of shape ``(b, d, l, n)`` touches
-memory. The derivation is in ``docs/ARCHITECTURE.md``.
+``CHUNK`` steps at a time. A chunk is loaded as ``(BLOCK_D, CHUNK)`` tiles whose
+layout gives each lane ``STEPS`` consecutive steps of one channel, and viewed as
+``(BLOCK_D, LANES, STEPS)``; ``tl.split`` turns the steps into ``STEPS``
+separate ``(BLOCK_D, LANES)`` tiles, register picks with no data movement. The
+state dimension is walked one index at a time (``DSTATE`` is unrolled), so the
+readout ``y = sum_n C_n h_n`` stays a running sum in registers. For each state
+index the recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` takes
+three steps:
+
+1. each lane runs its steps from a zero state (one multiply-add per step);
+2. one ``tl.associative_scan`` across the lanes combines the lanes' totals,
+   with the state carried from the previous chunk entering lane 0, and one
+   rotation by a lane (``tl.gather``) gives every lane the state it starts from
+   and lane 0 the state after the chunk, which is the next chunk's carry;
+3. each lane runs its steps again from that state, reading out ``C h`` as it goes.
+
+Only ``u, delta, z, B, C`` are read and ``out`` written: nothing of shape
+``(b, d, l, n)`` touches memory. The derivation and the measurements behind the
+defaults are in ``docs/ARCHITECTURE.md``.
 """
 from __future__ import annotations
 
@@ -115,7 +123,7 @@ def _prefetch_to_l2(ptrs):
 
 @triton.jit
 def _scan_chunk(
-    u, dt, z, out_rows, A_log2, B_rows, C_rows, D, delta_bias, carries,
+    u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
     start, seqlen, mask_d, lanes, chunk_steps,
     stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
@@ -163,9 +171,9 @@ def _scan_chunk(
     new_carries = ()
     for n in tl.static_range(DSTATE):
         if HOIST_A:
-            A_n = A_log2[n]  # (BLOCK_D, 1)
+            A_n = A_source[n]  # (BLOCK_D, 1)
         else:
-            A_n = (tl.load(A_log2 + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E)[:, None]
+            A_n = (tl.load(A_source + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E)[:, None]
         B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_l, other=other_l)
         C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_l, other=other_l)
         B_n = tl.reshape(B_n, (BLOCK_D, LANES, STEPS))
@@ -250,13 +258,13 @@ def _selective_scan_fwd_kernel(
     delta_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d & HAS_DELTA_BIAS, other=0.0).to(tl.float32)
     # exp(delta A) = exp2(delta A log2(e)). With HOIST_A the DSTATE vectors (BLOCK_D, 1) of A log2(e)
     # stay in registers; otherwise each chunk reads A again (from L1) and the registers go elsewhere.
-    A_log2 = A_ptr + offs_d * stride_A_d
+    A_source = A_ptr + offs_d * stride_A_d  # what _scan_chunk reads A from: these rows, or with HOIST_A ...
     if HOIST_A:
-        A_rows = A_log2
-        A_log2 = ()
+        A_rows = A_source
+        A_source = ()  # ... DSTATE vectors (BLOCK_D, 1) of A log2(e)
         for n in tl.static_range(DSTATE):
             A_n = tl.load(A_rows + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32)
-            A_log2 = A_log2 + ((A_n * LOG2E)[:, None],)
+            A_source = A_source + ((A_n * LOG2E)[:, None],)
     carries = ()  # DSTATE tiles (BLOCK_D, LANES): lane 0 holds the state carried between chunks
     for n in tl.static_range(DSTATE):
         h0_n = tl.load(h0_ptr + pid_b * stride_h0_b + offs_d * stride_h0_d + n * stride_h0_n,
@@ -321,7 +329,7 @@ def _selective_scan_fwd_kernel(
                 u_2, dt_2, z_2 = u_next, dt_next, z_next
             else:
                 u_1, dt_1, z_1 = u_next, dt_next, z_next
-        carries = _scan_chunk(u, dt, z, out_rows, A_log2, B_rows, C_rows, D, delta_bias, carries,
+        carries = _scan_chunk(u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
                               chunk * CHUNK, seqlen, mask_d, lanes, chunk_steps,
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
                               HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS, LOG2_STEPS,
@@ -332,7 +340,7 @@ def _selective_scan_fwd_kernel(
         u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_tail, other=0.0)
         dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_tail, other=0.0)
         z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_tail, other=0.0) if HAS_Z else u
-        carries = _scan_chunk(u, dt, z, out_rows, A_log2, B_rows, C_rows, D, delta_bias, carries,
+        carries = _scan_chunk(u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
                               num_whole * CHUNK, seqlen, mask_d, lanes, chunk_steps,
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
                               HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS, LOG2_STEPS,
