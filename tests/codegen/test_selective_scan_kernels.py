@@ -104,6 +104,8 @@ def test_prefill_rejects_bad_shapes():
         selective_scan_chunked(**{**inputs, "delta": inputs["delta"][..., :5]})
     with pytest.raises(ValueError, match="chunk_size must be a power of two"):
         selective_scan_chunked(**inputs, chunk_size=24)
+    with pytest.raises(ValueError, match="pipeline must be 0, 1 or 2"):
+        selective_scan_chunked(**inputs, pipeline=3)  # would skip chunks: the kernel carries two ahead at most
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])

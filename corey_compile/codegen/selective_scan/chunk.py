@@ -122,6 +122,15 @@ def _prefetch_to_l2(ptrs):
 
 
 @triton.jit
+def _load_inputs(u_rows, dt_rows, z_rows, offs_l, stride_u_l, stride_dt_l, stride_z_l, mask, other, HAS_Z: tl.constexpr):
+    """The (BLOCK_D, CHUNK) tiles of u, delta and z at steps ``offs_l`` (1, CHUNK); z is u where there is none."""
+    u = tl.load(u_rows + offs_l * stride_u_l, mask=mask, other=other)
+    dt = tl.load(dt_rows + offs_l * stride_dt_l, mask=mask, other=other)
+    z = tl.load(z_rows + offs_l * stride_z_l, mask=mask, other=other) if HAS_Z else u
+    return u, dt, z
+
+
+@triton.jit
 def _scan_chunk(
     u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
     start, seqlen, mask_d, lanes, chunk_steps,
@@ -280,7 +289,6 @@ def _selective_scan_fwd_kernel(
     B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + 0 * offs_d[:, None]
     C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + 0 * offs_d[:, None]
 
-    # Whole chunks need no bounds on the sequence; the tail chunk, if any, is masked.
     num_whole = seqlen // CHUNK
     # One prefetch per 32 elements (a 128-byte line of float32), clamped into the tensors.
     LINES: tl.constexpr = (CHUNK + 31) // 32
@@ -296,14 +304,12 @@ def _selective_scan_fwd_kernel(
     other_whole: tl.constexpr = None if EVEN_D else 0.0
     if PIPELINE >= 1:
         ahead = tl.minimum(chunk_steps, seqlen - 1)[None, :]  # a sequence shorter than a chunk repeats its last step
-        u_1 = tl.load(u_rows + ahead * stride_u_l, mask=mask_whole, other=other_whole)
-        dt_1 = tl.load(dt_rows + ahead * stride_dt_l, mask=mask_whole, other=other_whole)
-        z_1 = tl.load(z_rows + ahead * stride_z_l, mask=mask_whole, other=other_whole) if HAS_Z else u_1
+        u_1, dt_1, z_1 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
+                                      mask_whole, other_whole, HAS_Z)
     if PIPELINE >= 2:
         ahead = tl.minimum(CHUNK + chunk_steps, seqlen - 1)[None, :]
-        u_2 = tl.load(u_rows + ahead * stride_u_l, mask=mask_whole, other=other_whole)
-        dt_2 = tl.load(dt_rows + ahead * stride_dt_l, mask=mask_whole, other=other_whole)
-        z_2 = tl.load(z_rows + ahead * stride_z_l, mask=mask_whole, other=other_whole) if HAS_Z else u_2
+        u_2, dt_2, z_2 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
+                                      mask_whole, other_whole, HAS_Z)
     for chunk in range(0, num_whole):
         if PREFETCH:
             ahead = tl.minimum((chunk + PREFETCH) * CHUNK + line_offs, seqlen - 1)[None, :]  # (1, LINES)
@@ -312,19 +318,16 @@ def _selective_scan_fwd_kernel(
             if HAS_Z:
                 _prefetch_to_l2(z_ahead_rows + ahead * stride_z_l)
         if PIPELINE == 0:
-            offs_l = (chunk * CHUNK + chunk_steps)[None, :]
-            u = tl.load(u_rows + offs_l * stride_u_l, mask=mask_whole, other=other_whole)
-            dt = tl.load(dt_rows + offs_l * stride_dt_l, mask=mask_whole, other=other_whole)
-            z = tl.load(z_rows + offs_l * stride_z_l, mask=mask_whole, other=other_whole) if HAS_Z else u
+            u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, (chunk * CHUNK + chunk_steps)[None, :],
+                                    stride_u_l, stride_dt_l, stride_z_l, mask_whole, other_whole, HAS_Z)
         else:
             u, dt, z = u_1, dt_1, z_1
             if PIPELINE >= 2:
                 u_1, dt_1, z_1 = u_2, dt_2, z_2
             # The chunk PIPELINE ahead, or the last whole chunk again near the end.
             ahead = (tl.minimum(chunk + PIPELINE, num_whole - 1) * CHUNK + chunk_steps)[None, :]
-            u_next = tl.load(u_rows + ahead * stride_u_l, mask=mask_whole, other=other_whole)
-            dt_next = tl.load(dt_rows + ahead * stride_dt_l, mask=mask_whole, other=other_whole)
-            z_next = tl.load(z_rows + ahead * stride_z_l, mask=mask_whole, other=other_whole) if HAS_Z else u_next
+            u_next, dt_next, z_next = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
+                                                   mask_whole, other_whole, HAS_Z)
             if PIPELINE >= 2:
                 u_2, dt_2, z_2 = u_next, dt_next, z_next
             else:
@@ -337,9 +340,8 @@ def _selective_scan_fwd_kernel(
     if num_whole * CHUNK < seqlen:
         offs_l = num_whole * CHUNK + chunk_steps
         mask_tail = mask_d[:, None] & (offs_l < seqlen)[None, :]
-        u = tl.load(u_rows + offs_l[None, :] * stride_u_l, mask=mask_tail, other=0.0)
-        dt = tl.load(dt_rows + offs_l[None, :] * stride_dt_l, mask=mask_tail, other=0.0)
-        z = tl.load(z_rows + offs_l[None, :] * stride_z_l, mask=mask_tail, other=0.0) if HAS_Z else u
+        u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, offs_l[None, :], stride_u_l, stride_dt_l, stride_z_l,
+                                mask_tail, 0.0, HAS_Z)
         carries = _scan_chunk(u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
                               num_whole * CHUNK, seqlen, mask_d, lanes, chunk_steps,
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
@@ -481,6 +483,8 @@ def selective_scan_chunked(
     ptx = runs_ptx(u)
     schedule = default_schedule(chunk_size)
     schedule.update({k: v for k, v in (("prefetch", prefetch), ("pipeline", pipeline), ("hoist_a", hoist_a)) if v is not None})
+    if schedule["pipeline"] not in (0, 1, 2):  # the kernel carries at most two chunks ahead
+        raise ValueError(f"pipeline must be 0, 1 or 2 chunks ahead, got {schedule['pipeline']}")
     _selective_scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0, out, last_state,
         seqlen, dim, dim_per_group,
