@@ -110,8 +110,8 @@ def test_prefill_rejects_bad_shapes():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
 @pytest.mark.parametrize("groups", [0, 2])
-def test_decode_step_matches_reference(dtype, groups):
-    b, d, n = 3, 6, 5
+@pytest.mark.parametrize("b, d, n", [(3, 6, 5), (2, 32, 8)], ids=["overhanging_blocks", "even_blocks"])
+def test_decode_step_matches_reference(dtype, groups, b, d, n):
     bc = (b, n) if groups == 0 else (b, groups, n)
     state = torch.randn(b, d, n)
     x, dt, z = (torch.randn(b, d).to(dtype) for _ in range(3))

@@ -62,6 +62,17 @@ def _approx_reciprocal(x, PTX: tl.constexpr):
 
 
 @triton.jit
+def to_float32(x, PTX: tl.constexpr):
+    """x as float32. bfloat16 is the upper half of a float32, so a pair packed in one register
+    widens with one shift and one mask; Triton's own widening spends a third instruction per pair."""
+    if PTX and x.dtype == tl.bfloat16:
+        return tl.inline_asm_elementwise("shl.b32 $0, $2, 16;\n\tand.b32 $1, $2, 0xffff0000;", "=r,=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=2)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
 def softplus(x, PTX: tl.constexpr):
     """log(1 + e^x) by the base-2 exponential and logarithm of the hardware; x itself above 20."""
     return tl.where(x <= SOFTPLUS_THRESHOLD, _approx_log2(1.0 + tl.exp2(x * LOG2E), PTX) * LN2, x)
@@ -137,7 +148,7 @@ def _scan_chunk(
     stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
     DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr, LOG2_STEPS: tl.constexpr,
-    MASK_L: tl.constexpr, EVEN_D: tl.constexpr, HOIST_A: tl.constexpr, PTX: tl.constexpr,
+    MASK_L: tl.constexpr, EVEN_D: tl.constexpr, HOIST_A: tl.constexpr, WIDEN_BC_PAIRS: tl.constexpr, PTX: tl.constexpr,
 ):
     """Steps ``start .. start + CHUNK`` of one block of channels, given its (BLOCK_D, CHUNK) tiles of u, delta, z.
 
@@ -158,8 +169,8 @@ def _scan_chunk(
         mask_dl = tl.broadcast_to(mask_d[:, None], (BLOCK_D, CHUNK))
     other_l: tl.constexpr = None if mask_l is None else 0.0
     # The tiles' layout puts STEPS consecutive steps in each lane; they are viewed as (BLOCK_D, LANES, STEPS).
-    u = tl.reshape(u.to(tl.float32), (BLOCK_D, LANES, STEPS))
-    dt = tl.reshape(dt.to(tl.float32), (BLOCK_D, LANES, STEPS))
+    u = tl.reshape(to_float32(u, PTX), (BLOCK_D, LANES, STEPS))
+    dt = tl.reshape(to_float32(dt, PTX), (BLOCK_D, LANES, STEPS))
     if HAS_DELTA_BIAS:
         dt += delta_bias[:, None, None]
     if DELTA_SOFTPLUS:
@@ -185,6 +196,11 @@ def _scan_chunk(
             A_n = (tl.load(A_source + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E)[:, None]
         B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_l, other=other_l)
         C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_l, other=other_l)
+        if WIDEN_BC_PAIRS and B_n.dtype == tl.bfloat16:
+            # Widened in pairs while consecutive steps still share a register (two instructions per
+            # pair instead of three); otherwise each step is widened where it is used.
+            B_n = to_float32(B_n, PTX)
+            C_n = to_float32(C_n, PTX)
         B_n = tl.reshape(B_n, (BLOCK_D, LANES, STEPS))
         C_n = tl.reshape(C_n, (BLOCK_D, LANES, STEPS))
         Bs = _unstack_steps(B_n, BLOCK_D, LANES, STEPS, LOG2_STEPS)
@@ -222,7 +238,7 @@ def _scan_chunk(
 
     y = _stack_steps(ys, BLOCK_D, LANES, STEPS, LOG2_STEPS)  # (BLOCK_D, LANES, STEPS)
     if HAS_Z:
-        y *= silu(tl.reshape(z.to(tl.float32), (BLOCK_D, LANES, STEPS)), PTX)
+        y *= silu(tl.reshape(to_float32(z, PTX), (BLOCK_D, LANES, STEPS)), PTX)
     y = tl.reshape(y, (BLOCK_D, CHUNK))
     tl.store(out_rows + offs_l[None, :] * stride_out_l, y.to(out_rows.dtype.element_ty), mask=mask_dl)
     return new_carries
@@ -251,6 +267,7 @@ def _selective_scan_fwd_kernel(
     PREFETCH: tl.constexpr,  # chunks ahead to prefetch u, delta, z into L2 (0: none; PTX only)
     HOIST_A: tl.constexpr,  # keep A in registers across chunks
     PIPELINE: tl.constexpr,  # chunks ahead whose u, delta, z are loaded into registers while this one is scanned
+    WIDEN_BC_PAIRS: tl.constexpr,  # widen bfloat16 B and C two steps at a time, before the steps are split
     PTX: tl.constexpr,  # an NVIDIA GPU: inline PTX for the approximate logarithm and reciprocal, and the prefetch
 ):
     LANES: tl.constexpr = CHUNK // STEPS
@@ -336,7 +353,7 @@ def _selective_scan_fwd_kernel(
                               chunk * CHUNK, seqlen, mask_d, lanes, chunk_steps,
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
                               HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS, LOG2_STEPS,
-                              MASK_L=False, EVEN_D=EVEN_D, HOIST_A=HOIST_A, PTX=PTX)
+                              MASK_L=False, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX)
     if num_whole * CHUNK < seqlen:
         offs_l = num_whole * CHUNK + chunk_steps
         mask_tail = mask_d[:, None] & (offs_l < seqlen)[None, :]
@@ -346,7 +363,7 @@ def _selective_scan_fwd_kernel(
                               num_whole * CHUNK, seqlen, mask_d, lanes, chunk_steps,
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
                               HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS, LOG2_STEPS,
-                              MASK_L=True, EVEN_D=EVEN_D, HOIST_A=HOIST_A, PTX=PTX)
+                              MASK_L=True, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX)
 
     first_lane = lanes[None, :] == 0
     for n in tl.static_range(DSTATE):
@@ -363,11 +380,12 @@ def default_schedule(chunk: int) -> dict[str, int | bool]:
     """How a program overlaps loads with the scan, by chunk (measured on an H100, docs/ARCHITECTURE.md).
 
     Long chunks (few channels, many lanes along time) load the next chunk's inputs into registers
-    while scanning this one and keep A in registers. Short chunks (many channels) spend those
-    registers on the scan instead: there, holding both spilled.
+    while scanning this one, keep A in registers and widen bfloat16 B and C in pairs. Short chunks
+    (many channels) spend those registers on the scan instead: there, holding the first two
+    spilled, and widening in pairs took 1.7 times as long (b=8, l=2048, bfloat16).
     """
     long_chunk = chunk >= 64
-    return {"pipeline": 1 if long_chunk else 0, "prefetch": 0, "hoist_a": long_chunk}
+    return {"pipeline": 1 if long_chunk else 0, "prefetch": 0, "hoist_a": long_chunk, "widen_bc_pairs": long_chunk}
 
 
 def default_launch(chunk: int, dim: int) -> tuple[int, int]:
@@ -446,6 +464,7 @@ def selective_scan_chunked(
     convert_bc: bool = False,
     pipeline: int | None = None,
     hoist_a: bool | None = None,
+    widen_bc_pairs: bool | None = None,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -456,7 +475,7 @@ def selective_scan_chunked(
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
     ``block_d``, ``num_warps`` and ``maxnreg`` (registers per thread) override :func:`default_launch`;
     ``pipeline`` (chunks ahead loaded into registers), ``prefetch`` (chunks ahead prefetched into
-    L2; NVIDIA only) and ``hoist_a`` override :func:`default_schedule`. ``convert_bc`` converts
+    L2; NVIDIA only), ``hoist_a`` and ``widen_bc_pairs`` override :func:`default_schedule`. ``convert_bc`` converts
     half-precision B and C to float32 first (two small copies, measured slower on an H100 than
     converting in the kernel). ``out`` and ``last_state`` may be given to be written in place.
     """
@@ -482,7 +501,8 @@ def selective_scan_chunked(
     grid = (triton.cdiv(dim, block_d), batch)
     ptx = runs_ptx(u)
     schedule = default_schedule(chunk_size)
-    schedule.update({k: v for k, v in (("prefetch", prefetch), ("pipeline", pipeline), ("hoist_a", hoist_a)) if v is not None})
+    overrides = {"prefetch": prefetch, "pipeline": pipeline, "hoist_a": hoist_a, "widen_bc_pairs": widen_bc_pairs}
+    schedule.update({k: v for k, v in overrides.items() if v is not None})
     if schedule["pipeline"] not in (0, 1, 2):  # the kernel carries at most two chunks ahead
         raise ValueError(f"pipeline must be 0, 1 or 2 chunks ahead, got {schedule['pipeline']}")
     _selective_scan_fwd_kernel[grid](
@@ -493,7 +513,8 @@ def selective_scan_chunked(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
         DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, STEPS=min(STEPS_PER_LANE, chunk_size), EVEN_D=dim % block_d == 0,
-        PREFETCH=schedule["prefetch"] if ptx else 0, PIPELINE=int(schedule["pipeline"]), HOIST_A=bool(schedule["hoist_a"]), PTX=ptx,
+        PREFETCH=schedule["prefetch"] if ptx else 0, PIPELINE=int(schedule["pipeline"]), HOIST_A=bool(schedule["hoist_a"]),
+        WIDEN_BC_PAIRS=bool(schedule["widen_bc_pairs"]) and B.dtype == torch.bfloat16, PTX=ptx,
         num_warps=num_warps,
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk import LOG2E, SOFTPLUS_THRESHOLD
+from .chunk import LOG2E, runs_ptx, silu, softplus
 
 
 @triton.jit
@@ -25,37 +25,57 @@ def _selective_state_update_kernel(
     stride_out_b, stride_out_d,
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_GROUPS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,  # the block divides dim / BLOCK_N is dstate: no masks, wider loads
+    PTX: tl.constexpr,  # an NVIDIA GPU: the hardware's approximate logarithm and reciprocal (chunk.softplus, chunk.silu)
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    mask_d = offs_d < dim
-    mask_n = offs_n < dstate
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    group = (pid_d * BLOCK_D) // dim_per_group
+    # Masks only where the blocks overhang: a mask Triton cannot prove constant splits the state's
+    # loads into one per element.
+    mask_d = None if EVEN_D else offs_d < dim
+    mask_n = None if EVEN_N else offs_n < dstate
+    if EVEN_D and EVEN_N:
+        mask_dn = None
+    elif EVEN_D:
+        mask_dn = tl.broadcast_to(mask_n[None, :], (BLOCK_D, BLOCK_N))
+    elif EVEN_N:
+        mask_dn = tl.broadcast_to(mask_d[:, None], (BLOCK_D, BLOCK_N))
+    else:
+        mask_dn = mask_d[:, None] & mask_n[None, :]
+    other_d: tl.constexpr = None if EVEN_D else 0.0
+    other_n: tl.constexpr = None if EVEN_N else 0.0
+    other_dn: tl.constexpr = None if EVEN_D and EVEN_N else 0.0
+    # A step is a chain of latencies: one group needs no division before B and C can be fetched.
+    group = (pid_d * BLOCK_D) // dim_per_group if HAS_GROUPS else 0
 
     state_tile = state_ptr + pid_b * stride_s_b + offs_d[:, None] * stride_s_d + offs_n[None, :] * stride_s_n
-    h = tl.load(state_tile, mask=mask_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
-    x = tl.load(x_ptr + pid_b * stride_x_b + offs_d * stride_x_d, mask=mask_d, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + pid_b * stride_dt_b + offs_d * stride_dt_d, mask=mask_d, other=0.0).to(tl.float32)
+    h = tl.load(state_tile, mask=mask_dn, other=other_dn).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+    x = tl.load(x_ptr + pid_b * stride_x_b + offs_d * stride_x_d, mask=mask_d, other=other_d).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * stride_dt_b + offs_d * stride_dt_d, mask=mask_d, other=other_d).to(tl.float32)
     if HAS_DT_BIAS:
-        dt += tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        dt += tl.load(dt_bias_ptr + offs_d, mask=mask_d, other=other_d).to(tl.float32)
     if DT_SOFTPLUS:
-        dt = tl.where(dt <= SOFTPLUS_THRESHOLD, tl.log(1.0 + tl.exp(dt)), dt)
-    A = tl.load(A_ptr + offs_d[:, None] * stride_A_d + offs_n[None, :] * stride_A_n, mask=mask_dn, other=0.0).to(tl.float32)
-    B = tl.load(B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n * stride_B_n, mask=mask_n, other=0.0).to(tl.float32)
-    C = tl.load(C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n * stride_C_n, mask=mask_n, other=0.0).to(tl.float32)
+        dt = softplus(dt, PTX)
+    A = tl.load(A_ptr + offs_d[:, None] * stride_A_d + offs_n[None, :] * stride_A_n, mask=mask_dn, other=other_dn).to(tl.float32)
+    B = tl.load(B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n * stride_B_n, mask=mask_n, other=other_n).to(tl.float32)
+    C = tl.load(C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n * stride_C_n, mask=mask_n, other=other_n).to(tl.float32)
+
+    # Every load before the state's store: a load after it could alias it, so would wait for it.
+    if HAS_D:
+        D = tl.load(D_ptr + offs_d, mask=mask_d, other=other_d).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * stride_z_b + offs_d * stride_z_d, mask=mask_d, other=other_d).to(tl.float32)
 
     h = h * tl.exp2(dt[:, None] * A * LOG2E) + (dt * x)[:, None] * B[None, :]
     tl.store(state_tile, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
     y = tl.sum(h * C[None, :], axis=1)  # (BLOCK_D,)
     if HAS_D:
-        y += x * tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        y += x * D
     if HAS_Z:
-        z = tl.load(z_ptr + pid_b * stride_z_b + offs_d * stride_z_d, mask=mask_d, other=0.0).to(tl.float32)
-        y *= z * tl.sigmoid(z)
+        y *= silu(z, PTX)
     tl.store(out_ptr + pid_b * stride_out_b + offs_d * stride_out_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
@@ -138,6 +158,7 @@ def selective_state_update_triton(
         dim, dstate, dim // groups,
         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=num_warps,
+        HAS_GROUPS=groups > 1, BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=dim % block_d == 0, EVEN_N=dstate == block_n,
+        PTX=runs_ptx(x), num_warps=num_warps,
     )
     return out
