@@ -9,6 +9,7 @@ measured in this run. Decode: corey's step against mamba-ssm's Triton
 ``selective_state_update`` at batch 1, 16 and 64.
 
 Usage: python benchmarks/bench_selective_scan.py --out results.json [--mamba-sdist PATH] [--parts prefill,decode]
+       [--dtypes float16,bfloat16] [--compile-workers N]
 """
 from __future__ import annotations
 
@@ -49,7 +50,6 @@ MANY_CHANNELS = [None] + [dict(chunk_size=16, **kw) for kw in (
     dict(pipeline=0, prefetch=0, hoist_a=False, widen_bc_pairs=True))] + [
     dict(chunk_size=32, pipeline=0, prefetch=0, hoist_a=False), dict(chunk_size=32, pipeline=1, prefetch=0, hoist_a=False),
     dict(chunk_size=8, pipeline=0, prefetch=0, hoist_a=False)]
-DTYPES = (torch.float16, torch.bfloat16)
 DECODE_BATCHES = [1, 16, 64]
 DECODE_LAUNCHES = [None, (128, 4), (64, 4), (32, 4), (32, 2), (16, 2)]  # (block_d, num_warps)
 
@@ -133,7 +133,7 @@ def compile_one(job) -> str:
         return f"{type(exc).__name__}: {str(exc)[:120]}"
 
 
-def start_precompile(workers: int):
+def start_precompile(workers: int, dtypes):
     """Start compiling every prefill launch of the sweep in ``workers`` processes; None if workers is 0.
 
     ptxas takes about 30 s for one prefill kernel (a long unrolled body at ~255 registers) and a
@@ -142,7 +142,7 @@ def start_precompile(workers: int):
     """
     if workers <= 0:
         return None
-    jobs = [(str(dtype).split(".")[1], batch, seqlen, config) for dtype in DTYPES for batch, seqlen in PREFILL_SHAPES
+    jobs = [(str(dtype).split(".")[1], batch, seqlen, config) for dtype in dtypes for batch, seqlen in PREFILL_SHAPES
             for config in (FEW_CHANNELS if batch * DIM <= 4096 else MANY_CHANNELS)]
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     return pool, [pool.submit(compile_one, job) for job in jobs], time.time()
@@ -179,6 +179,7 @@ def main():
     parser.add_argument("--mamba-sdist", default=None)
     parser.add_argument("--build-dir", default="/tmp/mamba_ssm_build")
     parser.add_argument("--parts", default="prefill,decode", help="comma-separated: prefill, decode")
+    parser.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated prefill dtypes")
     parser.add_argument("--compile-workers", type=int, default=min(16, multiprocessing.cpu_count()),
                         help="processes that compile the prefill sweep while the peer builds (0: compile as timed)")
     args = parser.parse_args()
@@ -190,7 +191,8 @@ def main():
         results["transformers"] = transformers.__version__
     except ImportError:
         pass
-    precompiling = start_precompile(args.compile_workers) if "prefill" in parts else None
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    precompiling = start_precompile(args.compile_workers, dtypes) if "prefill" in parts else None
     mamba_fwd = mamba_step = None
     if args.mamba_sdist:
         try:
@@ -214,7 +216,7 @@ def main():
     inductor_fn = inductor_associative_scan()
 
     rows = []
-    for dtype in DTYPES if "prefill" in parts else ():
+    for dtype in dtypes if "prefill" in parts else ():
         for batch, seqlen in PREFILL_SHAPES:
             x = make_inputs(batch, seqlen, dtype)
             ref, ref_last = selective_scan_naive(**{k: v.double() for k, v in x.items()}, delta_softplus=True,
