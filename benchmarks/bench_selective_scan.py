@@ -36,11 +36,10 @@ DIM, DSTATE = 2048, 16
 DEVICE = "cuda"
 PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
 # Launches swept besides the one corey picks itself (None: occupancy_chunk, default_launch and
-# default_schedule), as keyword arguments of selective_scan_chunked. A block_d twice default_launch's
-# gives each lane two channels.
-# Each is one more kernel to compile (about 30 s of ptxas; see precompile) and to time. Launches
-# measured slower in earlier runs (benchmarks/results/) are left out: at chunk 128, A read per chunk
-# (965 µs at l=8192), two channels per lane (619); at chunk 16, prefetching into L2.
+# default_schedule), as keyword arguments of selective_scan_chunked. Each is one more kernel to
+# compile (about 30 s of ptxas; see start_precompile) and to time. Launches measured slower in
+# earlier runs (benchmarks/results/) are left out: at chunk 128, A read per chunk (965 µs at
+# l=8192) and two channels per lane (619); at chunk 16, prefetching into L2.
 FEW_CHANNELS = [None] + [dict(chunk_size=128, **kw) for kw in (
     dict(pipeline=0, prefetch=0, hoist_a=True), dict(pipeline=1, prefetch=2, hoist_a=True),
     dict(pipeline=1, prefetch=0, hoist_a=True, widen_bc_pairs=False))] + [

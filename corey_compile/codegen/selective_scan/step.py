@@ -33,18 +33,11 @@ def _selective_state_update_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
-    # Masks only where the blocks overhang: a mask Triton cannot prove constant splits the state's
-    # loads into one per element.
+    # Masks only where the blocks overhang: each costs predicates on the latency chain, and where
+    # Triton cannot prove one constant over a vector (dstate not a multiple of 16) it splits the loads.
     mask_d = None if EVEN_D else offs_d < dim
     mask_n = None if EVEN_N else offs_n < dstate
-    if EVEN_D and EVEN_N:
-        mask_dn = None
-    elif EVEN_D:
-        mask_dn = tl.broadcast_to(mask_n[None, :], (BLOCK_D, BLOCK_N))
-    elif EVEN_N:
-        mask_dn = tl.broadcast_to(mask_d[:, None], (BLOCK_D, BLOCK_N))
-    else:
-        mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_dn = None if EVEN_D and EVEN_N else (offs_d < dim)[:, None] & (offs_n < dstate)[None, :]
     other_d: tl.constexpr = None if EVEN_D else 0.0
     other_n: tl.constexpr = None if EVEN_N else 0.0
     other_dn: tl.constexpr = None if EVEN_D and EVEN_N else 0.0
