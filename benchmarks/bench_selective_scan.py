@@ -39,16 +39,15 @@ PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
 # default_schedule), as keyword arguments of selective_scan_chunked. Each is one more kernel to
 # compile (about 30 s of ptxas; see start_precompile) and to time. Launches measured slower in
 # earlier runs (benchmarks/results/) are left out: at chunk 128, A read per chunk (965 µs at
-# l=8192) and two channels per lane (619); at chunk 16, prefetching into L2.
+# l=8192), two channels per lane (619), three stages (208 against 184) and 16 steps per lane; at
+# chunk 16, prefetching into L2, pipelining through shared memory (484 against 389 at b=8) and
+# 16 steps per lane.
 FEW_CHANNELS = [None] + [dict(chunk_size=128, **kw) for kw in (
-    dict(pipeline=0, prefetch=0, hoist_a=True), dict(pipeline=1, prefetch=2, hoist_a=True),
-    dict(pipeline=1, prefetch=0, hoist_a=True, widen_bc_pairs=False))] + [
-    dict(chunk_size=256, pipeline=1, prefetch=0, hoist_a=True), dict(chunk_size=64, pipeline=1, prefetch=0, hoist_a=True)]
+    dict(pipeline=1, stages=1), dict(pipeline=0, stages=1), dict(stages=2, widen_bc_pairs=False))] + [
+    dict(chunk_size=256, stages=2), dict(chunk_size=64, stages=2)]
 MANY_CHANNELS = [None] + [dict(chunk_size=16, **kw) for kw in (
-    dict(pipeline=0, prefetch=0, hoist_a=True), dict(pipeline=1, prefetch=0, hoist_a=False),
-    dict(pipeline=0, prefetch=0, hoist_a=False, widen_bc_pairs=True))] + [
-    dict(chunk_size=32, pipeline=0, prefetch=0, hoist_a=False), dict(chunk_size=32, pipeline=1, prefetch=0, hoist_a=False),
-    dict(chunk_size=8, pipeline=0, prefetch=0, hoist_a=False)]
+    dict(pipeline=0, hoist_a=True), dict(pipeline=1, hoist_a=False))] + [
+    dict(chunk_size=32, pipeline=0, hoist_a=False), dict(chunk_size=32, stages=2, hoist_a=False)]
 DECODE_BATCHES = [1, 16, 64]
 DECODE_LAUNCHES = [None, (128, 4), (64, 4), (32, 4), (32, 2), (16, 2)]  # (block_d, num_warps)
 
@@ -58,7 +57,7 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
 
 
-SHORT_NAMES = {"chunk_size": "c", "block_d": "bd", "pipeline": "pl", "prefetch": "pf", "hoist_a": "hoist", "widen_bc_pairs": "pairs"}
+SHORT_NAMES = {"chunk_size": "c", "steps_per_lane": "s", "block_d": "bd", "pipeline": "pl", "prefetch": "pf", "hoist_a": "hoist", "widen_bc_pairs": "pairs"}
 
 
 def config_key(config) -> str:

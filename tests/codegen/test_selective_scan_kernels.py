@@ -56,11 +56,15 @@ def test_prefill_matches_reference(dtype, seqlen, chunk):
 @pytest.mark.parametrize("launch", [dict(chunk_size=128, block_d=2), dict(chunk_size=128, block_d=4), dict(chunk_size=256, block_d=2),
                                     dict(chunk_size=16, block_d=32), dict(chunk_size=128, block_d=2, convert_bc=True),
                                     dict(chunk_size=128, pipeline=0, hoist_a=True), dict(chunk_size=64, pipeline=2, hoist_a=False),
-                                    dict(chunk_size=16, pipeline=1, hoist_a=True), dict(chunk_size=8, pipeline=0, hoist_a=False)],
+                                    dict(chunk_size=16, pipeline=1, hoist_a=True), dict(chunk_size=8, pipeline=0, hoist_a=False),
+                                    dict(chunk_size=128, stages=1, pipeline=1), dict(chunk_size=16, stages=2),
+                                    dict(chunk_size=256, steps_per_lane=16), dict(chunk_size=32, steps_per_lane=16, block_d=4),
+                                    dict(chunk_size=16, steps_per_lane=16)],
                          ids=lambda kw: "_".join(f"{k}={v}" for k, v in kw.items()))
 def test_prefill_launch_shapes(launch):
     # The launches the benchmark sweeps: one channel per lane, two (block_d twice the default), B/C in
-    # float32, and each way of overlapping loads with the scan (pipeline, hoist_a).
+    # float32, each way of overlapping loads with the scan (pipeline, stages, hoist_a), and lanes
+    # that run 16 steps (two loads per lane and tensor; one lane per channel at chunk 16).
     inputs = _inputs(1, 8, 300, 4, 0, torch.float16, 1.0)  # blocks wider than d: their rows past d are masked
     h0 = torch.randn(1, 8, 4)
     out, last = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, **launch)
@@ -106,6 +110,8 @@ def test_prefill_rejects_bad_shapes():
         selective_scan_chunked(**inputs, chunk_size=24)
     with pytest.raises(ValueError, match="pipeline must be 0, 1 or 2"):
         selective_scan_chunked(**inputs, pipeline=3)  # would skip chunks: the kernel carries two ahead at most
+    with pytest.raises(ValueError, match="steps_per_lane must be a power of two"):
+        selective_scan_chunked(**inputs, steps_per_lane=12)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])

@@ -133,58 +133,94 @@ def _prefetch_to_l2(ptrs):
 
 
 @triton.jit
-def _load_inputs(u_rows, dt_rows, z_rows, offs_l, stride_u_l, stride_dt_l, stride_z_l, mask, other, HAS_Z: tl.constexpr):
-    """The (BLOCK_D, CHUNK) tiles of u, delta and z at steps ``offs_l`` (1, CHUNK); z is u where there is none."""
-    u = tl.load(u_rows + offs_l * stride_u_l, mask=mask, other=other)
-    dt = tl.load(dt_rows + offs_l * stride_dt_l, mask=mask, other=other)
-    z = tl.load(z_rows + offs_l * stride_z_l, mask=mask, other=other) if HAS_Z else u
+def _shift_steps(part_steps, start, PARTS: tl.constexpr):
+    """``start + part_steps[p]`` for every part: the steps of the chunk that begins at ``start``."""
+    steps = ()
+    for p in tl.static_range(PARTS):
+        steps = steps + (start + part_steps[p],)
+    return steps
+
+
+@triton.jit
+def _load_inputs(u_rows, dt_rows, z_rows, steps, stride_u_l, stride_dt_l, stride_z_l, masks, other,
+                 HAS_Z: tl.constexpr, PARTS: tl.constexpr):
+    """u, delta and z at ``steps``: PARTS tiles (BLOCK_D, LANES * STEPS_PER_LOAD) each; z is u where there is none.
+
+    ``masks`` is None or one mask per part."""
+    u = ()
+    dt = ()
+    z = ()
+    for p in tl.static_range(PARTS):
+        mask = None if masks is None else masks[p]
+        u_p = tl.load(u_rows + steps[p] * stride_u_l, mask=mask, other=other)
+        dt_p = tl.load(dt_rows + steps[p] * stride_dt_l, mask=mask, other=other)
+        z_p = tl.load(z_rows + steps[p] * stride_z_l, mask=mask, other=other) if HAS_Z else u_p
+        u = u + (u_p,)
+        dt = dt + (dt_p,)
+        z = z + (z_p,)
     return u, dt, z
 
 
 @triton.jit
 def _scan_chunk(
     u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
-    start, seqlen, mask_d, lanes, chunk_steps,
+    steps, seqlen, mask_d, lanes,
     stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
-    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr, LOG2_STEPS: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr,
+    STEPS_PER_LOAD: tl.constexpr, LOG2_STEPS_PER_LOAD: tl.constexpr,
     MASK_L: tl.constexpr, EVEN_D: tl.constexpr, HOIST_A: tl.constexpr, WIDEN_BC_PAIRS: tl.constexpr, PTX: tl.constexpr,
 ):
-    """Steps ``start .. start + CHUNK`` of one block of channels, given its (BLOCK_D, CHUNK) tiles of u, delta, z.
+    """One chunk of one block of channels, given its u, delta and z as tuples of PARTS tiles.
 
+    ``steps[p]`` (1, LANES * STEPS_PER_LOAD) are the steps of part ``p``: lane j holds steps
+    ``j STEPS + p STEPS_PER_LOAD ...`` of the chunk, so each lane's STEPS steps are consecutive.
     ``carries`` holds, per state index, a (BLOCK_D, LANES) tile whose lane 0 is the state before
     the chunk; returns the same for the next chunk (lane 0 then holds the state after this one).
     """
-    CHUNK: tl.constexpr = LANES * STEPS
-    offs_l = start + chunk_steps  # (CHUNK,)
+    PARTS: tl.constexpr = STEPS // STEPS_PER_LOAD
+    SHAPE: tl.constexpr = (BLOCK_D, LANES, STEPS_PER_LOAD)
+    FLAT: tl.constexpr = (BLOCK_D, LANES * STEPS_PER_LOAD)
     # B and C are the same for every channel, so only the sequence bounds them; out is bounded by
     # the channels too unless the block divides them. No mask at all is cheapest: a masked load
     # first zeroes its registers.
-    mask_l = None
-    mask_dl = None
+    masks_l = None
+    masks_dl = None
     if MASK_L:
-        mask_l = tl.broadcast_to((offs_l < seqlen)[None, :], (BLOCK_D, CHUNK))
-        mask_dl = mask_d[:, None] & mask_l
+        masks_l = ()
+        masks_dl = ()
+        for p in tl.static_range(PARTS):
+            mask_l = tl.broadcast_to(steps[p] < seqlen, FLAT)
+            masks_l = masks_l + (mask_l,)
+            masks_dl = masks_dl + (mask_d[:, None] & mask_l,)
     elif not EVEN_D:
-        mask_dl = tl.broadcast_to(mask_d[:, None], (BLOCK_D, CHUNK))
-    other_l: tl.constexpr = None if mask_l is None else 0.0
-    # The tiles' layout puts STEPS consecutive steps in each lane; they are viewed as (BLOCK_D, LANES, STEPS).
-    u = tl.reshape(to_float32(u, PTX), (BLOCK_D, LANES, STEPS))
-    dt = tl.reshape(to_float32(dt, PTX), (BLOCK_D, LANES, STEPS))
-    if HAS_DELTA_BIAS:
-        dt += delta_bias[:, None, None]
-    if DELTA_SOFTPLUS:
-        dt = softplus(dt, PTX)
-    if MASK_L:
-        dt = tl.where(tl.reshape(mask_dl, (BLOCK_D, LANES, STEPS)), dt, 0.0)  # steps past the end leave the state unchanged
-    if HAS_D:
-        y = u * D[:, None, None]
-    else:
-        y = tl.zeros((BLOCK_D, LANES, STEPS), dtype=tl.float32)
-    dt_lane = tl.sum(dt, axis=2)  # (BLOCK_D, LANES): the lane's decay over its steps is exp(dt_lane A)
-    dts = _unstack_steps(dt, BLOCK_D, LANES, STEPS, LOG2_STEPS)
-    dtus = _unstack_steps(dt * u, BLOCK_D, LANES, STEPS, LOG2_STEPS)
-    ys = _unstack_steps(y, BLOCK_D, LANES, STEPS, LOG2_STEPS)
+        masks_dl = ()
+        for p in tl.static_range(PARTS):
+            masks_dl = masks_dl + (tl.broadcast_to(mask_d[:, None], FLAT),)
+    other_l: tl.constexpr = None if masks_l is None else 0.0
+
+    # Each part's steps lie in one lane: tl.split turns them into STEPS_PER_LOAD tiles (BLOCK_D, LANES).
+    dts = ()
+    dtus = ()
+    ys = ()
+    dt_lane = tl.zeros((BLOCK_D, LANES), dtype=tl.float32)  # the lane's decay over its steps is exp(dt_lane A)
+    for p in tl.static_range(PARTS):
+        u_p = tl.reshape(to_float32(u[p], PTX), SHAPE)
+        dt_p = tl.reshape(to_float32(dt[p], PTX), SHAPE)
+        if HAS_DELTA_BIAS:
+            dt_p += delta_bias[:, None, None]
+        if DELTA_SOFTPLUS:
+            dt_p = softplus(dt_p, PTX)
+        if MASK_L:
+            dt_p = tl.where(tl.reshape(masks_dl[p], SHAPE), dt_p, 0.0)  # steps past the end leave the state unchanged
+        if HAS_D:
+            y_p = u_p * D[:, None, None]
+        else:
+            y_p = tl.zeros(SHAPE, dtype=tl.float32)
+        dt_lane += tl.sum(dt_p, axis=2)
+        dts = dts + _unstack_steps(dt_p, BLOCK_D, LANES, STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD)
+        dtus = dtus + _unstack_steps(dt_p * u_p, BLOCK_D, LANES, STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD)
+        ys = ys + _unstack_steps(y_p, BLOCK_D, LANES, STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD)
     first_lane = lanes[None, :] == 0
     previous_lane = tl.broadcast_to(((lanes + LANES - 1) % LANES)[None, :], (BLOCK_D, LANES))
 
@@ -194,17 +230,21 @@ def _scan_chunk(
             A_n = A_source[n]  # (BLOCK_D, 1)
         else:
             A_n = (tl.load(A_source + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E)[:, None]
-        B_n = tl.load(B_rows + n * stride_B_n + offs_l[None, :] * stride_B_l, mask=mask_l, other=other_l)
-        C_n = tl.load(C_rows + n * stride_C_n + offs_l[None, :] * stride_C_l, mask=mask_l, other=other_l)
-        if WIDEN_BC_PAIRS and B_n.dtype == tl.bfloat16:
-            # Widened in pairs while consecutive steps still share a register (two instructions per
-            # pair instead of three); otherwise each step is widened where it is used.
-            B_n = to_float32(B_n, PTX)
-            C_n = to_float32(C_n, PTX)
-        B_n = tl.reshape(B_n, (BLOCK_D, LANES, STEPS))
-        C_n = tl.reshape(C_n, (BLOCK_D, LANES, STEPS))
-        Bs = _unstack_steps(B_n, BLOCK_D, LANES, STEPS, LOG2_STEPS)
-        Cs = _unstack_steps(C_n, BLOCK_D, LANES, STEPS, LOG2_STEPS)
+        Bs = ()
+        Cs = ()
+        for p in tl.static_range(PARTS):
+            mask = None if masks_l is None else masks_l[p]
+            B_p = tl.load(B_rows + n * stride_B_n + steps[p] * stride_B_l, mask=mask, other=other_l)
+            C_p = tl.load(C_rows + n * stride_C_n + steps[p] * stride_C_l, mask=mask, other=other_l)
+            if WIDEN_BC_PAIRS and B_p.dtype == tl.bfloat16:
+                # Widened in pairs while consecutive steps still share a register (two instructions per
+                # pair instead of three); otherwise each step is widened where it is used.
+                B_p = to_float32(B_p, PTX)
+                C_p = to_float32(C_p, PTX)
+            B_p = tl.reshape(B_p, SHAPE)
+            C_p = tl.reshape(C_p, SHAPE)
+            Bs = Bs + _unstack_steps(B_p, BLOCK_D, LANES, STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD)
+            Cs = Cs + _unstack_steps(C_p, BLOCK_D, LANES, STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD)
         decays = ()
         drives = ()
         for k in tl.static_range(STEPS):
@@ -236,11 +276,15 @@ def _scan_chunk(
         ys = new_ys
         new_carries = new_carries + (next_carry,)
 
-    y = _stack_steps(ys, BLOCK_D, LANES, STEPS, LOG2_STEPS)  # (BLOCK_D, LANES, STEPS)
-    if HAS_Z:
-        y *= silu(tl.reshape(to_float32(z, PTX), (BLOCK_D, LANES, STEPS)), PTX)
-    y = tl.reshape(y, (BLOCK_D, CHUNK))
-    tl.store(out_rows + offs_l[None, :] * stride_out_l, y.to(out_rows.dtype.element_ty), mask=mask_dl)
+    for p in tl.static_range(PARTS):
+        part_ys = ()
+        for k in tl.static_range(STEPS_PER_LOAD):
+            part_ys = part_ys + (ys[p * STEPS_PER_LOAD + k],)
+        y = _stack_steps(part_ys, BLOCK_D, LANES, STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD)  # SHAPE
+        if HAS_Z:
+            y *= silu(tl.reshape(to_float32(z[p], PTX), SHAPE), PTX)
+        mask = None if masks_dl is None else masks_dl[p]
+        tl.store(out_rows + steps[p] * stride_out_l, tl.reshape(y, FLAT).to(out_rows.dtype.element_ty), mask=mask)
     return new_carries
 
 
@@ -264,21 +308,32 @@ def _selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
     DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr, EVEN_D: tl.constexpr,
+    STEPS_PER_LOAD: tl.constexpr,  # consecutive steps one lane loads at once (16 bytes of u)
     PREFETCH: tl.constexpr,  # chunks ahead to prefetch u, delta, z into L2 (0: none; PTX only)
     HOIST_A: tl.constexpr,  # keep A in registers across chunks
     PIPELINE: tl.constexpr,  # chunks ahead whose u, delta, z are loaded into registers while this one is scanned
     WIDEN_BC_PAIRS: tl.constexpr,  # widen bfloat16 B and C two steps at a time, before the steps are split
+    STAGES: tl.constexpr,  # the loop over chunks as software-pipelined by Triton: every load copied ahead into shared memory
     PTX: tl.constexpr,  # an NVIDIA GPU: inline PTX for the approximate logarithm and reciprocal, and the prefetch
 ):
     LANES: tl.constexpr = CHUNK // STEPS
-    LOG2_STEPS: tl.constexpr = STEPS.bit_length() - 1
+    PARTS: tl.constexpr = STEPS // STEPS_PER_LOAD
+    LOG2_STEPS_PER_LOAD: tl.constexpr = STEPS_PER_LOAD.bit_length() - 1
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     lanes = tl.arange(0, LANES)
-    chunk_steps = tl.arange(0, CHUNK)
     mask_d = offs_d < dim
     group = (pid_d * BLOCK_D) // dim_per_group  # the launcher keeps a block inside one group
+    # Lane j runs steps j STEPS ... (j + 1) STEPS - 1 of a chunk, read as PARTS loads of STEPS_PER_LOAD
+    # consecutive steps: part p of the chunk is the (1, LANES * STEPS_PER_LOAD) tile part_steps[p]. The
+    # tiles stay two-dimensional until loaded, so that every tile gets the same layout (one 16-byte
+    # load per lane, lanes along the columns); they are viewed as (BLOCK_D, LANES, STEPS_PER_LOAD) after.
+    part_steps = ()
+    for p in tl.static_range(PARTS):
+        columns = tl.arange(0, LANES * STEPS_PER_LOAD)  # lane-major: lane c // STEPS_PER_LOAD, step c % STEPS_PER_LOAD
+        part_steps = part_steps + (
+            ((columns // STEPS_PER_LOAD) * STEPS + p * STEPS_PER_LOAD + columns % STEPS_PER_LOAD)[None, :],)
 
     D = tl.load(D_ptr + offs_d, mask=mask_d & HAS_D, other=0.0).to(tl.float32)  # (BLOCK_D,)
     delta_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d & HAS_DELTA_BIAS, other=0.0).to(tl.float32)
@@ -297,14 +352,15 @@ def _selective_scan_fwd_kernel(
                        mask=mask_d & HAS_H0, other=0.0).to(tl.float32)
         carries = carries + (tl.broadcast_to(h0_n[:, None], (BLOCK_D, LANES)),)
 
-    u_rows = u_ptr + pid_b * stride_u_b + offs_d[:, None] * stride_u_d
-    dt_rows = delta_ptr + pid_b * stride_dt_b + offs_d[:, None] * stride_dt_d
-    z_rows = z_ptr + pid_b * stride_z_b + offs_d[:, None] * stride_z_d
-    out_rows = out_ptr + pid_b * stride_out_b + offs_d[:, None] * stride_out_d
-    # B and C are read as full (BLOCK_D, CHUNK) tiles with a zero channel stride, so that
-    # they take the layout of u and delta and need no shuffle to meet them.
-    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + 0 * offs_d[:, None]
-    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + 0 * offs_d[:, None]
+    rows = offs_d[:, None]  # (BLOCK_D, 1)
+    u_rows = u_ptr + pid_b * stride_u_b + rows * stride_u_d
+    dt_rows = delta_ptr + pid_b * stride_dt_b + rows * stride_dt_d
+    z_rows = z_ptr + pid_b * stride_z_b + rows * stride_z_d
+    out_rows = out_ptr + pid_b * stride_out_b + rows * stride_out_d
+    # B and C are read as full tiles with a zero channel stride, so that they take the layout of
+    # u and delta and need no shuffle to meet them.
+    B_rows = B_ptr + pid_b * stride_B_b + group * stride_B_g + 0 * rows
+    C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + 0 * rows
 
     num_whole = seqlen // CHUNK
     # One prefetch per 32 elements (a 128-byte line of float32), clamped into the tensors.
@@ -317,52 +373,64 @@ def _selective_scan_fwd_kernel(
     # u, delta and z of whole chunks need no bounds on the sequence, nor on the channels where the
     # block divides them; the tail chunk, if any, is masked. With PIPELINE the next chunk's tiles
     # are loaded before this one is scanned, so that the scan hides their latency.
-    mask_whole = None if EVEN_D else tl.broadcast_to(mask_d[:, None], (BLOCK_D, CHUNK))
+    masks_whole = None
+    if not EVEN_D:
+        masks_whole = ()
+        for p in tl.static_range(PARTS):
+            masks_whole = masks_whole + (tl.broadcast_to(mask_d[:, None], (BLOCK_D, LANES * STEPS_PER_LOAD)),)
     other_whole: tl.constexpr = None if EVEN_D else 0.0
     if PIPELINE >= 1:
-        ahead = tl.minimum(chunk_steps, seqlen - 1)[None, :]  # a sequence shorter than a chunk repeats its last step
+        ahead = ()  # a sequence shorter than a chunk repeats its last step
+        for p in tl.static_range(PARTS):
+            ahead = ahead + (tl.minimum(part_steps[p], seqlen - 1),)
         u_1, dt_1, z_1 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
-                                      mask_whole, other_whole, HAS_Z)
+                                      masks_whole, other_whole, HAS_Z, PARTS)
     if PIPELINE >= 2:
-        ahead = tl.minimum(CHUNK + chunk_steps, seqlen - 1)[None, :]
+        ahead = ()
+        for p in tl.static_range(PARTS):
+            ahead = ahead + (tl.minimum(CHUNK + part_steps[p], seqlen - 1),)
         u_2, dt_2, z_2 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
-                                      mask_whole, other_whole, HAS_Z)
-    for chunk in range(0, num_whole):
+                                      masks_whole, other_whole, HAS_Z, PARTS)
+    for chunk in tl.range(0, num_whole, num_stages=STAGES):
         if PREFETCH:
-            ahead = tl.minimum((chunk + PREFETCH) * CHUNK + line_offs, seqlen - 1)[None, :]  # (1, LINES)
-            _prefetch_to_l2(u_ahead_rows + ahead * stride_u_l)
-            _prefetch_to_l2(dt_ahead_rows + ahead * stride_dt_l)
+            ahead_l = tl.minimum((chunk + PREFETCH) * CHUNK + line_offs, seqlen - 1)[None, :]  # (1, LINES)
+            _prefetch_to_l2(u_ahead_rows + ahead_l * stride_u_l)
+            _prefetch_to_l2(dt_ahead_rows + ahead_l * stride_dt_l)
             if HAS_Z:
-                _prefetch_to_l2(z_ahead_rows + ahead * stride_z_l)
+                _prefetch_to_l2(z_ahead_rows + ahead_l * stride_z_l)
         if PIPELINE == 0:
-            u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, (chunk * CHUNK + chunk_steps)[None, :],
-                                    stride_u_l, stride_dt_l, stride_z_l, mask_whole, other_whole, HAS_Z)
+            u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, _shift_steps(part_steps, chunk * CHUNK, PARTS),
+                                    stride_u_l, stride_dt_l, stride_z_l, masks_whole, other_whole, HAS_Z, PARTS)
         else:
             u, dt, z = u_1, dt_1, z_1
             if PIPELINE >= 2:
                 u_1, dt_1, z_1 = u_2, dt_2, z_2
             # The chunk PIPELINE ahead, or the last whole chunk again near the end.
-            ahead = (tl.minimum(chunk + PIPELINE, num_whole - 1) * CHUNK + chunk_steps)[None, :]
+            ahead = _shift_steps(part_steps, tl.minimum(chunk + PIPELINE, num_whole - 1) * CHUNK, PARTS)
             u_next, dt_next, z_next = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
-                                                   mask_whole, other_whole, HAS_Z)
+                                                   masks_whole, other_whole, HAS_Z, PARTS)
             if PIPELINE >= 2:
                 u_2, dt_2, z_2 = u_next, dt_next, z_next
             else:
                 u_1, dt_1, z_1 = u_next, dt_next, z_next
         carries = _scan_chunk(u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
-                              chunk * CHUNK, seqlen, mask_d, lanes, chunk_steps,
+                              _shift_steps(part_steps, chunk * CHUNK, PARTS), seqlen, mask_d, lanes,
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                              HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS, LOG2_STEPS,
+                              HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS,
+                              STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD,
                               MASK_L=False, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX)
     if num_whole * CHUNK < seqlen:
-        offs_l = num_whole * CHUNK + chunk_steps
-        mask_tail = mask_d[:, None] & (offs_l < seqlen)[None, :]
-        u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, offs_l[None, :], stride_u_l, stride_dt_l, stride_z_l,
-                                mask_tail, 0.0, HAS_Z)
+        tail = _shift_steps(part_steps, num_whole * CHUNK, PARTS)
+        masks_tail = ()
+        for p in tl.static_range(PARTS):
+            masks_tail = masks_tail + (mask_d[:, None] & (tail[p] < seqlen),)
+        u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, tail, stride_u_l, stride_dt_l, stride_z_l,
+                                masks_tail, 0.0, HAS_Z, PARTS)
         carries = _scan_chunk(u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
-                              num_whole * CHUNK, seqlen, mask_d, lanes, chunk_steps,
+                              tail, seqlen, mask_d, lanes,
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                              HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS, LOG2_STEPS,
+                              HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS,
+                              STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD,
                               MASK_L=True, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX)
 
     first_lane = lanes[None, :] == 0
@@ -379,19 +447,23 @@ def runs_ptx(tensor: torch.Tensor) -> bool:
 def default_schedule(chunk: int) -> dict[str, int | bool]:
     """How a program overlaps loads with the scan, by chunk (measured on an H100, docs/ARCHITECTURE.md).
 
-    Long chunks (few channels, many lanes along time) load the next chunk's inputs into registers
-    while scanning this one, keep A in registers and widen bfloat16 B and C in pairs. Short chunks
-    (many channels) spend those registers on the scan instead: there, holding the first two
-    spilled, and widening in pairs took 1.7 times as long (b=8, l=2048, bfloat16).
+    Long chunks (few channels, many lanes along time) let Triton software-pipeline the loop over
+    chunks (``stages=2``: every load of the next chunk, B and C included, is copied into shared
+    memory while this one is scanned), keep A in registers and widen bfloat16 B and C in pairs.
+    Short chunks (many channels) run eight programs per multiprocessor, whose shared memory
+    would not hold the copies, and spend their registers on the scan: there, pipelining through
+    shared memory or registers, holding A, and widening in pairs were all slower.
     """
     long_chunk = chunk >= 64
-    return {"pipeline": 1 if long_chunk else 0, "prefetch": 0, "hoist_a": long_chunk, "widen_bc_pairs": long_chunk}
+    return {"pipeline": 0, "stages": 2 if long_chunk else 1, "prefetch": 0, "hoist_a": long_chunk,
+            "widen_bc_pairs": long_chunk, "steps_per_lane": STEPS_PER_LANE}
 
 
-def default_launch(chunk: int, dim: int) -> tuple[int, int]:
-    """(block_d, num_warps): a (BLOCK_D, CHUNK) tile of 256 elements on one warp, 8 steps per lane."""
-    block_d = max(1, min(256 // chunk, triton.next_power_of_2(dim)))
-    return block_d, max(1, block_d * chunk // 256)
+def default_launch(chunk: int, dim: int, steps_per_lane: int = STEPS_PER_LANE) -> tuple[int, int]:
+    """(block_d, num_warps): a (BLOCK_D, CHUNK) tile on one warp, ``steps_per_lane`` steps in each of its 32 lanes."""
+    per_warp = 32 * min(steps_per_lane, chunk)
+    block_d = max(1, min(per_warp // chunk, triton.next_power_of_2(dim)))
+    return block_d, max(1, block_d * chunk // per_warp)
 
 
 def preferred_chunk(batch: int, dim: int, seqlen: int, sm_count: int, warps_per_sm: int = 8) -> int:
@@ -465,6 +537,8 @@ def selective_scan_chunked(
     pipeline: int | None = None,
     hoist_a: bool | None = None,
     widen_bc_pairs: bool | None = None,
+    steps_per_lane: int | None = None,
+    stages: int | None = None,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -487,7 +561,17 @@ def selective_scan_chunked(
     if convert_bc and B.dtype != torch.float32:
         B, C = B.float(), C.float()
     dim_per_group = dim // groups
-    default_block_d, default_warps = default_launch(chunk_size, dim)
+    schedule = default_schedule(chunk_size)
+    overrides = {"prefetch": prefetch, "pipeline": pipeline, "hoist_a": hoist_a, "widen_bc_pairs": widen_bc_pairs,
+                 "steps_per_lane": steps_per_lane, "stages": stages}
+    schedule.update({k: v for k, v in overrides.items() if v is not None})
+    if schedule["pipeline"] not in (0, 1, 2):  # the kernel carries at most two chunks ahead
+        raise ValueError(f"pipeline must be 0, 1 or 2 chunks ahead, got {schedule['pipeline']}")
+    steps = min(int(schedule["steps_per_lane"]), chunk_size)
+    if steps < 1 or steps & (steps - 1):
+        raise ValueError(f"steps_per_lane must be a power of two, got {schedule['steps_per_lane']}")
+    steps_per_load = min(steps, max(1, 16 // u.element_size()))  # one 16-byte load of u per lane and part
+    default_block_d, default_warps = default_launch(chunk_size, dim, steps)
     block_d = block_d or default_block_d
     num_warps = num_warps or default_warps
     if groups > 1:
@@ -500,11 +584,6 @@ def selective_scan_chunked(
     z_arg = z if z is not None else u
     grid = (triton.cdiv(dim, block_d), batch)
     ptx = runs_ptx(u)
-    schedule = default_schedule(chunk_size)
-    overrides = {"prefetch": prefetch, "pipeline": pipeline, "hoist_a": hoist_a, "widen_bc_pairs": widen_bc_pairs}
-    schedule.update({k: v for k, v in overrides.items() if v is not None})
-    if schedule["pipeline"] not in (0, 1, 2):  # the kernel carries at most two chunks ahead
-        raise ValueError(f"pipeline must be 0, 1 or 2 chunks ahead, got {schedule['pipeline']}")
     _selective_scan_fwd_kernel[grid](
         u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0, out, last_state,
         seqlen, dim, dim_per_group,
@@ -512,9 +591,9 @@ def selective_scan_chunked(
         *h0.stride(), *last_state.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, STEPS=min(STEPS_PER_LANE, chunk_size), EVEN_D=dim % block_d == 0,
+        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, STEPS=steps, STEPS_PER_LOAD=steps_per_load, EVEN_D=dim % block_d == 0,
         PREFETCH=schedule["prefetch"] if ptx else 0, PIPELINE=int(schedule["pipeline"]), HOIST_A=bool(schedule["hoist_a"]),
-        WIDEN_BC_PAIRS=bool(schedule["widen_bc_pairs"]) and B.dtype == torch.bfloat16, PTX=ptx,
+        WIDEN_BC_PAIRS=bool(schedule["widen_bc_pairs"]) and B.dtype == torch.bfloat16, STAGES=int(schedule["stages"]), PTX=ptx,
         num_warps=num_warps,
         **({"maxnreg": maxnreg} if maxnreg else {}),
     )
