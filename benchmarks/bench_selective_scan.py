@@ -46,7 +46,7 @@ FEW_CHANNELS = [None] + [dict(chunk_size=128, **kw) for kw in (
     dict(pipeline=1, stages=1), dict(pipeline=0, stages=1), dict(stages=2, widen_bc_pairs=False))] + [
     dict(chunk_size=256, stages=2), dict(chunk_size=64, stages=2)]
 MANY_CHANNELS = [None] + [dict(chunk_size=16, **kw) for kw in (
-    dict(pipeline=0, hoist_a=True), dict(pipeline=1, hoist_a=False))] + [
+    dict(pipeline=0, hoist_a=True), dict(pipeline=0, hoist_a=False))] + [
     dict(chunk_size=32, pipeline=0, hoist_a=False), dict(chunk_size=32, stages=2, hoist_a=False)]
 DECODE_BATCHES = [1, 16, 64]
 DECODE_LAUNCHES = [None, (128, 4), (64, 4), (32, 4), (32, 2), (16, 2)]  # (block_d, num_warps)

@@ -1,12 +1,13 @@
 """Chunked Triton selective scan (prefill).
 
 One program owns ``BLOCK_D`` channels of one batch row and walks the sequence
-``CHUNK`` steps at a time. A chunk is loaded as ``(BLOCK_D, CHUNK)`` tiles whose
-layout gives each lane ``STEPS`` consecutive steps of one channel, and viewed as
-``(BLOCK_D, LANES, STEPS)``; ``tl.split`` turns the steps into ``STEPS``
-separate ``(BLOCK_D, LANES)`` tiles, register picks with no data movement. The
-state dimension is walked one index at a time (``DSTATE`` is unrolled), so the
-readout ``y = sum_n C_n h_n`` stays a running sum in registers. For each state
+``CHUNK`` steps at a time. Each lane runs ``STEPS`` consecutive steps of one
+channel, read as 16-byte loads of ``STEPS_PER_LOAD`` steps: tiles
+``(BLOCK_D, LANES * STEPS_PER_LOAD)`` viewed as ``(BLOCK_D, LANES, STEPS_PER_LOAD)``,
+which ``tl.split`` turns into separate ``(BLOCK_D, LANES)`` tiles, one per step,
+register picks with no data movement. The state dimension is walked one index
+at a time (``DSTATE`` is unrolled), so the readout ``y = sum_n C_n h_n`` stays a
+running sum in registers. For each state
 index the recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` takes
 three steps:
 
@@ -32,8 +33,8 @@ import triton.language as tl
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
-# Consecutive steps a lane runs by itself (CHUNK / STEPS lanes share a chunk): a 16-byte load of
-# half-precision values, the layout Triton gives the (BLOCK_D, CHUNK) tiles.
+# Consecutive steps a lane runs by itself by default (CHUNK / STEPS lanes share a chunk): one
+# 16-byte load of half-precision values. 16 has fewer instructions per step and ran slower.
 STEPS_PER_LANE = 8
 
 
@@ -372,7 +373,8 @@ def _selective_scan_fwd_kernel(
     z_ahead_rows = z_ptr + pid_b * stride_z_b + rows_d * stride_z_d
     # u, delta and z of whole chunks need no bounds on the sequence, nor on the channels where the
     # block divides them; the tail chunk, if any, is masked. With PIPELINE the next chunk's tiles
-    # are loaded before this one is scanned, so that the scan hides their latency.
+    # are loaded into registers before this one is scanned, so that the scan hides their latency;
+    # with STAGES > 1 Triton does so for every load in the loop, B and C too, through shared memory.
     masks_whole = None
     if not EVEN_D:
         masks_whole = ()
@@ -451,11 +453,11 @@ def default_schedule(chunk: int) -> dict[str, int | bool]:
     chunks (``stages=2``: every load of the next chunk, B and C included, is copied into shared
     memory while this one is scanned), keep A in registers and widen bfloat16 B and C in pairs.
     Short chunks (many channels) run eight programs per multiprocessor, whose shared memory
-    would not hold the copies, and spend their registers on the scan: there, pipelining through
-    shared memory or registers, holding A, and widening in pairs were all slower.
+    would not hold the copies: they load the next chunk's u, delta and z into registers instead,
+    and read A from L1 each chunk (holding A, and widening in pairs, were slower there).
     """
     long_chunk = chunk >= 64
-    return {"pipeline": 0, "stages": 2 if long_chunk else 1, "prefetch": 0, "hoist_a": long_chunk,
+    return {"pipeline": 0 if long_chunk else 1, "stages": 2 if long_chunk else 1, "prefetch": 0, "hoist_a": long_chunk,
             "widen_bc_pairs": long_chunk, "steps_per_lane": STEPS_PER_LANE}
 
 
@@ -548,8 +550,10 @@ def selective_scan_chunked(
     D, delta_bias: (d,); initial_state: (b, d, n).
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
     ``block_d``, ``num_warps`` and ``maxnreg`` (registers per thread) override :func:`default_launch`;
-    ``pipeline`` (chunks ahead loaded into registers), ``prefetch`` (chunks ahead prefetched into
-    L2; NVIDIA only), ``hoist_a`` and ``widen_bc_pairs`` override :func:`default_schedule`. ``convert_bc`` converts
+    ``pipeline`` (chunks ahead loaded into registers), ``stages`` (Triton's software pipelining
+    of the loop over chunks, through shared memory; 1: none), ``prefetch`` (chunks ahead prefetched
+    into L2; NVIDIA only), ``hoist_a``, ``widen_bc_pairs`` and ``steps_per_lane`` (a power of two)
+    override :func:`default_schedule`. ``convert_bc`` converts
     half-precision B and C to float32 first (two small copies, measured slower on an H100 than
     converting in the kernel). ``out`` and ``last_state`` may be given to be written in place.
     """
