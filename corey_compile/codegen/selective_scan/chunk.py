@@ -7,9 +7,8 @@ channel, read as 16-byte loads of ``STEPS_PER_LOAD`` steps: tiles
 which ``tl.split`` turns into separate ``(BLOCK_D, LANES)`` tiles, one per step,
 register picks with no data movement. The state dimension is walked one index
 at a time (``DSTATE`` is unrolled), so the readout ``y = sum_n C_n h_n`` stays a
-running sum in registers. For each state
-index the recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` takes
-three steps:
+running sum in registers. For each state index the recurrence
+``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` takes three steps:
 
 1. each lane runs its steps from a zero state (one multiply-add per step);
 2. one ``tl.associative_scan`` across the lanes combines the lanes' totals,
@@ -330,9 +329,9 @@ def _selective_scan_fwd_kernel(
     # consecutive steps: part p of the chunk is the (1, LANES * STEPS_PER_LOAD) tile part_steps[p]. The
     # tiles stay two-dimensional until loaded, so that every tile gets the same layout (one 16-byte
     # load per lane, lanes along the columns); they are viewed as (BLOCK_D, LANES, STEPS_PER_LOAD) after.
+    columns = tl.arange(0, LANES * STEPS_PER_LOAD)  # lane-major: lane c // STEPS_PER_LOAD, step c % STEPS_PER_LOAD
     part_steps = ()
     for p in tl.static_range(PARTS):
-        columns = tl.arange(0, LANES * STEPS_PER_LOAD)  # lane-major: lane c // STEPS_PER_LOAD, step c % STEPS_PER_LOAD
         part_steps = part_steps + (
             ((columns // STEPS_PER_LOAD) * STEPS + p * STEPS_PER_LOAD + columns % STEPS_PER_LOAD)[None, :],)
 
