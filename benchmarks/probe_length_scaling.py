@@ -2,6 +2,10 @@
 kernel with the same access pattern and a plain copy (fp16, d=2048, n=16, CUDA-graph replays).
 
 Usage: PYTHONPATH=. python benchmarks/probe_length_scaling.py   (writes prefill_length_scaling.json under $OUT, else /tmp)
+
+results/h100_prefill_length_scaling_2026-11-23.json predates the shared-memory stages and names
+its launches as the defaults then were: its c128 is today's c128_pl1_stages1, its c128_pl0 is
+c128_pl0_stages1, and its c64_bd2_w1 ran block_d=4 (c64_bd4_w1).
 """
 import functools
 import json
@@ -33,7 +37,11 @@ res = []
 for b, l in SHAPES:
     x = make_inputs(b, l, torch.float16)
     row = {"b": b, "l": l}
-    for name, kw in (("c128", dict(chunk_size=128)), ("c128_pl0", dict(chunk_size=128, pipeline=0)), ("c64_bd2_w1", dict(chunk_size=64, block_d=4, num_warps=1))):
+    # The default launch at chunk 128, the same without Triton's shared-memory stages (the next
+    # chunk's u, delta and z in registers instead, or no overlap at all), and chunk 64 with four channels per warp.
+    for name, kw in (("c128", dict(chunk_size=128)), ("c128_pl1_stages1", dict(chunk_size=128, pipeline=1, stages=1)),
+                     ("c128_pl0_stages1", dict(chunk_size=128, pipeline=0, stages=1)),
+                     ("c64_bd4_w1", dict(chunk_size=64, block_d=4, num_warps=1))):
         row[name] = bench_graph(functools.partial(selective_scan_chunked, **x, delta_softplus=True, **kw))
     o = torch.empty_like(x["u"])
     row["stream_bd2_c128"] = bench_graph(lambda: stream[(b * 2048 // 2,)](x["u"], x["delta"], x["z"], o, l, BLOCK_D=2, CHUNK=128, num_warps=1))
