@@ -1,14 +1,12 @@
 """corey: ``torch.compile(model, backend="corey")`` for Mamba-family selective state space models.
 
-Importing the package registers the ``corey::`` custom ops and the ``"corey"``
-backend; installing it registers the backend by entry point too, so
-``backend="corey"`` works without an import.
+Importing the package registers the ``corey::`` custom ops. The ``"corey"``
+backend name comes from the package's ``torch_dynamo_backends`` entry point,
+which Dynamo loads on first use, so ``backend="corey"`` works without an
+import; a source checkout on ``sys.path`` (no entry point) registers it here.
 """
 from __future__ import annotations
 
-from torch._dynamo.backends.registry import register_backend as _register_backend
-
-from . import codegen as _codegen  # noqa: F401
 from .backend import all_reports, clear_reports, corey_backend, last_report
 from .codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
 from .options import Options
@@ -17,7 +15,21 @@ from .report import CompileReport
 __version__ = "0.1.0"
 __all__ = ["corey_backend", "last_report", "all_reports", "clear_reports", "Options", "CompileReport", "__version__"]
 
-try:
-    _register_backend(corey_backend, name="corey")
-except Exception:  # noqa: BLE001 - already registered through the entry point
-    pass
+
+def _register_backend_without_entry_point() -> None:
+    """Name the backend "corey" where no installed entry point does.
+
+    Where corey is installed, Dynamo registers the entry point's function on its first lookup of
+    "corey", importing this package on the way; registering here too made that lookup fail with
+    "duplicate name: corey" in a fresh process.
+    """
+    from importlib.metadata import entry_points
+
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+
+    if any(ep.name == "corey" for ep in entry_points(group="torch_dynamo_backends")) or "corey" in _COMPILER_FNS:
+        return
+    register_backend(corey_backend, name="corey")
+
+
+_register_backend_without_entry_point()

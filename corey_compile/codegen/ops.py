@@ -12,28 +12,16 @@ from typing import Optional
 
 import torch
 
+from ..planning.chunk_policy import occupancy_chunk, sm_count
 from .selective_scan.naive import selective_scan_naive, selective_state_update_naive
 
 try:
-    from .selective_scan.chunk import preferred_chunk, selective_scan_chunked
+    from .selective_scan.chunk import selective_scan_chunked
     from .selective_scan.step import selective_state_update_triton
 
     TRITON_AVAILABLE = True
 except ImportError:  # triton is not installed: CPU users keep the torch path
     TRITON_AVAILABLE = False
-
-NOMINAL_SM_COUNT = 132  # an H100's; what the chunk heuristic assumes where no GPU is visible
-
-
-def sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return NOMINAL_SM_COUNT
-
-
-def occupancy_chunk(batch: int, dim: int, seqlen: int, device: torch.device) -> int:
-    """The prefill kernel's chunk for this shape on ``device`` (needs triton; see ``preferred_chunk``)."""
-    return preferred_chunk(batch, dim, seqlen, sm_count(device))
 
 
 def triton_interpreter_active() -> bool:
@@ -72,7 +60,7 @@ def selective_scan(
     if uses_triton(u.device):
         if u.shape[-1] == 1:  # one step, as pre-5.3 transformers decodes: the decode kernel is cheaper
             return _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-        chunk_size = chunk_size or occupancy_chunk(*u.shape, u.device)
+        chunk_size = chunk_size or occupancy_chunk(*u.shape, sm_count(u.device))
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size=chunk_size)
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 

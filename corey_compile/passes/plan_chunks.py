@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..codegen.ops import TRITON_AVAILABLE, occupancy_chunk, sm_count
+from ..codegen.ops import TRITON_AVAILABLE
+from ..planning.chunk_policy import occupancy_chunk, sm_count
 
 # The "seqlen" policy's table: short prompts take short chunks (less wasted work in the
 # last, partial chunk); long ones take the tile that keeps the most work in flight.
@@ -27,7 +28,7 @@ def plan_chunks(gm: fx.GraphModule, ctx) -> fx.GraphModule:
             chunk, reason = ctx.options.chunk_size, "fixed policy"
         elif ctx.options.chunk_policy == "occupancy" and TRITON_AVAILABLE:
             shape = record.shape
-            chunk = occupancy_chunk(shape["batch"], shape["dim"], shape["seqlen"], ctx.device)
+            chunk = occupancy_chunk(shape["batch"], shape["dim"], shape["seqlen"], sm_count(ctx.device))
             reason = (f"occupancy policy: b·d={shape['batch'] * shape['dim']} channels on "
                       f"{sm_count(ctx.device)} SMs, l={shape['seqlen']}")
         else:

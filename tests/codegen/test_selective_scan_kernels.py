@@ -54,17 +54,14 @@ def test_prefill_matches_reference(dtype, seqlen, chunk):
 
 
 @pytest.mark.parametrize("launch", [dict(chunk_size=128, block_d=2), dict(chunk_size=128, block_d=4), dict(chunk_size=256, block_d=2),
-                                    dict(chunk_size=16, block_d=32), dict(chunk_size=128, block_d=2, convert_bc=True),
-                                    dict(chunk_size=128, pipeline=0, hoist_a=True), dict(chunk_size=64, pipeline=2, hoist_a=False),
-                                    dict(chunk_size=16, pipeline=1, hoist_a=True), dict(chunk_size=8, pipeline=0, hoist_a=False),
-                                    dict(chunk_size=128, stages=1, pipeline=1), dict(chunk_size=16, stages=2),
-                                    dict(chunk_size=256, steps_per_lane=16), dict(chunk_size=32, steps_per_lane=16, block_d=4),
-                                    dict(chunk_size=16, steps_per_lane=16)],
+                                    dict(chunk_size=16, block_d=32), dict(chunk_size=128, pipeline=0, hoist_a=True),
+                                    dict(chunk_size=64, pipeline=1, hoist_a=False), dict(chunk_size=16, pipeline=1, hoist_a=True),
+                                    dict(chunk_size=8, pipeline=0, hoist_a=False), dict(chunk_size=128, stages=1, pipeline=1),
+                                    dict(chunk_size=16, stages=2)],
                          ids=lambda kw: "_".join(f"{k}={v}" for k, v in kw.items()))
 def test_prefill_launch_shapes(launch):
-    # The launches the benchmark sweeps: one channel per lane, two (block_d twice the default), B/C in
-    # float32, each way of overlapping loads with the scan (pipeline, stages, hoist_a), and lanes
-    # that run 16 steps (two loads per lane and tensor; one lane per channel at chunk 16).
+    # The launches the benchmark sweeps: one channel per lane, two (block_d twice the default), and
+    # each way of overlapping loads with the scan (pipeline, stages, hoist_a).
     inputs = _inputs(1, 8, 300, 4, 0, torch.float16, 1.0)  # blocks wider than d: their rows past d are masked
     h0 = torch.randn(1, 8, 4)
     out, last = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, **launch)
@@ -108,10 +105,10 @@ def test_prefill_rejects_bad_shapes():
         selective_scan_chunked(**{**inputs, "delta": inputs["delta"][..., :5]})
     with pytest.raises(ValueError, match="chunk_size must be a power of two"):
         selective_scan_chunked(**inputs, chunk_size=24)
-    with pytest.raises(ValueError, match="pipeline must be 0, 1 or 2"):
-        selective_scan_chunked(**inputs, pipeline=3)  # would skip chunks: the kernel carries two ahead at most
-    with pytest.raises(ValueError, match="steps_per_lane must be a power of two"):
-        selective_scan_chunked(**inputs, steps_per_lane=12)
+    with pytest.raises(ValueError, match="pipeline must be 0 or 1"):
+        selective_scan_chunked(**inputs, pipeline=2)  # would skip chunks: the kernel carries one ahead at most
+    with pytest.raises(ValueError, match="stages must be 1 or 2"):
+        selective_scan_chunked(**inputs, stages=3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
@@ -160,18 +157,18 @@ def test_ops_registered_with_fake_kernels():
 
 
 def test_decode_block_narrows_while_few_programs_run():
-    from corey_compile.codegen.selective_scan.step import default_step_block
+    from corey_compile.planning.launch import step_block
 
-    assert default_step_block(batch=1, dim=2048, dstate=16) == 32  # 64 programs rather than 16
-    assert default_step_block(batch=16, dim=2048, dstate=16) == 128
-    assert default_step_block(batch=1, dim=6, dstate=4) == 8  # never wider than the channels
+    assert step_block(batch=1, dim=2048, dstate=16) == 32  # 64 programs rather than 16
+    assert step_block(batch=16, dim=2048, dstate=16) == 128
+    assert step_block(batch=1, dim=6, dstate=4) == 8  # never wider than the channels
 
 
-def test_preferred_chunk_follows_the_channels_per_multiprocessor():
-    from corey_compile.codegen.selective_scan.chunk import preferred_chunk
+def test_occupancy_chunk_follows_the_channels_per_multiprocessor():
+    from corey_compile.planning.chunk_policy import occupancy_chunk
 
-    assert preferred_chunk(batch=1, dim=2048, seqlen=2048, sm_count=132) == 128  # few channels: long chunks
-    assert preferred_chunk(batch=8, dim=2048, seqlen=2048, sm_count=132) == 16  # many channels: short chunks
-    assert preferred_chunk(batch=1, dim=64, seqlen=4096, sm_count=132) == 256  # never longer than 256
-    assert preferred_chunk(batch=1, dim=2048, seqlen=40, sm_count=132) == 64  # nor than the sequence needs
-    assert preferred_chunk(batch=64, dim=8192, seqlen=1, sm_count=132) == 16
+    assert occupancy_chunk(batch=1, dim=2048, seqlen=2048, sms=132) == 128  # few channels: long chunks
+    assert occupancy_chunk(batch=8, dim=2048, seqlen=2048, sms=132) == 16  # many channels: short chunks
+    assert occupancy_chunk(batch=1, dim=64, seqlen=4096, sms=132) == 256  # never longer than 256
+    assert occupancy_chunk(batch=1, dim=2048, seqlen=40, sms=132) == 64  # nor than the sequence needs
+    assert occupancy_chunk(batch=64, dim=8192, seqlen=1, sms=132) == 16

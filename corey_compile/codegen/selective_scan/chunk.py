@@ -19,69 +19,22 @@ running sum in registers. For each state index the recurrence
 
 Only ``u, delta, z, B, C`` are read and ``out`` written: nothing of shape
 ``(b, d, l, n)`` touches memory. The derivation and the measurements behind the
-defaults are in ``docs/ARCHITECTURE.md``.
+defaults are in this folder's ``README.md``.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
-# Consecutive steps a lane runs by itself by default (CHUNK / STEPS lanes share a chunk): one
-# 16-byte load of half-precision values. 16 has fewer instructions per step and ran slower.
-STEPS_PER_LANE = 8
+from ...planning.launch import scan_launch
+from ..triton_math import LOG2E, runs_ptx, silu, softplus, to_float32
 
 
 @triton.jit
 def _linear_recurrence_combine(a_left, b_left, a_right, b_right):
     # (a1, b1) then (a2, b2) composes to h -> a2 (a1 h + b1) + b2.
     return a_left * a_right, a_right * b_left + b_right
-
-
-@triton.jit
-def _approx_log2(x, PTX: tl.constexpr):
-    # `tl.log2` compiles to a libm-style polynomial of about 20 instructions; the hardware's
-    # `lg2.approx` is one (relative error about 2^-22).
-    if PTX:
-        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        return tl.log2(x)
-
-
-@triton.jit
-def _approx_reciprocal(x, PTX: tl.constexpr):
-    if PTX:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        return 1.0 / x
-
-
-@triton.jit
-def to_float32(x, PTX: tl.constexpr):
-    """x as float32. bfloat16 is the upper half of a float32, so a pair packed in one register
-    widens with one shift and one mask; Triton's own widening spends a third instruction per pair."""
-    if PTX and x.dtype == tl.bfloat16:
-        return tl.inline_asm_elementwise("shl.b32 $0, $2, 16;\n\tand.b32 $1, $2, 0xffff0000;", "=r,=r,r", [x],
-                                         dtype=tl.float32, is_pure=True, pack=2)
-    else:
-        return x.to(tl.float32)
-
-
-@triton.jit
-def softplus(x, PTX: tl.constexpr):
-    """log(1 + e^x) by the base-2 exponential and logarithm of the hardware; x itself above 20."""
-    return tl.where(x <= SOFTPLUS_THRESHOLD, _approx_log2(1.0 + tl.exp2(x * LOG2E), PTX) * LN2, x)
-
-
-@triton.jit
-def silu(x, PTX: tl.constexpr):
-    """x sigmoid(x) = x / (1 + e^-x)."""
-    return x * _approx_reciprocal(1.0 + tl.exp2(-x * LOG2E), PTX)
 
 
 @triton.jit
@@ -123,13 +76,6 @@ def _stack_steps(parts, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.co
     if STEPS == 1:
         stacked = tl.reshape(stacked, (BLOCK_D, LANES, 1))
     return stacked
-
-
-@triton.jit
-def _prefetch_to_l2(ptrs):
-    # A hint with nothing to wait for: `prefetch.global.L2` at every pointer of the tile.
-    return tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-                                     dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -309,12 +255,11 @@ def _selective_scan_fwd_kernel(
     DELTA_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
     DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr, EVEN_D: tl.constexpr,
     STEPS_PER_LOAD: tl.constexpr,  # consecutive steps one lane loads at once (16 bytes of u)
-    PREFETCH: tl.constexpr,  # chunks ahead to prefetch u, delta, z into L2 (0: none; PTX only)
     HOIST_A: tl.constexpr,  # keep A in registers across chunks
-    PIPELINE: tl.constexpr,  # chunks ahead whose u, delta, z are loaded into registers while this one is scanned
+    PIPELINE: tl.constexpr,  # 1: the next chunk's u, delta, z are loaded into registers while this one is scanned
     WIDEN_BC_PAIRS: tl.constexpr,  # widen bfloat16 B and C two steps at a time, before the steps are split
     STAGES: tl.constexpr,  # the loop over chunks as software-pipelined by Triton: every load copied ahead into shared memory
-    PTX: tl.constexpr,  # an NVIDIA GPU: inline PTX for the approximate logarithm and reciprocal, and the prefetch
+    PTX: tl.constexpr,  # an NVIDIA GPU: inline PTX for the approximate logarithm and reciprocal
 ):
     LANES: tl.constexpr = CHUNK // STEPS
     PARTS: tl.constexpr = STEPS // STEPS_PER_LOAD
@@ -363,13 +308,6 @@ def _selective_scan_fwd_kernel(
     C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + 0 * rows
 
     num_whole = seqlen // CHUNK
-    # One prefetch per 32 elements (a 128-byte line of float32), clamped into the tensors.
-    LINES: tl.constexpr = (CHUNK + 31) // 32
-    line_offs = tl.minimum(tl.arange(0, LINES) * 32, CHUNK - 1)  # (LINES,)
-    rows_d = tl.minimum(offs_d, dim - 1)[:, None]  # (BLOCK_D, 1): blocks past d prefetch the last channel
-    u_ahead_rows = u_ptr + pid_b * stride_u_b + rows_d * stride_u_d
-    dt_ahead_rows = delta_ptr + pid_b * stride_dt_b + rows_d * stride_dt_d
-    z_ahead_rows = z_ptr + pid_b * stride_z_b + rows_d * stride_z_d
     # u, delta and z of whole chunks need no bounds on the sequence, nor on the channels where the
     # block divides them; the tail chunk, if any, is masked. With PIPELINE the next chunk's tiles
     # are loaded into registers before this one is scanned, so that the scan hides their latency;
@@ -380,40 +318,22 @@ def _selective_scan_fwd_kernel(
         for p in tl.static_range(PARTS):
             masks_whole = masks_whole + (tl.broadcast_to(mask_d[:, None], (BLOCK_D, LANES * STEPS_PER_LOAD)),)
     other_whole: tl.constexpr = None if EVEN_D else 0.0
-    if PIPELINE >= 1:
+    if PIPELINE:
         ahead = ()  # a sequence shorter than a chunk repeats its last step
         for p in tl.static_range(PARTS):
             ahead = ahead + (tl.minimum(part_steps[p], seqlen - 1),)
         u_1, dt_1, z_1 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
                                       masks_whole, other_whole, HAS_Z, PARTS)
-    if PIPELINE >= 2:
-        ahead = ()
-        for p in tl.static_range(PARTS):
-            ahead = ahead + (tl.minimum(CHUNK + part_steps[p], seqlen - 1),)
-        u_2, dt_2, z_2 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
-                                      masks_whole, other_whole, HAS_Z, PARTS)
     for chunk in tl.range(0, num_whole, num_stages=STAGES):
-        if PREFETCH:
-            ahead_l = tl.minimum((chunk + PREFETCH) * CHUNK + line_offs, seqlen - 1)[None, :]  # (1, LINES)
-            _prefetch_to_l2(u_ahead_rows + ahead_l * stride_u_l)
-            _prefetch_to_l2(dt_ahead_rows + ahead_l * stride_dt_l)
-            if HAS_Z:
-                _prefetch_to_l2(z_ahead_rows + ahead_l * stride_z_l)
         if PIPELINE == 0:
             u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, _shift_steps(part_steps, chunk * CHUNK, PARTS),
                                     stride_u_l, stride_dt_l, stride_z_l, masks_whole, other_whole, HAS_Z, PARTS)
         else:
             u, dt, z = u_1, dt_1, z_1
-            if PIPELINE >= 2:
-                u_1, dt_1, z_1 = u_2, dt_2, z_2
-            # The chunk PIPELINE ahead, or the last whole chunk again near the end.
-            ahead = _shift_steps(part_steps, tl.minimum(chunk + PIPELINE, num_whole - 1) * CHUNK, PARTS)
-            u_next, dt_next, z_next = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
-                                                   masks_whole, other_whole, HAS_Z, PARTS)
-            if PIPELINE >= 2:
-                u_2, dt_2, z_2 = u_next, dt_next, z_next
-            else:
-                u_1, dt_1, z_1 = u_next, dt_next, z_next
+            # The next chunk, or the last whole chunk again near the end.
+            ahead = _shift_steps(part_steps, tl.minimum(chunk + 1, num_whole - 1) * CHUNK, PARTS)
+            u_1, dt_1, z_1 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
+                                          masks_whole, other_whole, HAS_Z, PARTS)
         carries = _scan_chunk(u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
                               _shift_steps(part_steps, chunk * CHUNK, PARTS), seqlen, mask_d, lanes,
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
@@ -438,47 +358,6 @@ def _selective_scan_fwd_kernel(
     for n in tl.static_range(DSTATE):
         last = tl.sum(tl.where(first_lane, carries[n], 0.0), axis=1)  # (BLOCK_D,)
         tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d * stride_hl_d + n * stride_hl_n, last, mask=mask_d)
-
-
-def runs_ptx(tensor: torch.Tensor) -> bool:
-    """Whether kernels on this tensor compile to PTX (an NVIDIA GPU, not the interpreter or ROCm)."""
-    return tensor.is_cuda and torch.version.hip is None and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-
-
-def default_schedule(chunk: int) -> dict[str, int | bool]:
-    """How a program overlaps loads with the scan, by chunk (measured on an H100, docs/ARCHITECTURE.md).
-
-    Long chunks (few channels, many lanes along time) let Triton software-pipeline the loop over
-    chunks (``stages=2``: every load of the next chunk, B and C included, is copied into shared
-    memory while this one is scanned), keep A in registers and widen bfloat16 B and C in pairs.
-    Short chunks (many channels) run eight programs per multiprocessor, whose shared memory
-    would not hold the copies: they load the next chunk's u, delta and z into registers instead,
-    and read A from L1 each chunk (holding A, and widening in pairs, were slower there).
-    """
-    long_chunk = chunk >= 64
-    return {"pipeline": 0 if long_chunk else 1, "stages": 2 if long_chunk else 1, "prefetch": 0, "hoist_a": long_chunk,
-            "widen_bc_pairs": long_chunk, "steps_per_lane": STEPS_PER_LANE}
-
-
-def default_launch(chunk: int, dim: int, steps_per_lane: int = STEPS_PER_LANE) -> tuple[int, int]:
-    """(block_d, num_warps): a (BLOCK_D, CHUNK) tile on one warp, ``steps_per_lane`` steps in each of its 32 lanes."""
-    per_warp = 32 * min(steps_per_lane, chunk)
-    block_d = max(1, min(per_warp // chunk, triton.next_power_of_2(dim)))
-    return block_d, max(1, block_d * chunk // per_warp)
-
-
-def preferred_chunk(batch: int, dim: int, seqlen: int, sm_count: int, warps_per_sm: int = 8) -> int:
-    """The chunk that keeps about ``warps_per_sm`` one-warp programs on every multiprocessor.
-
-    With :func:`default_launch` a warp holds ``256 / chunk`` channels, ``chunk / 8`` lanes along
-    the sequence. Few channels (one sequence, a small model) want long chunks, spreading each
-    channel over more lanes; many channels want short ones, which cost fewer shuffles per step.
-    Never longer than the sequence needs.
-    """
-    channels_per_warp = batch * dim / (warps_per_sm * sm_count)
-    chunk = 256 / max(channels_per_warp, 1.0)
-    chunk = 1 << max(4, min(8, int(chunk).bit_length() - 1))  # a power of two in [16, 256]
-    return min(chunk, max(16, triton.next_power_of_2(seqlen)))
 
 
 def check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[int, int, int, int, int]:
@@ -532,13 +411,9 @@ def selective_scan_chunked(
     chunk_size: int = 64,
     block_d: int | None = None,
     num_warps: int | None = None,
-    prefetch: int | None = None,
-    maxnreg: int | None = None,
-    convert_bc: bool = False,
     pipeline: int | None = None,
     hoist_a: bool | None = None,
     widen_bc_pairs: bool | None = None,
-    steps_per_lane: int | None = None,
     stages: int | None = None,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
@@ -548,56 +423,32 @@ def selective_scan_chunked(
     u, delta, z: (b, d, l); A: (d, n) real; B, C: (b, n, l) or (b, g, n, l);
     D, delta_bias: (d,); initial_state: (b, d, n).
     Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
-    ``block_d``, ``num_warps`` and ``maxnreg`` (registers per thread) override :func:`default_launch`;
-    ``pipeline`` (chunks ahead loaded into registers), ``stages`` (Triton's software pipelining
-    of the loop over chunks, through shared memory; 1: none), ``prefetch`` (chunks ahead prefetched
-    into L2; NVIDIA only), ``hoist_a``, ``widen_bc_pairs`` and ``steps_per_lane`` (a power of two)
-    override :func:`default_schedule`. ``convert_bc`` converts
-    half-precision B and C to float32 first (two small copies, measured slower on an H100 than
-    converting in the kernel). ``out`` and ``last_state`` may be given to be written in place.
+    The launch is ``planning.launch.scan_launch`` for the chunk; ``block_d``, ``num_warps``,
+    ``pipeline`` (0 or 1: the next chunk's u, delta and z loaded into registers), ``stages`` (1 or 2:
+    Triton's software pipelining of the loop over chunks, through shared memory), ``hoist_a`` and
+    ``widen_bc_pairs`` override it. ``out`` and ``last_state`` may be given to be written in place.
     """
     batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if chunk_size < 1 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+    launch = scan_launch(batch, dim, groups, u.element_size(), B.dtype == torch.bfloat16, chunk_size,
+                         block_d=block_d, num_warps=num_warps, pipeline=pipeline, stages=stages, hoist_a=hoist_a,
+                         widen_bc_pairs=widen_bc_pairs)
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
-    if convert_bc and B.dtype != torch.float32:
-        B, C = B.float(), C.float()
-    dim_per_group = dim // groups
-    schedule = default_schedule(chunk_size)
-    overrides = {"prefetch": prefetch, "pipeline": pipeline, "hoist_a": hoist_a, "widen_bc_pairs": widen_bc_pairs,
-                 "steps_per_lane": steps_per_lane, "stages": stages}
-    schedule.update({k: v for k, v in overrides.items() if v is not None})
-    if schedule["pipeline"] not in (0, 1, 2):  # the kernel carries at most two chunks ahead
-        raise ValueError(f"pipeline must be 0, 1 or 2 chunks ahead, got {schedule['pipeline']}")
-    steps = min(int(schedule["steps_per_lane"]), chunk_size)
-    if steps < 1 or steps & (steps - 1):
-        raise ValueError(f"steps_per_lane must be a power of two, got {schedule['steps_per_lane']}")
-    steps_per_load = min(steps, max(1, 16 // u.element_size()))  # one 16-byte load of u per lane and part
-    default_block_d, default_warps = default_launch(chunk_size, dim, steps)
-    block_d = block_d or default_block_d
-    num_warps = num_warps or default_warps
-    if groups > 1:
-        block_d = min(block_d, dim_per_group & -dim_per_group)  # largest power of two dividing d/g
     if out is None:
         out = torch.empty_like(u)
     if last_state is None:
         last_state = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
     h0 = initial_state if initial_state is not None else last_state
     z_arg = z if z is not None else u
-    grid = (triton.cdiv(dim, block_d), batch)
-    ptx = runs_ptx(u)
-    _selective_scan_fwd_kernel[grid](
+    _selective_scan_fwd_kernel[launch.grid](
         u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0, out, last_state,
-        seqlen, dim, dim_per_group,
+        seqlen, dim, dim // groups,
         *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
         *h0.stride(), *last_state.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
         DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-        DSTATE=dstate, BLOCK_D=block_d, CHUNK=chunk_size, STEPS=steps, STEPS_PER_LOAD=steps_per_load, EVEN_D=dim % block_d == 0,
-        PREFETCH=schedule["prefetch"] if ptx else 0, PIPELINE=int(schedule["pipeline"]), HOIST_A=bool(schedule["hoist_a"]),
-        WIDEN_BC_PAIRS=bool(schedule["widen_bc_pairs"]) and B.dtype == torch.bfloat16, STAGES=int(schedule["stages"]), PTX=ptx,
-        num_warps=num_warps,
-        **({"maxnreg": maxnreg} if maxnreg else {}),
+        DSTATE=dstate, BLOCK_D=launch.block_d, CHUNK=chunk_size, STEPS=launch.steps, STEPS_PER_LOAD=launch.steps_per_load,
+        EVEN_D=dim % launch.block_d == 0, PIPELINE=launch.pipeline, HOIST_A=launch.hoist_a,
+        WIDEN_BC_PAIRS=launch.widen_bc_pairs, STAGES=launch.stages, PTX=runs_ptx(u), num_warps=launch.num_warps,
     )
     return out, last_state

@@ -5,7 +5,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .chunk import LOG2E, runs_ptx, silu, softplus
+from ...planning.launch import step_launch
+from ..triton_math import LOG2E, runs_ptx, silu, softplus
 
 
 @triton.jit
@@ -27,7 +28,7 @@ def _selective_state_update_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
     HAS_GROUPS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,  # the block divides dim / BLOCK_N is dstate: no masks, wider loads
-    PTX: tl.constexpr,  # an NVIDIA GPU: the hardware's approximate logarithm and reciprocal (chunk.softplus, chunk.silu)
+    PTX: tl.constexpr,  # an NVIDIA GPU: the hardware's approximate logarithm and reciprocal (triton_math)
 ):
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
@@ -70,22 +71,6 @@ def _selective_state_update_kernel(
     if HAS_Z:
         y *= silu(z, PTX)
     tl.store(out_ptr + pid_b * stride_out_b + offs_d * stride_out_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-
-
-MIN_STEP_PROGRAMS = 64  # a decode step is latency-bound: below this many programs, narrower blocks are faster
-
-
-def default_step_block(batch: int, dim: int, dstate: int) -> int:
-    """Channels per program: up to 2048 state elements, narrowed while fewer than MIN_STEP_PROGRAMS programs run.
-
-    On an H100 (d=2048, n=16) this picks 32 channels at batch 1 (1.7 µs against 2.0 for 128) and
-    128 from batch 16 on (``benchmarks/results/``).
-    """
-    block_n = max(2, triton.next_power_of_2(dstate))
-    block_d = min(triton.next_power_of_2(dim), max(1, 2048 // block_n))
-    while block_d > 16 and batch * triton.cdiv(dim, block_d) < MIN_STEP_PROGRAMS:
-        block_d //= 2
-    return block_d
 
 
 def check_step_args(state, x, dt, A, B, C, D, z, dt_bias) -> tuple[int, int, int, int]:
@@ -132,26 +117,22 @@ def selective_state_update_triton(
 ) -> torch.Tensor:
     """One decode step. state: (b, d, n), updated in place; x, dt, z: (b, d); B, C: (b, n) or (b, g, n).
 
-    Returns out (b, d) in x's dtype.
+    Returns out (b, d) in x's dtype. The launch is ``planning.launch.step_launch``; ``block_d`` and
+    ``num_warps`` override it.
     """
     batch, dim, dstate, groups = check_step_args(state, x, dt, A, B, C, D, z, dt_bias)
+    launch = step_launch(batch, dim, dstate, groups, block_d=block_d, num_warps=num_warps)
     if B.dim() == 2:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
-    block_n = max(2, triton.next_power_of_2(dstate))
-    if block_d is None:
-        block_d = default_step_block(batch, dim, dstate)
-    if groups > 1:
-        block_d = min(block_d, (dim // groups) & -(dim // groups))  # largest power of two dividing d/g
     if out is None:
         out = torch.empty_like(x)
     z_arg = z if z is not None else x
-    grid = (triton.cdiv(dim, block_d), batch)
-    _selective_state_update_kernel[grid](
+    _selective_state_update_kernel[launch.grid](
         state, x, dt, A, B, C, D if D is not None else x, z_arg, dt_bias if dt_bias is not None else x, out,
         dim, dstate, dim // groups,
         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        HAS_GROUPS=groups > 1, BLOCK_D=block_d, BLOCK_N=block_n, EVEN_D=dim % block_d == 0, EVEN_N=dstate == block_n,
-        PTX=runs_ptx(x), num_warps=num_warps,
+        HAS_GROUPS=groups > 1, BLOCK_D=launch.block_d, BLOCK_N=launch.block_n, EVEN_D=dim % launch.block_d == 0,
+        EVEN_N=dstate == launch.block_n, PTX=runs_ptx(x), num_warps=launch.num_warps,
     )
     return out

@@ -1,0 +1,57 @@
+"""Chunk policies: how long a tile along the sequence the prefill kernel walks, per region.
+
+Plain Python. Each policy returns the chunk and a sentence saying why; the
+planner records both and the report shows them.
+"""
+from __future__ import annotations
+
+import functools
+
+from .launch import STEPS_PER_LANE, WARP_SIZE, next_power_of_2
+
+CHUNK_POLICIES = ("occupancy", "seqlen", "fixed")
+NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
+MIN_CHUNK, MAX_CHUNK = 16, 256
+# The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
+# partial chunk); long ones take the tile that keeps the most work in flight.
+SEQLEN_CHUNKS = ((16, 16), (64, 32), (float("inf"), 64))
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device) -> int:
+    """Multiprocessors of ``device`` (a torch.device), or NOMINAL_SM_COUNT off the GPU."""
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return NOMINAL_SM_COUNT
+
+
+def occupancy_chunk(batch: int, dim: int, seqlen: int, sms: int, warps_per_sm: int = 8) -> int:
+    """The chunk that keeps about ``warps_per_sm`` one-warp programs on every multiprocessor.
+
+    A warp holds ``256 / chunk`` channels (``launch.program_shape``), ``chunk / 8`` lanes along
+    the sequence. Few channels (one sequence, a small model) want long chunks, spreading each
+    channel over more lanes; many channels want short ones, which cost fewer shuffles per step.
+    Never longer than the sequence needs.
+    """
+    channels_per_warp = batch * dim / (warps_per_sm * sms)
+    chunk = WARP_SIZE * STEPS_PER_LANE / max(channels_per_warp, 1.0)
+    chunk = 1 << max(MIN_CHUNK.bit_length() - 1, min(MAX_CHUNK.bit_length() - 1, int(chunk).bit_length() - 1))
+    return min(chunk, max(MIN_CHUNK, next_power_of_2(seqlen)))
+
+
+def seqlen_chunk(seqlen: int) -> int:
+    return next(chunk for limit, chunk in SEQLEN_CHUNKS if seqlen <= limit)
+
+
+def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed_chunk: int) -> tuple[int, str]:
+    """(chunk, why) under ``policy``, one of CHUNK_POLICIES."""
+    if policy == "fixed":
+        return fixed_chunk, f"fixed policy: chunk_size={fixed_chunk}"
+    if policy == "occupancy":
+        return (occupancy_chunk(batch, dim, seqlen, sms),
+                f"occupancy policy: b·d={batch * dim} channels on {sms} SMs, l={seqlen}")
+    if policy == "seqlen":
+        return seqlen_chunk(seqlen), f"seqlen policy: l={seqlen}"
+    raise ValueError(f"unknown chunk policy {policy!r}: valid policies are {CHUNK_POLICIES}")

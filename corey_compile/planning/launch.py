@@ -1,0 +1,140 @@
+"""How corey's kernels are launched for a given shape: plain Python, no Triton.
+
+The launchers in ``codegen/`` call these functions, and so does the planner, so
+the report shows exactly the launch a decision implies. The numbers behind
+each choice were measured on an H100 (``codegen/selective_scan/README.md``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+WARP_SIZE = 32
+# Consecutive steps a lane of the prefill kernel runs by itself: one 16-byte load of
+# half-precision values (16 had fewer instructions per step and ran slower).
+STEPS_PER_LANE = 8
+# A decode step is a chain of latencies: below this many programs, narrower blocks are faster.
+MIN_STEP_PROGRAMS = 64
+# Chunks from this length on are "long": few channels, many lanes along time.
+LONG_CHUNK = 64
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def largest_power_of_2_dividing(n: int) -> int:
+    return n & -n
+
+
+@dataclass(frozen=True)
+class ScanLaunch:
+    """One launch of the prefill kernel: its grid, program shape and schedule.
+
+    chunk: steps per tile along the sequence; steps: consecutive steps per lane; steps_per_load:
+    steps in one 16-byte load; block_d: channels per program; pipeline: the next chunk's u, delta
+    and z loaded into registers while this one is scanned (0 or 1); stages: Triton's software
+    pipelining of the loop over chunks through shared memory (1: none, 2: every load one chunk
+    ahead); hoist_a: A kept in registers across chunks; widen_bc_pairs: bfloat16 B and C widened
+    two steps at a time.
+    """
+
+    chunk: int
+    block_d: int
+    num_warps: int
+    steps: int
+    steps_per_load: int
+    pipeline: int
+    stages: int
+    hoist_a: bool
+    widen_bc_pairs: bool
+    grid: tuple
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepLaunch:
+    """One launch of the decode-step kernel: ``block_d`` channels by ``block_n`` state indices per program."""
+
+    block_d: int
+    block_n: int
+    num_warps: int
+    grid: tuple
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def scan_schedule(chunk: int) -> dict:
+    """How a program overlaps loads with the scan, by chunk.
+
+    Long chunks (few channels, one sequence) let Triton software-pipeline the loop over chunks
+    (``stages=2``: every load of the next chunk, B and C included, is copied into shared memory
+    while this one is scanned), keep A in registers and widen bfloat16 B and C in pairs. Short
+    chunks (many channels) run eight programs per multiprocessor, whose shared memory would not
+    hold the copies: they load the next chunk's u, delta and z into registers instead and read A
+    each chunk (holding A, and widening in pairs, were slower there).
+    """
+    long_chunk = chunk >= LONG_CHUNK
+    return {"pipeline": 0 if long_chunk else 1, "stages": 2 if long_chunk else 1, "hoist_a": long_chunk,
+            "widen_bc_pairs": long_chunk}
+
+
+def program_shape(chunk: int, dim: int) -> tuple[int, int]:
+    """(block_d, num_warps): a (block_d, chunk) tile on one warp, STEPS_PER_LANE steps in each of its lanes."""
+    per_warp = WARP_SIZE * min(STEPS_PER_LANE, chunk)
+    block_d = max(1, min(per_warp // chunk, next_power_of_2(dim)))
+    return block_d, max(1, block_d * chunk // per_warp)
+
+
+@functools.lru_cache(maxsize=1024)
+def scan_launch(batch: int, dim: int, groups: int, element_size: int, bc_bfloat16: bool, chunk: int,
+                block_d: int | None = None, num_warps: int | None = None, pipeline: int | None = None,
+                stages: int | None = None, hoist_a: bool | None = None, widen_bc_pairs: bool | None = None) -> ScanLaunch:
+    """The prefill launch for this shape and chunk; any keyword given overrides the default."""
+    if chunk < 1 or chunk & (chunk - 1):
+        raise ValueError(f"chunk_size must be a power of two, got {chunk}")
+    schedule = scan_schedule(chunk)
+    overrides = {"pipeline": pipeline, "stages": stages, "hoist_a": hoist_a, "widen_bc_pairs": widen_bc_pairs}
+    schedule.update({k: v for k, v in overrides.items() if v is not None})
+    if schedule["pipeline"] not in (0, 1):
+        raise ValueError(f"pipeline must be 0 or 1 chunks ahead, got {schedule['pipeline']}")
+    if schedule["stages"] not in (1, 2):
+        raise ValueError(f"stages must be 1 or 2, got {schedule['stages']}")
+    steps = min(STEPS_PER_LANE, chunk)
+    steps_per_load = min(steps, max(1, 16 // element_size))  # one 16-byte load of u per lane and part
+    default_block_d, default_warps = program_shape(chunk, dim)
+    block_d = block_d or default_block_d
+    num_warps = num_warps or default_warps
+    if groups > 1:
+        block_d = min(block_d, largest_power_of_2_dividing(dim // groups))  # a block stays inside one group
+    return ScanLaunch(chunk=chunk, block_d=block_d, num_warps=num_warps, steps=steps, steps_per_load=steps_per_load,
+                      pipeline=int(schedule["pipeline"]), stages=int(schedule["stages"]), hoist_a=bool(schedule["hoist_a"]),
+                      widen_bc_pairs=bool(schedule["widen_bc_pairs"]) and bc_bfloat16,
+                      grid=(-(-dim // block_d), batch))
+
+
+def step_block(batch: int, dim: int, dstate: int) -> int:
+    """Channels per decode program: up to 2048 state elements, narrowed while fewer than MIN_STEP_PROGRAMS run.
+
+    On an H100 (d=2048, n=16) this picks 32 channels at batch 1 (1.7 µs against 2.0 for 128) and
+    128 from batch 16 on.
+    """
+    block_n = max(2, next_power_of_2(dstate))
+    block_d = min(next_power_of_2(dim), max(1, 2048 // block_n))
+    while block_d > 16 and batch * -(-dim // block_d) < MIN_STEP_PROGRAMS:
+        block_d //= 2
+    return block_d
+
+
+@functools.lru_cache(maxsize=1024)
+def step_launch(batch: int, dim: int, dstate: int, groups: int, block_d: int | None = None,
+                num_warps: int = 4) -> StepLaunch:
+    """The decode-step launch for this shape; ``block_d`` overrides the default."""
+    block_d = block_d or step_block(batch, dim, dstate)
+    if groups > 1:
+        block_d = min(block_d, largest_power_of_2_dividing(dim // groups))
+    return StepLaunch(block_d=block_d, block_n=max(2, next_power_of_2(dstate)), num_warps=num_warps,
+                      grid=(-(-dim // block_d), batch))

@@ -1,0 +1,65 @@
+"""The plan of one region: chunk, launch and fusion boundary, decided from plain facts about it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .chunk_policy import choose_chunk
+from .fusion import choose_absorbed
+from .launch import scan_launch, step_launch
+
+ELEMENT_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+@dataclass(frozen=True)
+class RegionFacts:
+    """What the planner may know of a region: no graph nodes, only shapes, dtypes and neighbours.
+
+    kind: "scan" (a whole sequence, ``corey::selective_scan``) or "step" (one decode step,
+    ``corey::selective_state_update``); producers and consumers: the neighbouring ops the kernel
+    could absorb, each chain ordered outward from the scan (``planning.fusion``).
+    """
+
+    kind: str
+    batch: int
+    dim: int
+    seqlen: int
+    dstate: int
+    groups: int
+    dtype: str  # of u
+    bc_dtype: str
+    producers: tuple = ()
+    consumers: tuple = ()
+    measurements: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """What the kernel of a region will be: chunk (None for a step), launch, absorbed neighbours, and why."""
+
+    chunk_size: int | None
+    launch: dict
+    absorb_producers: list
+    absorb_consumers: list
+    reasons: list
+
+    @property
+    def absorbed(self) -> list:
+        return self.absorb_producers + self.absorb_consumers
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "absorbed": self.absorbed}
+
+
+def plan_region(facts: RegionFacts, *, chunk_policy: str, chunk_size: int, fusion: str, sms: int) -> Plan:
+    producers, consumers, fusion_reason = choose_absorbed(fusion, list(facts.producers), list(facts.consumers))
+    if facts.kind == "step":
+        launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)
+        return Plan(None, launch.as_dict(), producers, consumers, ["one decode step: no chunk", fusion_reason])
+    chunk, chunk_reason = choose_chunk(chunk_policy, facts.batch, facts.dim, facts.seqlen, sms, chunk_size)
+    if facts.seqlen == 1:  # the op sends a one-step scan to the decode kernel
+        launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)
+        return Plan(chunk, launch.as_dict(), producers, consumers,
+                    [chunk_reason, "one step: the op runs the decode kernel, so the chunk is not used", fusion_reason])
+    launch = scan_launch(facts.batch, facts.dim, facts.groups, ELEMENT_SIZES.get(facts.dtype, 4),
+                         facts.bc_dtype == "bfloat16", chunk)
+    return Plan(chunk, launch.as_dict(), producers, consumers, [chunk_reason, fusion_reason])
