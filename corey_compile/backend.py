@@ -1,18 +1,23 @@
 """``corey_backend``: the function ``torch.compile(model, backend="corey")`` calls for each Dynamo graph."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
 import warnings
+from typing import Callable
 
 import torch
 import torch.fx as fx
 
-from .options import Options, resolve_options
-from .passes import CompileContext, pipeline_for
+from .options import resolve_options
+from .passes import CompileContext, PassError, pipeline_for, run_pipeline
 from .report import CompileReport
 
 _REPORTS: list[CompileReport] = []
 _MAX_REPORTS = 64
+_GRAPH_IDS = itertools.count()
+_progress: Callable[[str], None] | None = None
 
 
 def last_report() -> CompileReport | None:
@@ -29,6 +34,17 @@ def clear_reports() -> None:
     _REPORTS.clear()
 
 
+def set_progress(callback: Callable[[str], None] | None) -> None:
+    """Have every compilation say what it is doing through ``callback`` (the CLI prints it); None stops it."""
+    global _progress
+    _progress = callback
+
+
+def _say(text: str) -> None:
+    if _progress is not None:
+        _progress(text)
+
+
 def _remember(report: CompileReport) -> None:
     _REPORTS.append(report)
     del _REPORTS[:-_MAX_REPORTS]
@@ -38,29 +54,7 @@ def _requires_grad(example_inputs) -> bool:
     return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
 
 
-def run_pipeline(gm: fx.GraphModule, options: Options, report: CompileReport,
-                 device: torch.device = torch.device("cpu")) -> fx.GraphModule:
-    """Run every pass in order on ``gm`` (in place), linting the graph after each; ``device`` holds the inputs."""
-    ctx = CompileContext(options=options, report=report, device=device)
-    for name, pass_fn in pipeline_for(options):
-        start = time.perf_counter()
-        try:
-            gm = pass_fn(gm, ctx)
-            gm.graph.lint()
-        except Exception as exc:
-            raise PassError(name, exc) from exc
-        report.pass_seconds[name] = round(time.perf_counter() - start, 4)
-    gm.recompile()
-    return gm
-
-
-class PassError(RuntimeError):
-    def __init__(self, pass_name: str, cause: Exception):
-        super().__init__(f"corey pass {pass_name} failed: {type(cause).__name__}: {cause}")
-        self.pass_name, self.cause = pass_name, cause
-
-
-def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
+def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy whose graph the passes may rewrite; the original stays intact for the fallback."""
     graph = fx.Graph()
     output = graph.graph_copy(gm.graph, {})
@@ -68,7 +62,7 @@ def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
-def _inner_compile(gm: fx.GraphModule, example_inputs, options: Options):
+def _inner_compile(gm: fx.GraphModule, example_inputs, options):
     if options.inner_compiler == "eager":
         return gm.forward
     from torch._inductor.compile_fx import compile_fx
@@ -77,27 +71,47 @@ def _inner_compile(gm: fx.GraphModule, example_inputs, options: Options):
 
 
 def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None, mode: str | None = None, **kwargs):
-    """Compile one Dynamo graph: match selective scans, lower them to ``corey::`` ops, hand the rest on.
+    """Compile one Dynamo graph: match selective scans, measure, plan and lower them to ``corey::`` ops,
+    and hand the rest to the inner compiler.
 
     Options arrive as ``torch.compile(..., options={...})`` or as keyword
     arguments; see ``corey_compile.Options`` for the list.
     """
     opts = resolve_options({**(options or {}), **kwargs})
-    report = CompileReport(graph_index=len(_REPORTS), nodes_before=len(gm.graph.nodes),
-                           inner_compiler=opts.inner_compiler, options=opts.__dict__.copy(),
-                           pipeline=[name for name, _ in pipeline_for(opts)])
+    report = CompileReport(graph_index=next(_GRAPH_IDS), nodes_before=len(gm.graph.nodes),
+                           inner_compiler=opts.inner_compiler, options=dataclasses.asdict(opts),
+                           pipeline=[p.name for p in pipeline_for(opts)])
     _remember(report)
+    recorder = None
+    if opts.debug_dir:
+        from .debug import GraphRecorder
+
+        recorder = GraphRecorder(opts.debug_dir, report.graph_index)
+    _say(f"graph {report.graph_index}: {report.nodes_before} nodes")
     if _requires_grad(example_inputs):
         report.decline("whole graph", "inputs require grad: corey compiles inference graphs; ran the graph unchanged")
-        return _inner_compile(gm, example_inputs, opts)
-    try:
+        rewritten = gm
+    else:
         device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
-        gm = run_pipeline(_copy_graph_module(gm), opts, report, device)
-    except PassError as exc:
-        if opts.strict:
-            raise
-        warnings.warn(f"{exc}; running this graph as the model wrote it", stacklevel=2)
-        report.fell_back, report.fallback_reason = True, str(exc)
-        report.regions.clear()
-    report.nodes_after = len(gm.graph.nodes)
-    return _inner_compile(gm, example_inputs, opts)
+        ctx = CompileContext(options=opts, report=report, device=device, example_inputs=list(example_inputs),
+                             progress=_progress)
+        start = time.perf_counter()
+        try:
+            rewritten = run_pipeline(copy_graph_module(gm), ctx, recorder)
+        except PassError as exc:
+            if opts.strict:
+                raise
+            warnings.warn(f"{exc}; running this graph as the model wrote it", stacklevel=2)
+            report.fell_back, report.fallback_reason = True, str(exc)
+            report.regions.clear()
+            rewritten = gm
+        report.seconds["passes"] = round(time.perf_counter() - start, 4)
+    report.nodes_after = len(rewritten.graph.nodes)
+    _say(f"graph {report.graph_index}: inner compiler {opts.inner_compiler}")
+    start = time.perf_counter()
+    compiled = _inner_compile(rewritten, example_inputs, opts)
+    report.seconds["inner_compiler"] = round(time.perf_counter() - start, 4)
+    if recorder is not None:
+        report.debug_dir = str(recorder.folder)
+        recorder.finish(report)
+    return compiled

@@ -1,77 +1,154 @@
-"""Every knob of the corey backend: its default, its meaning and its environment variable."""
+"""Every knob of the corey backend, declared once: default, environment variable, valid values, help.
+
+``torch.compile(model, backend="corey", options={...})`` takes them by name;
+an environment variable sets a default for a whole process; ``corey dump
+--option KEY=VALUE`` parses the same text an environment variable holds.
+``Options`` is built from the table and validated by one loop.
+"""
 from __future__ import annotations
 
 import dataclasses
 import os
 from dataclasses import dataclass
+from typing import Callable
 
-INNER_COMPILERS = ("inductor", "eager")
-CHUNK_POLICIES = ("occupancy", "seqlen", "fixed")
+from .planning import CHUNK_POLICIES, FUSION_POLICIES
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _match_forms() -> tuple:
+    from .passes import MATCH_FORMS  # the pipeline says which forms exist
+
+    return tuple(MATCH_FORMS)
 
 
 @dataclass(frozen=True)
-class Options:
-    """Options of ``torch.compile(model, backend="corey", options={...})``.
+class OptionSpec:
+    """One option. ``kind``: "choice" (one of ``choices``), "bool", "power_of_two", "forms" (a subset of
+    the pipeline's match forms) or "path" (a folder, or None)."""
 
-    inner_compiler: what compiles the rest of the graph, "inductor" or "eager" (COREY_INNER_COMPILER).
-    strict: re-raise a failing pass instead of falling back to the model's own graph (COREY_STRICT).
-    chunk_policy: how the chunk size is chosen: "occupancy" (the default) from how many channels
-        there are to spread over the GPU's multiprocessors, capped by the sequence length;
-        "seqlen" keys it on the sequence length alone; "fixed" uses ``chunk_size`` everywhere
-        (COREY_CHUNK_POLICY).
-    chunk_size: the chunk size of the "fixed" policy, a power of two (COREY_CHUNK_SIZE).
-    match_forms: which forms the matcher looks for, a subset of ("F1", "F2", "F3") (COREY_MATCH_FORMS, comma-separated).
-    """
+    name: str
+    default: object
+    env: str
+    kind: str
+    help: str
+    choices: tuple | Callable[[], tuple] = ()
 
-    inner_compiler: str = "inductor"
-    strict: bool = False
-    chunk_policy: str = "occupancy"
-    chunk_size: int = 64
-    match_forms: tuple = ("F1", "F2", "F3")
+    def valid_values(self) -> tuple:
+        return self.choices() if callable(self.choices) else self.choices
 
-    def __post_init__(self):
-        if self.inner_compiler not in INNER_COMPILERS:
-            raise ValueError(f"corey option inner_compiler={self.inner_compiler!r}: valid values are {INNER_COMPILERS}")
-        if self.chunk_policy not in CHUNK_POLICIES:
-            raise ValueError(f"corey option chunk_policy={self.chunk_policy!r}: valid values are {CHUNK_POLICIES}")
-        if not isinstance(self.chunk_size, int) or self.chunk_size < 1 or self.chunk_size & (self.chunk_size - 1):
-            raise ValueError(f"corey option chunk_size={self.chunk_size!r}: must be a power of two, such as 64")
-        if not isinstance(self.strict, bool):
-            raise ValueError(f"corey option strict={self.strict!r}: must be True or False")
-        unknown = set(self.match_forms) - {"F1", "F2", "F3"}
-        if unknown:
-            raise ValueError(f"corey option match_forms has {sorted(unknown)}: valid forms are F1, F2, F3")
+    def describe(self) -> str:
+        """The valid values in words, for help and error messages."""
+        if self.kind in ("choice", "forms"):
+            return ", ".join(self.valid_values())
+        return {"bool": "true or false", "power_of_two": "a power of two", "path": "a folder"}[self.kind]
+
+    def parse(self, text: str):
+        """The value written as text (an environment variable, ``--option KEY=VALUE``)."""
+        if self.kind == "bool":
+            lowered = text.strip().lower()
+            if lowered not in _TRUE + _FALSE:
+                raise ValueError(f"corey option {self.name}={text!r}: must be true or false")
+            return lowered in _TRUE
+        if self.kind == "power_of_two":
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"corey option {self.name}={text!r}: must be a power of two, such as 64") from None
+        if self.kind == "forms":
+            return tuple(f.strip() for f in text.split(",") if f.strip())
+        if self.kind == "path":
+            return text or None
+        return text
+
+    def check(self, value):
+        """``value`` normalized, or ValueError naming the option and what it accepts."""
+        if self.kind == "choice" and value not in self.valid_values():
+            raise ValueError(f"corey option {self.name}={value!r}: valid values are {self.valid_values()}")
+        if self.kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"corey option {self.name}={value!r}: must be True or False")
+        if self.kind == "power_of_two" and (isinstance(value, bool) or not isinstance(value, int) or value < 1
+                                            or value & (value - 1)):
+            raise ValueError(f"corey option {self.name}={value!r}: must be a power of two, such as 64")
+        if self.kind == "forms":
+            value = self.valid_values() if value is None else ((value,) if isinstance(value, str) else tuple(value))
+            unknown = sorted(set(value) - set(self.valid_values()))
+            if unknown:
+                raise ValueError(f"corey option {self.name} has {unknown}: valid forms are {', '.join(self.valid_values())}")
+        if self.kind == "path" and value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f"corey option {self.name}={value!r}: must be a folder path")
+        return value
 
 
-_ENV = {
-    "inner_compiler": ("COREY_INNER_COMPILER", str),
-    "strict": ("COREY_STRICT", lambda v: v.strip().lower() in ("1", "true", "yes", "on")),
-    "chunk_policy": ("COREY_CHUNK_POLICY", str),
-    "chunk_size": ("COREY_CHUNK_SIZE", int),
-    "match_forms": ("COREY_MATCH_FORMS", lambda v: tuple(f.strip() for f in v.split(",") if f.strip())),
-}
+OPTIONS = (
+    OptionSpec("inner_compiler", "inductor", "COREY_INNER_COMPILER", "choice",
+               "what compiles the rest of the graph", ("inductor", "eager")),
+    OptionSpec("strict", False, "COREY_STRICT", "bool",
+               "re-raise a failing pass instead of running the graph as the model wrote it"),
+    OptionSpec("chunk_policy", "occupancy", "COREY_CHUNK_POLICY", "choice",
+               "how the prefill chunk is chosen: occupancy (from the channels per multiprocessor, capped by the "
+               "sequence length), seqlen (from the sequence length alone) or fixed (chunk_size everywhere)",
+               CHUNK_POLICIES),
+    OptionSpec("chunk_size", 64, "COREY_CHUNK_SIZE", "power_of_two", "the chunk of the fixed policy"),
+    OptionSpec("fusion", "all", "COREY_FUSION", "choice",
+               "which neighbours of a scan its kernel absorbs: all (delta bias, softplus, D skip, gate) or none",
+               FUSION_POLICIES),
+    OptionSpec("match_forms", None, "COREY_MATCH_FORMS", "forms",
+               "the scan forms the matchers look for (comma-separated in text; default: every form)", _match_forms),
+    OptionSpec("measure", False, "COREY_MEASURE", "bool",
+               "run the graph once on the example inputs while compiling and record the range of the values "
+               "each region reads"),
+    OptionSpec("check_invariants", False, "COREY_CHECK_INVARIANTS", "bool",
+               "check the pass contract after every pass (the tests turn it on)"),
+    OptionSpec("debug_dir", None, "COREY_DEBUG_DIR", "path",
+               "write every compiled graph's stages (code, pictures, kernels, report) under this folder"),
+)
+SPECS = {spec.name: spec for spec in OPTIONS}
+
+
+def _validate(self) -> None:
+    for spec in OPTIONS:
+        object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
+
+
+Options = dataclasses.make_dataclass(
+    "Options", [(spec.name, object, dataclasses.field(default=spec.default)) for spec in OPTIONS],
+    namespace={"__post_init__": _validate, "__module__": __name__,
+               "__doc__": "Options of ``torch.compile(model, backend=\"corey\", options={...})``.\n\n" + "\n".join(
+                   f"{spec.name} ({spec.describe() if spec.kind != 'forms' else 'forms of the pipeline'}; "
+                   f"default {spec.default!r}; {spec.env}): {spec.help}." for spec in OPTIONS)},
+    frozen=True,
+)
 
 
 def option_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Options) ]
+    return [spec.name for spec in OPTIONS]
 
 
-def resolve_options(user: dict | None) -> Options:
+def resolve_options(user: dict | None) -> "Options":
     """Defaults, overridden by environment variables, overridden by ``user``. Unknown names are an error."""
     user = dict(user or {})
-    unknown = sorted(set(user) - set(option_names()))
+    unknown = sorted(set(user) - set(SPECS))
     if unknown:
         raise ValueError(f"unknown corey option(s) {unknown}: valid options are {option_names()}")
     values = {}
-    for name, (env_var, parse) in _ENV.items():
-        if env_var in os.environ:
+    for spec in OPTIONS:
+        if spec.env in os.environ:
             try:
-                values[name] = parse(os.environ[env_var])
+                values[spec.name] = spec.parse(os.environ[spec.env])
             except ValueError as exc:
-                raise ValueError(f"environment variable {env_var}={os.environ[env_var]!r}: {exc}") from None
-    if isinstance(user.get("match_forms"), str):
-        user["match_forms"] = (user["match_forms"],)
-    if "match_forms" in user:
-        user["match_forms"] = tuple(user["match_forms"])
+                raise ValueError(f"environment variable {spec.env}={os.environ[spec.env]!r}: {exc}") from None
     values.update(user)
     return Options(**values)
+
+
+def parse_option_text(assignment: str) -> tuple[str, object]:
+    """``KEY=VALUE`` as written on a command line -> (name, value), checked."""
+    name, sep, text = assignment.partition("=")
+    if not sep:
+        raise ValueError(f"option {assignment!r} is not KEY=VALUE")
+    if name not in SPECS:
+        raise ValueError(f"unknown corey option {name!r}: valid options are {option_names()}")
+    spec = SPECS[name]
+    return name, spec.check(spec.parse(text))

@@ -1,4 +1,4 @@
-"""What one compilation did: the regions it matched, what it decided for each, and what it declined."""
+"""What one compilation did: each pass, each region with its measurements and plan, and what was declined."""
 from __future__ import annotations
 
 import json
@@ -6,25 +6,47 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass
+class PassRecord:
+    """One pass over one graph: its time, the nodes it created and erased, what it decided."""
+
+    name: str
+    seconds: float = 0.0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    created: int = 0
+    erased: int = 0
+    created_nodes: list = field(default_factory=list)  # names of the nodes it created
+    decisions: list = field(default_factory=list)
+    declined: int = 0
+
+
+@dataclass
 class RegionRecord:
-    """One matched selective-scan region, replaced by one ``corey::`` op call."""
+    """One matched selective-scan region: where it is, what it reads, what was measured and planned, what it became."""
 
     name: str
     form: str  # "F1 unrolled recurrence", "F2 associative scan", "F3 state update"
-    op: str  # the custom op it became
+    op: str  # the custom op it becomes
+    layer: str  # the module it was traced in, e.g. backbone.layers.0.mixer
     shape: dict  # {"batch", "dim", "seqlen", "dstate"}
-    absorbed: list  # neighbouring ops folded into the op: delta_bias, softplus, D, z, initial_state
-    nodes_replaced: int
+    dtype: str  # of u
+    absorbable: list  # neighbouring ops the kernel could absorb: softplus, delta_bias, D, z
+    absorbed: list = field(default_factory=list)  # those the plan chose (plus initial_state when given)
     chunk_size: int | None = None
-    chunk_reason: str = ""
+    kernel: str = ""  # the Triton kernel the op runs for this region
+    launch: dict = field(default_factory=dict)
+    reasons: list = field(default_factory=list)  # why the plan is what it is
+    measurements: dict = field(default_factory=dict)
+    nodes_replaced: int = 0
 
 
 @dataclass
 class Declined:
-    """A candidate region, or a whole graph, that corey left as the model wrote it."""
+    """A candidate region, or a whole graph, that corey left as the model wrote it, and the pass that decided."""
 
     what: str
     reason: str
+    pass_name: str = ""
 
 
 @dataclass
@@ -35,14 +57,20 @@ class CompileReport:
     inner_compiler: str = ""
     options: dict = field(default_factory=dict)
     pipeline: list = field(default_factory=list)
-    regions: list = field(default_factory=list)
+    passes: list = field(default_factory=list)  # PassRecord per pass run
+    regions: list = field(default_factory=list)  # RegionRecord per region
     declined: list = field(default_factory=list)
-    pass_seconds: dict = field(default_factory=dict)
     fell_back: bool = False
     fallback_reason: str = ""
+    seconds: dict = field(default_factory=dict)  # {"passes": …, "inner_compiler": …}
+    debug_dir: str = ""
 
-    def decline(self, what: str, reason: str) -> None:
-        self.declined.append(Declined(what, reason))
+    def decline(self, what: str, reason: str, pass_name: str = "") -> None:
+        self.declined.append(Declined(what, reason, pass_name))
+
+    @property
+    def pass_seconds(self) -> dict:
+        return {record.name: record.seconds for record in self.passes}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,11 +82,13 @@ class CompileReport:
         """The regions and declines as text tables."""
         from tabulate import tabulate
 
-        rows = [[r.name, r.form, r.op, "x".join(str(r.shape[k]) for k in ("batch", "dim", "seqlen", "dstate")),
-                 ",".join(r.absorbed) or "-", r.chunk_size, r.nodes_replaced] for r in self.regions]
-        text = tabulate(rows, headers=["region", "form", "op", "b×d×l×n", "absorbed", "chunk", "nodes replaced"])
+        rows = [[r.name, r.layer or "-", r.form, r.op, "x".join(str(r.shape[k]) for k in ("batch", "dim", "seqlen", "dstate")),
+                 r.dtype, ",".join(r.absorbed) or "-", r.chunk_size or "-", r.nodes_replaced] for r in self.regions]
+        text = tabulate(rows, headers=["region", "layer", "form", "op", "b×d×l×n", "dtype", "absorbed", "chunk",
+                                       "nodes replaced"])
         if self.declined:
-            text += "\n\n" + tabulate([[d.what, d.reason] for d in self.declined], headers=["declined", "reason"])
+            text += "\n\n" + tabulate([[d.what, d.pass_name, d.reason] for d in self.declined],
+                                      headers=["declined", "by pass", "reason"])
         if self.fell_back:
             text += f"\n\nfell back to the model's own graph: {self.fallback_reason}"
         return text

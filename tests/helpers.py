@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from corey_compile.backend import _copy_graph_module, run_pipeline
+from corey_compile.backend import copy_graph_module
 from corey_compile.options import resolve_options
+from corey_compile.passes import CompileContext, run_pipeline
 from corey_compile.report import CompileReport
 
 TOLERANCES = {torch.float32: (6e-4, 2e-3), torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
@@ -19,21 +20,26 @@ def scan_inputs(b=2, d=6, l=7, n=4, dtype=torch.float32, delta_scale=1.0):
     )
 
 
-def step_inputs(b=3, d=6, n=4):
-    """Fresh random inputs of one decode step: state (b, d, n) and the step's tensors."""
-    return torch.randn(b, d, n), dict(
-        x=torch.randn(b, d), dt=torch.randn(b, d), A=-torch.rand(d, n), B=torch.randn(b, n), C=torch.randn(b, n),
-        D=torch.randn(d), z=torch.randn(b, d), dt_bias=torch.randn(d),
+def step_inputs(b=3, d=6, n=4, dtype=torch.float32):
+    """Fresh random inputs of one decode step: state (b, d, n) and the step's tensors (A, D, dt_bias in float32)."""
+    return torch.randn(b, d, n).to(dtype), dict(
+        x=torch.randn(b, d).to(dtype), dt=torch.randn(b, d).to(dtype), A=-torch.rand(d, n), B=torch.randn(b, n).to(dtype),
+        C=torch.randn(b, n).to(dtype), D=torch.randn(d), z=torch.randn(b, d).to(dtype), dt_bias=torch.randn(d),
     )
 
 
 def compile_capturing(fn, **options):
-    """torch.compile ``fn`` through corey's pipeline, keeping each rewritten graph and its report."""
+    """torch.compile ``fn`` through corey's pipeline, keeping each rewritten graph and its report.
+
+    The pass contract is checked after every pass (``check_invariants``).
+    """
     captured = []
 
     def backend(gm, example_inputs):
         report = CompileReport()
-        rewritten = run_pipeline(_copy_graph_module(gm), resolve_options(options), report)
+        ctx = CompileContext(options=resolve_options({"check_invariants": True, **options}), report=report,
+                             example_inputs=list(example_inputs))
+        rewritten = run_pipeline(copy_graph_module(gm), ctx)
         captured.append((rewritten, report))
         return rewritten.forward
 

@@ -7,7 +7,9 @@ reference elsewhere.
 """
 from __future__ import annotations
 
+import inspect
 import os
+import re
 from typing import Optional
 
 import torch
@@ -22,6 +24,42 @@ try:
     TRITON_AVAILABLE = True
 except ImportError:  # triton is not installed: CPU users keep the torch path
     TRITON_AVAILABLE = False
+
+
+def _is_triton_function(obj) -> bool:
+    return type(obj).__module__.startswith("triton") and callable(getattr(obj, "fn", None))
+
+
+def kernel_function(name: str):
+    """The Triton kernel that a plan names (``planning.plan``): selective_scan_fwd or selective_state_update."""
+    if not TRITON_AVAILABLE:
+        return None
+    from .selective_scan import chunk, step
+
+    return {"selective_scan_fwd": chunk._selective_scan_fwd_kernel,
+            "selective_state_update": step._selective_state_update_kernel}[name]
+
+
+def kernel_source(name: str) -> str:
+    """The Triton source of kernel ``name`` and of every Triton function it calls, callees first."""
+    kernel = kernel_function(name)
+    if kernel is None:
+        return "# triton is not installed: the op runs its torch path\n"
+    order, seen = [], set()
+
+    def visit(fn) -> None:
+        if id(fn) in seen:
+            return
+        seen.add(id(fn))
+        source = inspect.getsource(fn.fn)
+        for word in sorted(set(re.findall(r"\b[A-Za-z_]\w*\b", source))):
+            callee = fn.fn.__globals__.get(word)
+            if callee is not None and callee is not fn and _is_triton_function(callee):
+                visit(callee)
+        order.append(f"# from {fn.fn.__module__}\n{source}")
+
+    visit(kernel)
+    return "\n\n".join(order)
 
 
 def triton_interpreter_active() -> bool:

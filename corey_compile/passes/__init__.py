@@ -1,43 +1,103 @@
-"""FX → FX passes, run in the order of ``PIPELINE``.
+"""The compiler's stages, as one ordered list of passes over an FX graph.
 
-Contract (see README.md beside this file): ``pass_fn(gm, ctx) -> gm``; a pass
-records what it did, and why it declined, in ``ctx.report``; the graph lints
-after every pass.
+    match_* (record regions) → measure_regions → plan_regions → lower_regions
+
+Contract (README.md beside this file): ``pass_fn(gm, ctx) -> gm``; a pass
+records its decisions and declines through ``ctx``; matchers rewrite nothing;
+the graph lints after every pass, and with ``check_invariants`` the whole
+contract is checked (``invariants.py``).
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
+from typing import Callable
 
-import torch
+import torch.fx as fx
 
-from ..options import Options
-from ..report import CompileReport
-from .match_associative_scan import match_associative_scan
-from .match_state_update import match_state_update
-from .match_unrolled_recurrence import match_unrolled_recurrence
-from .plan_chunks import plan_chunks
-
-
-@dataclass
-class CompileContext:
-    options: Options
-    report: CompileReport
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where the example inputs live
-    _region_ids: itertools.count = field(default_factory=itertools.count)
-
-    def next_region_name(self) -> str:
-        return f"scan{next(self._region_ids)}"
+from ..report import PassRecord
+from . import match_associative_scan, match_state_update, match_unrolled_recurrence
+from .context import CompileContext
+from .invariants import check_invariants, graph_state
+from .lower_regions import lower_regions
+from .measure_regions import measure_regions
+from .plan_regions import plan_regions
+from .regions import match_pass
 
 
-# (name, pass, the match form that enables it or None)
+@dataclass(frozen=True)
+class Pass:
+    """One stage: its name, function, the match form that enables it (None: always runs), and what it does."""
+
+    name: str
+    run: Callable
+    form: str | None = None
+    what: str = ""
+
+
 PIPELINE = (
-    ("match_unrolled_recurrence", match_unrolled_recurrence, "F1"),
-    ("match_associative_scan", match_associative_scan, "F2"),
-    ("match_state_update", match_state_update, "F3"),
-    ("plan_chunks", plan_chunks, None),
+    Pass("match_unrolled_recurrence", match_pass(match_unrolled_recurrence.MATCHER), "F1",
+         "record loops over time that Dynamo unrolled (F1)"),
+    Pass("match_associative_scan", match_pass(match_associative_scan.MATCHER), "F2",
+         "record associative scans whose combine is the linear recurrence (F2)"),
+    Pass("match_state_update", match_pass(match_state_update.MATCHER), "F3",
+         "record decode steps that update a cached state in place (F3)"),
+    Pass("measure_regions", measure_regions, None, "run the graph on the example inputs; summarize what each region reads"),
+    Pass("plan_regions", plan_regions, None, "choose each region's chunk, launch and absorbed neighbours"),
+    Pass("lower_regions", lower_regions, None, "replace each region with its corey:: op"),
 )
+MATCH_FORMS = tuple(p.form for p in PIPELINE if p.form)
 
 
-def pipeline_for(options: Options) -> list:
-    return [(name, fn) for name, fn, form in PIPELINE if form is None or form in options.match_forms]
+def pipeline_for(options) -> list:
+    """The passes that run under ``options`` (a matcher runs only when its form is asked for)."""
+    return [p for p in PIPELINE if p.form is None or p.form in options.match_forms]
+
+
+class PassError(RuntimeError):
+    def __init__(self, pass_name: str, cause: Exception):
+        super().__init__(f"corey pass {pass_name} failed: {type(cause).__name__}: {cause}")
+        self.pass_name, self.cause = pass_name, cause
+
+
+def run_pipeline(gm: fx.GraphModule, ctx: CompileContext, recorder=None) -> fx.GraphModule:
+    """Run every pass in order on ``gm`` (in place) and record each in ``ctx.report.passes``.
+
+    ``recorder``, when given, sees the graph around each pass (``before_pass(name, gm)``,
+    ``after_pass(name, gm, created names, erased names)``; ``debug.GraphRecorder``).
+    """
+    check = ctx.options.check_invariants
+    for step in pipeline_for(ctx.options):
+        if recorder is not None:
+            recorder.before_pass(step.name, gm)
+        nodes_before = set(gm.graph.nodes)
+        state = graph_state(gm) if check else None
+        record = PassRecord(name=step.name, nodes_before=len(nodes_before))
+        ctx.current = record
+        ctx.report.passes.append(record)
+        ctx.say(f"pass {step.name}")
+        start = time.perf_counter()
+        try:
+            gm = step.run(gm, ctx)
+            gm.graph.lint()
+            if check:
+                check_invariants(state, gm, step.name)
+        except Exception as exc:
+            raise PassError(step.name, exc) from exc
+        finally:
+            record.seconds = round(time.perf_counter() - start, 4)
+            ctx.current = None
+        nodes_after = list(gm.graph.nodes)
+        created = [n for n in nodes_after if n not in nodes_before]
+        erased = nodes_before - set(nodes_after)
+        for node in created:
+            node.meta["corey_pass"] = step.name
+        record.nodes_after, record.created, record.erased = len(nodes_after), len(created), len(erased)
+        record.created_nodes = [n.name for n in created]
+        if recorder is not None:
+            recorder.after_pass(step.name, gm, {n.name for n in created}, {n.name for n in erased})
+    gm.recompile()
+    return gm
+
+
+__all__ = ["CompileContext", "MATCH_FORMS", "PIPELINE", "Pass", "PassError", "pipeline_for", "run_pipeline"]

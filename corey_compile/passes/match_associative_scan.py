@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .graph_patterns import (
-    NoMatch, Operand, binary_operands, follow_views, is_cast, labels_of_base, live_users, meta_value, op_name, parse_discretization,
-    parse_epilogue, parse_select, rank, self_arg, trace_view,
+from .graph_reading import (
+    NoMatch, Operand, binary_operands, consumers_of, follow_views, is_cast, labels_of_base, live_users, meta_value, op_name,
+    parse_discretization, parse_select, rank, self_arg, trace_view,
 )
-from .scan_region import BDN, ScanRegion, emit_scan
+from .regions import BDN, FormMatcher, Region
 
-FORM = "F2 associative scan"
 _VIEW_OPS = {"movedim", "transpose", "permute", "unsqueeze"}
 
 
@@ -58,7 +57,7 @@ def _view_closure(node: fx.Node) -> tuple[set, list]:
     return views, frontier
 
 
-def match_scan_node(gm: fx.GraphModule, scan: fx.Node) -> ScanRegion:
+def match_scan_node(gm: fx.GraphModule, scan: fx.Node) -> Region:
     combine_ref, xs, additional = scan.args[:3]
     if combine_ref.op != "get_attr" or not is_linear_recurrence_combine(getattr(gm, combine_ref.target)):
         raise NoMatch("the combine function is not the linear recurrence (a1·a2, a2·b1 + b2)")
@@ -133,24 +132,16 @@ def match_scan_node(gm: fx.GraphModule, scan: fx.Node) -> ScanRegion:
         outside = [u.name for u in live_users(node) if u not in visited and u is not y]
         if outside and node is not readout:
             raise NoMatch(f"{node.name}, inside the scan region, is also used by {outside}")
-    epilogue = parse_epilogue(y, y_labels, disc.u)
-    return ScanRegion(
-        form=FORM, discretization=disc, C=C, epilogue=epilogue, y_labels=y_labels,
-        last_state=last_select, last_state_labels=last_labels or BDN, initial_state=None,
-        region_nodes=visited | ({y} if y is not epilogue.output else set()),
+    return Region(
+        form="F2", title=MATCHER_TITLE, kind="scan", found_at=scan, u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
+        output=y, output_labels=y_labels, covered=visited | {y}, producers=disc.producers,
+        consumers=consumers_of(y, y_labels, disc.u), last_state=last_select, last_state_labels=last_labels or BDN,
     )
 
 
-def match_associative_scan(gm: fx.GraphModule, ctx) -> fx.GraphModule:
-    """Replace every linear-recurrence ``associative_scan`` and its readout with one ``corey::selective_scan``."""
-    for node in list(gm.graph.nodes):
-        if op_name(node) != "associative_scan" or getattr(node, "_erased", False):
-            continue
-        try:
-            region = match_scan_node(gm, node)
-            record = emit_scan(gm, region, ctx.next_region_name())
-        except NoMatch as exc:
-            ctx.report.decline(f"{FORM} at {node.name}", str(exc))
-            continue
-        ctx.report.regions.append(record)
-    return gm
+def _scans(gm: fx.GraphModule):
+    return [node for node in gm.graph.nodes if op_name(node) == "associative_scan"]
+
+
+MATCHER_TITLE = "F2 associative scan"
+MATCHER = FormMatcher("F2", MATCHER_TITLE, _scans, match_scan_node)

@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .graph_patterns import (
-    NoMatch, binary_operands, live_users, meta_value, op_name, parse_discretization, parse_epilogue,
-    parse_select, rank, selected_operand, self_arg, strip_casts,
+from .graph_reading import (
+    NoMatch, binary_operands, consumers_of, live_users, meta_value, op_name, parse_discretization, parse_select, rank,
+    selected_operand, self_arg, strip_casts,
 )
-from .scan_region import BDN, ScanRegion, emit_scan
+from .regions import BDN, FormMatcher, NotACandidate, Region
 
-FORM = "F1 unrolled recurrence"
 _ZERO_INIT = {"zeros", "zeros_like", "new_zeros"}
-
-
-class _NotACandidate(NoMatch):
-    """The node does not start like a scan at all: nothing to report."""
 
 
 def parse_readout(y, visited: set) -> tuple:
@@ -102,16 +97,16 @@ def parse_step(state) -> tuple:
     raise NoMatch(f"{state.name}: the state update is not decay[i]*prev + drive[i]")
 
 
-def match_stack(stack: fx.Node) -> ScanRegion:
+def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
     elements = stack.args[0] if stack.args else stack.kwargs["tensors"]
     stack_dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
     if not isinstance(elements, (list, tuple)) or not elements:
-        raise _NotACandidate("empty stack")
+        raise NotACandidate("empty stack")
     visited = {stack}
     try:
         first = parse_readout(elements[0], visited)
     except NoMatch as exc:
-        raise _NotACandidate(str(exc)) from None
+        raise NotACandidate(str(exc)) from None
     readouts = [first] + [parse_readout(y, visited) for y in elements[1:]]
     states = [r[0] for r in readouts]
     C = first[1]
@@ -148,26 +143,17 @@ def match_stack(stack: fx.Node) -> ScanRegion:
     disc = parse_discretization(decay, drive, tuple(index_labels))
     y_labels = ["b", "d"]
     y_labels.insert(stack_dim % 3, "l")
-    epilogue = parse_epilogue(stack, tuple(y_labels), disc.u)
-    return ScanRegion(
-        form=FORM, discretization=disc, C=C,
-        epilogue=epilogue, y_labels=tuple(y_labels), last_state=states[-1], last_state_labels=BDN,
-        initial_state=initial_state, region_nodes=visited,
+    return Region(
+        form="F1", title=MATCHER_TITLE, kind="scan", found_at=stack, u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
+        output=stack, output_labels=tuple(y_labels), covered=visited, producers=disc.producers,
+        consumers=consumers_of(stack, tuple(y_labels), disc.u), initial_state=initial_state, last_state=states[-1],
+        last_state_labels=BDN,
     )
 
 
-def match_unrolled_recurrence(gm: fx.GraphModule, ctx) -> fx.GraphModule:
-    """Replace every unrolled selective-scan loop with one ``corey::selective_scan`` call."""
-    for node in list(gm.graph.nodes):
-        if op_name(node) != "stack" or getattr(node, "_erased", False) or not node.users:
-            continue
-        try:
-            region = match_stack(node)
-            record = emit_scan(gm, region, ctx.next_region_name())
-        except _NotACandidate:
-            continue
-        except NoMatch as exc:
-            ctx.report.decline(f"{FORM} at {node.name}", str(exc))
-            continue
-        ctx.report.regions.append(record)
-    return gm
+def _stacks(gm: fx.GraphModule):
+    return [node for node in gm.graph.nodes if op_name(node) == "stack" and node.users]
+
+
+MATCHER_TITLE = "F1 unrolled recurrence"
+MATCHER = FormMatcher("F1", MATCHER_TITLE, _stacks, match_stack)

@@ -7,6 +7,7 @@ from .chunk_policy import choose_chunk
 from .fusion import choose_absorbed
 from .launch import scan_launch, step_launch
 
+SCAN_KERNEL, STEP_KERNEL = "selective_scan_fwd", "selective_state_update"
 ELEMENT_SIZES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -37,6 +38,7 @@ class Plan:
     """What the kernel of a region will be: chunk (None for a step), launch, absorbed neighbours, and why."""
 
     chunk_size: int | None
+    kernel: str  # "selective_scan_fwd" (prefill) or "selective_state_update" (one step)
     launch: dict
     absorb_producers: list
     absorb_consumers: list
@@ -54,12 +56,12 @@ def plan_region(facts: RegionFacts, *, chunk_policy: str, chunk_size: int, fusio
     producers, consumers, fusion_reason = choose_absorbed(fusion, list(facts.producers), list(facts.consumers))
     if facts.kind == "step":
         launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)
-        return Plan(None, launch.as_dict(), producers, consumers, ["one decode step: no chunk", fusion_reason])
+        return Plan(None, STEP_KERNEL, launch.as_dict(), producers, consumers, ["one decode step: no chunk", fusion_reason])
     chunk, chunk_reason = choose_chunk(chunk_policy, facts.batch, facts.dim, facts.seqlen, sms, chunk_size)
     if facts.seqlen == 1:  # the op sends a one-step scan to the decode kernel
         launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)
-        return Plan(chunk, launch.as_dict(), producers, consumers,
+        return Plan(chunk, STEP_KERNEL, launch.as_dict(), producers, consumers,
                     [chunk_reason, "one step: the op runs the decode kernel, so the chunk is not used", fusion_reason])
     launch = scan_launch(facts.batch, facts.dim, facts.groups, ELEMENT_SIZES.get(facts.dtype, 4),
                          facts.bc_dtype == "bfloat16", chunk)
-    return Plan(chunk, launch.as_dict(), producers, consumers, [chunk_reason, fusion_reason])
+    return Plan(chunk, SCAN_KERNEL, launch.as_dict(), producers, consumers, [chunk_reason, fusion_reason])

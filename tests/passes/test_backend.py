@@ -34,7 +34,7 @@ def _broken_pass(gm, ctx):
 
 
 def test_failing_pass_falls_back_to_the_model_graph(monkeypatch):
-    monkeypatch.setattr(passes, "PIPELINE", passes.PIPELINE + (("broken", _broken_pass, None),))
+    monkeypatch.setattr(passes, "PIPELINE", passes.PIPELINE + (passes.Pass("broken", _broken_pass),))
     inputs = scan_inputs(l=5)
     fn = torch.compile(forms.loop_matmul_readout, backend="corey", options={"inner_compiler": "eager"})
     with warnings.catch_warnings(record=True) as caught:
@@ -48,7 +48,7 @@ def test_failing_pass_falls_back_to_the_model_graph(monkeypatch):
 
 
 def test_strict_reraises(monkeypatch):
-    monkeypatch.setattr(passes, "PIPELINE", passes.PIPELINE + (("broken", _broken_pass, None),))
+    monkeypatch.setattr(passes, "PIPELINE", passes.PIPELINE + (passes.Pass("broken", _broken_pass),))
     fn = torch.compile(forms.loop_matmul_readout, backend="corey", options={"strict": True})
     with pytest.raises(Exception, match="planted failure"):
         fn(**scan_inputs(l=3))
@@ -69,7 +69,8 @@ def test_model_without_ssm_runs_unchanged(inner):
 def test_report_is_json_and_lists_the_pipeline():
     torch.compile(forms.loop_matmul_readout, backend="corey", options={"inner_compiler": "eager"})(**scan_inputs(l=4))
     data = json.loads(corey_compile.last_report().to_json())
-    assert data["pipeline"] == ["match_unrolled_recurrence", "match_associative_scan", "match_state_update", "plan_chunks"]
+    assert data["pipeline"] == ["match_unrolled_recurrence", "match_associative_scan", "match_state_update",
+                                "measure_regions", "plan_regions", "lower_regions"]
     assert data["regions"][0]["form"] == "F1 unrolled recurrence" and data["regions"][0]["chunk_size"] == 16
 
 

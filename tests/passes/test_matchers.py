@@ -6,18 +6,18 @@ import torch
 
 import corey_compile
 from tests import scan_forms as forms
-from tests.helpers import compile_capturing, scan_inputs, step_inputs, targets
+from tests.helpers import TOLERANCES, compile_capturing, scan_inputs, step_inputs, targets
 
 SCAN_OP = "corey.selective_scan.default"
 STEP_OP = "corey.selective_state_update.default"
 
 
-def run_step_form(form, batch, dim, dstate):
+def run_step_form(form, batch, dim, dstate, dtype=torch.float32):
     """Run a single-step form compiled with corey and eagerly, each on its own copy of the state.
 
     Returns (out, ref, state after corey, state after eager, the captured (graph, report) list).
     """
-    state, args = step_inputs(batch, dim, dstate)
+    state, args = step_inputs(batch, dim, dstate, dtype)
     ref_state = state.clone()
     compiled, captured = compile_capturing(form)
     out = compiled(state, **args)
@@ -25,16 +25,22 @@ def run_step_form(form, batch, dim, dstate):
     return out, ref, state, ref_state, captured
 
 
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
 @pytest.mark.parametrize("seqlen", [1, 7, 63])
 @pytest.mark.parametrize("form", ["loop_matmul_readout", "associative_scan_form"])
-def test_prefill_forms_become_one_op(form, seqlen):
+def test_prefill_forms_become_one_op(form, seqlen, dtype):
     fn = getattr(forms, form)
-    inputs = scan_inputs(l=seqlen)
+    inputs = scan_inputs(l=seqlen, dtype=dtype)
     compiled, captured = compile_capturing(fn)
     out, last = compiled(**inputs)
     ref_out, ref_last = fn(**inputs)
-    torch.testing.assert_close(out, ref_out, rtol=6e-4, atol=2e-3)
-    torch.testing.assert_close(last, ref_last, rtol=6e-4, atol=2e-3)
+    rtol, atol = TOLERANCES[dtype]
+    assert out.dtype == ref_out.dtype and last.dtype == ref_last.dtype
+    torch.testing.assert_close(out, ref_out, rtol=rtol, atol=atol)
+    torch.testing.assert_close(last, ref_last, rtol=rtol, atol=atol)
     (gm, report), = captured
     assert [r.form[:2] for r in report.regions] == [form == "loop_matmul_readout" and "F1" or "F2"]
     assert report.regions[0].absorbed == ["delta_bias", "softplus", "D", "z"]
@@ -63,10 +69,13 @@ def test_loops_from_a_given_initial_state(form, seqlen, absorbed):
     assert targets(gm).count(SCAN_OP) == 1
 
 
-def test_state_update_becomes_one_op_that_writes_the_state():
-    out, ref, state, ref_state, captured = run_step_form(forms.state_update_step, 3, 6, 4)
-    torch.testing.assert_close(out, ref, rtol=6e-4, atol=2e-3)
-    torch.testing.assert_close(state, ref_state, rtol=6e-4, atol=2e-3)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
+def test_state_update_becomes_one_op_that_writes_the_state(dtype):
+    out, ref, state, ref_state, captured = run_step_form(forms.state_update_step, 3, 6, 4, dtype)
+    rtol, atol = TOLERANCES[dtype]
+    assert out.dtype == ref.dtype and state.dtype == ref_state.dtype
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(state, ref_state, rtol=rtol, atol=atol)
     (gm, report), = captured
     assert [r.form for r in report.regions] == ["F3 state update"]
     ops = targets(gm)
@@ -108,4 +117,4 @@ def test_chunk_policy_sets_the_op_argument():
     compiled(**scan_inputs(l=5))
     (gm, report), = captured
     scan = next(n for n in gm.graph.nodes if str(n.target) == SCAN_OP)
-    assert scan.args[10] == 8 and report.regions[0].chunk_size == 8
+    assert scan.kwargs["chunk_size"] == 8 and report.regions[0].chunk_size == 8

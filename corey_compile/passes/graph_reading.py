@@ -1,4 +1,4 @@
-"""Shared graph analysis for the selective-scan matchers.
+"""Reading Dynamo graphs: the vocabulary every matcher shares (nothing here writes a graph).
 
 Dynamo hands over torch-level FX graphs, where one operation has several
 spellings (``x * y``, ``torch.mul``, ``x.mul``; ``x.float()``, ``x.to(...)``).
@@ -11,8 +11,10 @@ This module reads them through one vocabulary:
   unsqueeze, ``x[:, None]``) back to a base tensor and says which base dim
   feeds each dim of the view, so a matcher can name every axis by its role
   (``b``, ``d``, ``l``, ``n``) instead of by position;
-* ``parse_discretization`` recognises ``exp(delta·A)`` and ``delta·B·u`` with
-  the delta bias and softplus that feed them.
+* ``parse_discretization`` recognises ``exp(delta·A)`` and ``delta·B·u`` and
+  the chain of producers (softplus, delta bias) above delta; ``consumers_of``
+  the chain of consumers (D skip, silu gate) below a scan output. Both chains
+  are offered to the planner, which decides what a kernel absorbs.
 
 A matcher that cannot explain a node raises ``NoMatch`` with the reason; the
 reason ends up in the compile report.
@@ -278,15 +280,29 @@ def selected_operand(node, labels: tuple, time_label: str = "l") -> tuple:
 
 
 @dataclass
+class Neighbour:
+    """An op next to a scan that its kernel can absorb, and what the kernel then takes instead.
+
+    name: "softplus", "delta_bias" (producers of delta), "D" or "z" (consumers of the scan's
+    output); node: the op in the graph; takes: the kernel's new argument(s) when it absorbs the
+    op: for softplus the Operand beneath it, for delta_bias (raw delta Operand, bias node), for D
+    the D node, for z the z Operand.
+    """
+
+    name: str
+    node: fx.Node
+    takes: object
+
+
+@dataclass
 class Discretization:
-    """What feeds the recurrence: u, delta, A, B and how delta is prepared."""
+    """What feeds the recurrence: u, delta (as the discretization reads it), A, B, and delta's producers."""
 
     u: Operand
     delta: Operand
     A: Operand
     B: Operand
-    delta_bias: fx.Node | None
-    delta_softplus: bool
+    producers: list  # Neighbours, outward from the scan: softplus, then delta_bias
 
 
 def _is_default_softplus(node: fx.Node) -> bool:
@@ -295,25 +311,34 @@ def _is_default_softplus(node: fx.Node) -> bool:
     return beta == 1 and threshold == 20
 
 
-def parse_delta(delta: Operand) -> tuple[Operand, fx.Node | None, bool]:
-    """Peel ``softplus(delta + bias)`` off a delta operand: (raw delta, bias or None, softplus?)."""
-    node, softplus = strip_casts(delta.node), False
+def _bias_add(node: fx.Node, labels: tuple):
+    """``raw + bias`` with bias a (d,) vector -> (raw node, bias node), or None."""
+    if op_name(node) != "add":
+        return None
+    left, right = binary_operands(node)
+    for raw, other in ((left, right), (right, left)):
+        if not isinstance(other, fx.Node) or not isinstance(raw, fx.Node):
+            continue
+        bias_view = trace_view(other)
+        if rank(bias_view.base) == 1 and rank(raw) == len(labels):
+            bias_labels = [labels[i] for i, base_dim in enumerate(
+                (None,) * (len(labels) - len(bias_view.dim_map)) + bias_view.dim_map) if base_dim == 0]
+            if bias_labels == ["d"]:
+                return raw, bias_view.base
+    return None
+
+
+def delta_producers(delta: Operand) -> list:
+    """The chain ``softplus(raw + bias)`` above a delta operand, outward from the scan (either link may be absent)."""
+    chain, node = [], strip_casts(delta.node)
     if op_name(node) == "softplus" and _is_default_softplus(node):
-        softplus, node = True, strip_casts(node.args[0])
-    bias = None
-    if op_name(node) == "add":
-        left, right = binary_operands(node)
-        for raw, other in ((left, right), (right, left)):
-            if not isinstance(other, fx.Node) or not isinstance(raw, fx.Node):
-                continue
-            bias_view = trace_view(other)
-            if rank(bias_view.base) == 1 and rank(raw) == len(delta.labels):
-                bias_labels = [delta.labels[i] for i, base_dim in enumerate(
-                    (None,) * (len(delta.labels) - len(bias_view.dim_map)) + bias_view.dim_map) if base_dim == 0]
-                if bias_labels == ["d"]:
-                    bias, node = bias_view.base, raw
-                    break
-    return Operand(node, delta.labels), bias, softplus
+        inner = strip_casts(node.args[0])
+        chain.append(Neighbour("softplus", node, Operand(inner, delta.labels)))
+        node = inner
+    bias_add = _bias_add(node, delta.labels)
+    if bias_add is not None:
+        chain.append(Neighbour("delta_bias", node, (Operand(bias_add[0], delta.labels), bias_add[1])))
+    return chain
 
 
 def parse_discretization(decay, drive, index_labels: tuple) -> Discretization:
@@ -340,17 +365,7 @@ def parse_discretization(decay, drive, index_labels: tuple) -> Discretization:
     u = [f for f in rest if set(f.labels) | {"l"} == channel_labels | {"l"}]
     if len(B) != 1 or len(u) != 1:
         raise NoMatch(f"{drive.name}: the drive is not delta·B·u with B over (b, [l,] n) and u over (b, d[, l])")
-    raw_delta, bias, softplus = parse_delta(delta)
-    return Discretization(u[0], raw_delta, A, B[0], bias, softplus)
-
-
-@dataclass
-class Epilogue:
-    """The D skip and silu(z) gate after the scan output, and the node whose value the region then produces."""
-
-    output: fx.Node
-    D: fx.Node | None
-    z: Operand | None
+    return Discretization(u[0], delta, A, B[0], delta_producers(delta))
 
 
 def live_users(node: fx.Node) -> list:
@@ -363,9 +378,12 @@ def _single_user(node: fx.Node):
     return users[0] if len(users) == 1 else None
 
 
-def parse_epilogue(y: fx.Node, y_labels: tuple, u: Operand) -> Epilogue:
-    """Absorb ``y + u·D`` and then ``· silu(z)`` when they are the only consumers of the scan output."""
-    output, D, z = y, None, None
+def consumers_of(y: fx.Node, y_labels: tuple, u: Operand) -> list:
+    """The chain ``(y + u·D) · silu(z)`` below a scan output, outward: the D skip, then the gate.
+
+    Each link is taken only when it is the sole consumer of the value before it.
+    """
+    chain, output = [], y
     user = _single_user(output)
     if op_name(user) == "add":
         left, right = binary_operands(user)
@@ -378,7 +396,8 @@ def parse_epilogue(y: fx.Node, y_labels: tuple, u: Operand) -> Epilogue:
             skip_u = [f for f in factors if f.node is u.node and f.labels == u.labels]
             skip_D = [f for f in factors if f.labels == ("d",)]
             if len(factors) == 2 and len(skip_u) == 1 and len(skip_D) == 1:
-                output, D = user, skip_D[0].node
+                chain.append(Neighbour("D", user, skip_D[0].node))
+                output = user
     user = _single_user(output)
     if op_name(user) == "mul":
         left, right = binary_operands(user)
@@ -390,37 +409,8 @@ def parse_epilogue(y: fx.Node, y_labels: tuple, u: Operand) -> Epilogue:
             except NoMatch:
                 z = None
             if z is not None and set(z.labels) == set(y_labels):
-                output = user
-            else:
-                z = None
-    return Epilogue(output, D, z)
-
-
-def permute_to(graph: fx.Graph, operand: Operand, want: tuple):
-    """Emit ``operand`` with its dims ordered as ``want``; no node when the order already matches."""
-    if operand.labels == want:
-        return operand.node
-    perm = [operand.labels.index(label) for label in want]
-    return graph.call_function(torch.permute, (operand.node, perm))
-
-
-def broadcast_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
-    """Like ``permute_to``, and a dim of ``want`` that ``operand`` lacks is broadcast.
-
-    ``sizes`` maps such a label to the (node, dim) whose size it takes.
-    """
-    missing = [label for label in want if label not in operand.labels]
-    if not missing:
-        return permute_to(graph, operand, want)
-    node = permute_to(graph, operand, tuple(label for label in want if label in operand.labels))
-    shape = []
-    for pos, label in enumerate(want):
-        if label in missing:
-            node = graph.call_function(torch.unsqueeze, (node, pos))
-            shape.append(graph.call_method("size", sizes[label]))
-        else:
-            shape.append(-1)
-    return graph.call_method("expand", (node, *shape))
+                chain.append(Neighbour("z", user, z))
+    return chain
 
 
 def follow_views(node: fx.Node, labels: list) -> tuple:
@@ -459,24 +449,39 @@ def follow_views(node: fx.Node, labels: list) -> tuple:
         node = user
 
 
-def erase_dead(graph: fx.Graph, roots) -> int:
-    """Erase nodes left without users, walking from ``roots`` to their inputs.
+def written_by(node: fx.Node) -> list:
+    """The tensors ``node`` writes in place: ``x.add_(…)``, ``out=`` arguments, mutable arguments of an op's schema."""
+    written = []
+    if node.op == "call_method" and node.target.endswith("_") and isinstance(self_arg(node), fx.Node):
+        written.append(self_arg(node))
+    elif node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        if name.endswith("_") and not name.endswith("__") and isinstance(self_arg(node), fx.Node):
+            written.append(self_arg(node))
+        schema = getattr(node.target, "_schema", None)
+        if schema is not None:
+            for i, argument in enumerate(schema.arguments):
+                if argument.alias_info is not None and argument.alias_info.is_write:
+                    value = node.args[i] if i < len(node.args) else node.kwargs.get(argument.name)
+                    if isinstance(value, fx.Node):
+                        written.append(value)
+    if isinstance(node.kwargs.get("out"), fx.Node):
+        written.append(node.kwargs["out"])
+    return written
 
-    Only operations known to be pure are erased: mutating calls such as
-    ``copy_`` (which FX's own dead-code pass treats as pure) always stay.
-    """
-    erased, stack, gone = 0, list(roots), set()
-    while stack:
-        node = stack.pop()
-        if node in gone or node.users or node.op not in ("call_function", "call_method", "get_attr"):
-            continue
-        if node.op == "call_method" and node.target.endswith("_"):
-            continue
-        if node.op != "get_attr" and (op_name(node) is None or (node.op == "call_function" and node.is_impure())):
-            continue
-        inputs = list(node.all_input_nodes)
-        graph.erase_node(node)
-        gone.add(node)
-        erased += 1
-        stack.extend(inputs)
-    return erased
+
+def base_placeholder(node):
+    """The graph input that ``node`` may be a view of, following first arguments back (conservatively), or None."""
+    seen = set()
+    while isinstance(node, fx.Node) and node not in seen:
+        if node.op == "placeholder":
+            return node
+        seen.add(node)
+        node = self_arg(node)
+    return None
+
+
+def written_inputs(gm: fx.GraphModule) -> set:
+    """The graph inputs some node may write in place (an over-approximation: copies of them are always safe)."""
+    return {base for node in gm.graph.nodes for target in written_by(node)
+            if (base := base_placeholder(target)) is not None}

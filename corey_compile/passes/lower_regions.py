@@ -1,0 +1,193 @@
+"""Lower every planned region to one ``corey::`` op call, absorbing the neighbours its plan chose.
+
+The op is called with keyword arguments, and every node this stage creates
+gets ``meta["val"]`` (a fake tensor) so that later passes read shapes from it.
+Nodes left dead are erased, except mutating calls (``erase_dead``).
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+
+from ..codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
+from ..report import RegionRecord
+from .graph_reading import Operand, meta_value, op_name
+from .regions import BD, BDL, BDN, BN, BNL, DN, Region
+
+SCAN_OP = torch.ops.corey.selective_scan.default
+STEP_OP = torch.ops.corey.selective_state_update.default
+
+
+def permute_to(graph: fx.Graph, operand: Operand, want: tuple):
+    """Emit ``operand`` with its dims ordered as ``want``; no node when the order already matches."""
+    if operand.labels == want:
+        return operand.node
+    perm = [operand.labels.index(label) for label in want]
+    return graph.call_function(torch.permute, (operand.node, perm))
+
+
+def broadcast_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
+    """Like ``permute_to``, and a dim of ``want`` that ``operand`` lacks is broadcast.
+
+    ``sizes`` maps such a label to the (node, dim) whose size it takes.
+    """
+    missing = [label for label in want if label not in operand.labels]
+    if not missing:
+        return permute_to(graph, operand, want)
+    node = permute_to(graph, operand, tuple(label for label in want if label in operand.labels))
+    shape = []
+    for pos, label in enumerate(want):
+        if label in missing:
+            node = graph.call_function(torch.unsqueeze, (node, pos))
+            shape.append(graph.call_method("size", sizes[label]))
+        else:
+            shape.append(-1)
+    return graph.call_method("expand", (node, *shape))
+
+
+def erase_dead(graph: fx.Graph, roots) -> int:
+    """Erase nodes left without users, walking from ``roots`` to their inputs.
+
+    Only operations known to be pure are erased: mutating calls such as
+    ``copy_`` (which FX's own dead-code pass treats as pure) always stay.
+    """
+    erased, stack, gone = 0, list(roots), set()
+    while stack:
+        node = stack.pop()
+        if node in gone or node.users or node.op not in ("call_function", "call_method", "get_attr"):
+            continue
+        if node.op == "call_method" and node.target.endswith("_"):
+            continue
+        if node.op != "get_attr" and (op_name(node) is None or (node.op == "call_function" and node.is_impure())):
+            continue
+        inputs = list(node.all_input_nodes)
+        graph.erase_node(node)
+        gone.add(node)
+        erased += 1
+        stack.extend(inputs)
+    return erased
+
+
+def fake_mode_of(gm: fx.GraphModule):
+    """The fake mode of the graph's metadata, or a fresh one that accepts real tensors."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    for node in gm.graph.nodes:
+        value = meta_value(node)
+        if isinstance(value, FakeTensor):
+            return value.fake_mode
+    return FakeTensorMode(allow_non_fake_inputs=True)
+
+
+def set_fake_values(nodes, fake_mode) -> None:
+    """Give each created node ``meta["val"]``, computed on its inputs' fake values, in graph order."""
+    for node in nodes:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), meta_value)
+        with fake_mode:
+            if node.op == "call_function":
+                node.meta["val"] = node.target(*args, **kwargs)
+            elif node.op == "call_method":
+                node.meta["val"] = getattr(args[0], node.target)(*args[1:], **kwargs)
+
+
+def _cast_like(graph: fx.Graph, node: fx.Node, like: fx.Node, computed_dtype: torch.dtype) -> fx.Node:
+    want = meta_value(like)
+    if want is not None and want.dtype != computed_dtype:
+        return graph.call_method("to", (node, want.dtype))
+    return node
+
+
+def absorbed_arguments(region: Region) -> dict:
+    """The op's delta, delta_bias, softplus, D and z under the plan, and the node whose value it then produces.
+
+    Each chain is absorbed up to its first neighbour the plan leaves out: the kernel cannot skip an op.
+    """
+    chosen = set(region.plan.absorbed)
+    delta, bias, softplus, taken_producers = region.delta, None, False, []
+    for neighbour in region.producers:
+        if neighbour.name not in chosen:
+            break
+        if neighbour.name == "softplus":
+            delta, softplus = neighbour.takes, True
+        else:
+            delta, bias = neighbour.takes
+        taken_producers.append(neighbour.name)
+    D = z = None
+    output, replaced = region.output, []
+    for neighbour in region.consumers:
+        if neighbour.name not in chosen:
+            break
+        if neighbour.name == "D":
+            D = neighbour.takes
+        else:
+            z = neighbour.takes
+        output = neighbour.node
+        replaced.append(neighbour.node)
+    absorbed = taken_producers[::-1] + [n.name for n in region.consumers[:len(replaced)]]  # in the order data flows
+    return dict(delta=delta, delta_bias=bias, softplus=softplus, D=D, z=z, output=output, replaced=replaced,
+                absorbed=absorbed)
+
+
+def _emit_scan(graph: fx.Graph, region: Region, args: dict) -> int:
+    output, replaced = args["output"], set(region.covered) | set(args["replaced"])
+    outside = [u for u in region.last_state.users if u not in replaced] if region.last_state is not None else []
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    anchor = min([output] + outside, key=position.__getitem__)
+    delta = args["delta"]
+    u_dtype = meta_value(region.u.node).dtype
+    with graph.inserting_before(anchor):
+        steps = {"l": (delta.node, delta.labels.index("l"))}  # u and B may be constant in time
+        scan = graph.call_function(SCAN_OP, (), dict(
+            u=broadcast_to(graph, region.u, BDL, steps), delta=permute_to(graph, delta, BDL),
+            A=permute_to(graph, region.A, DN), B=broadcast_to(graph, region.B, BNL, steps),
+            C=permute_to(graph, region.C, BNL), D=args["D"], z=permute_to(graph, args["z"], BDL) if args["z"] else None,
+            delta_bias=args["delta_bias"], delta_softplus=args["softplus"], initial_state=region.initial_state,
+            chunk_size=region.plan.chunk_size))
+        out = graph.call_function(operator.getitem, (scan, 0))
+        out = _cast_like(graph, permute_to(graph, Operand(out, BDL), region.output_labels), output, u_dtype)
+        last = None
+        if region.last_state is not None:
+            last = graph.call_function(operator.getitem, (scan, 1))
+            last = permute_to(graph, Operand(last, BDN), region.last_state_labels)
+            last = _cast_like(graph, last, region.last_state, torch.float32)
+    output.replace_all_uses_with(out)
+    if last is not None:
+        region.last_state.replace_all_uses_with(last, delete_user_cb=lambda user: user not in replaced)
+    return erase_dead(graph, [output, *replaced])
+
+
+def _emit_step(graph: fx.Graph, region: Region, args: dict) -> int:
+    output, copy = args["output"], region.state_write
+    with graph.inserting_before(output):
+        step = graph.call_function(STEP_OP, (), dict(
+            state=region.state, x=permute_to(graph, region.u, BD), dt=permute_to(graph, args["delta"], BD),
+            A=permute_to(graph, region.A, DN), B=permute_to(graph, region.B, BN), C=permute_to(graph, region.C, BN),
+            D=args["D"], z=permute_to(graph, args["z"], BD) if args["z"] else None, dt_bias=args["delta_bias"],
+            dt_softplus=args["softplus"]))
+        out = _cast_like(graph, step, output, meta_value(region.u.node).dtype)
+    output.replace_all_uses_with(out)
+    copy.replace_all_uses_with(region.state)  # the op writes the state; copy_ returned it
+    graph.erase_node(copy)
+    return 1 + erase_dead(graph, [output, *args["replaced"], *(region.covered - {copy})])
+
+
+def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
+    """Replace each planned region with its op; record it in the report."""
+    graph, fake_mode = gm.graph, fake_mode_of(gm)
+    for region in ctx.regions:
+        args = absorbed_arguments(region)
+        before = set(graph.nodes)
+        erased = (_emit_step if region.kind == "step" else _emit_scan)(graph, region, args)
+        set_fake_values([n for n in graph.nodes if n not in before], fake_mode)
+        op = "corey::selective_state_update" if region.kind == "step" else "corey::selective_scan"
+        absorbed = args["absorbed"] + (["initial_state"] if region.initial_state is not None else [])
+        ctx.report.regions.append(RegionRecord(
+            name=region.name, form=region.title, op=op, layer=region.layer, shape=region.shape(),
+            dtype=str(meta_value(region.u.node).dtype).removeprefix("torch."),
+            absorbable=[n.name for n in region.producers + region.consumers], absorbed=absorbed,
+            chunk_size=region.plan.chunk_size, kernel=region.plan.kernel, launch=region.plan.launch, reasons=list(region.plan.reasons),
+            measurements=dict(region.measurements), nodes_replaced=erased))
+        ctx.decide(f"{region.name}: {op} replaces {erased} nodes")
+    return gm

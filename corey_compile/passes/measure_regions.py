@@ -1,0 +1,59 @@
+"""Measure the values that flow into each region, by running the graph once on the example inputs.
+
+Runs only when the ``measure`` option is on (no policy in force reads
+measurements yet). The graph runs on copies of every input it may write in
+place, never on the user's tensors, and returns the region operands beside
+its own outputs. Non-finite values are counted and left out of the ranges.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.fx as fx
+
+from .graph_reading import written_inputs
+
+MEASURED_OPERANDS = ("u", "delta", "B", "C")  # delta as the scan reads it: after any bias and softplus
+
+
+def summarize(values: torch.Tensor) -> dict:
+    """Count, non-finite count, and min, max, mean and root mean square of the finite values (float64)."""
+    flat = values.detach().reshape(-1).to(torch.float64)
+    finite = flat[torch.isfinite(flat)]
+    summary = {"numel": flat.numel(), "nonfinite": int(flat.numel() - finite.numel())}
+    if finite.numel():
+        summary.update(min=finite.min().item(), max=finite.max().item(), mean=finite.mean().item(),
+                       rms=finite.square().mean().sqrt().item())
+    return summary
+
+
+def capture_module(gm: fx.GraphModule, nodes: list) -> fx.GraphModule:
+    """A copy of ``gm`` that returns ``(its own outputs, the values of nodes)``."""
+    graph, val_map = fx.Graph(), {}
+    output = graph.graph_copy(gm.graph, val_map)
+    graph.output((output, tuple(val_map[n] for n in nodes)))
+    return fx.GraphModule(gm, graph)
+
+
+def measure_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
+    if not ctx.regions:
+        return gm
+    if not ctx.options.measure:
+        ctx.decide("skipped: the measure option is off and no policy in force reads measurements")
+        return gm
+    start = time.perf_counter()
+    nodes = [getattr(region, role).node for region in ctx.regions for role in MEASURED_OPERANDS]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    written = written_inputs(gm)
+    inputs = [x.clone() if isinstance(x, torch.Tensor) and node in written else x
+              for node, x in zip(placeholders, ctx.example_inputs)]
+    with torch.no_grad():
+        _, values = capture_module(gm, nodes)(*inputs)
+    for i, region in enumerate(ctx.regions):
+        region.measurements = {role: summarize(values[i * len(MEASURED_OPERANDS) + k])
+                               for k, role in enumerate(MEASURED_OPERANDS)}
+    copied = sorted(n.name for n in written)
+    ctx.decide(f"ran the graph once on the example inputs in {time.perf_counter() - start:.3f} s"
+               + (f", on copies of {copied}" if copied else ""))
+    return gm
