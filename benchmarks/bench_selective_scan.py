@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from tabulate import tabulate
 
-from corey_compile.codegen.ops import occupancy_chunk
+from corey_compile.planning import occupancy_chunk, sm_count
 from corey_compile.codegen.selective_scan.chunk import selective_scan_chunked
 from corey_compile.codegen.selective_scan.naive import selective_scan_naive
 from corey_compile.codegen.selective_scan.step import selective_state_update_triton
@@ -35,8 +35,8 @@ from corey_compile.codegen.selective_scan.step import selective_state_update_tri
 DIM, DSTATE = 2048, 16
 DEVICE = "cuda"
 PREFILL_SHAPES = [(1, 2048), (1, 8192), (8, 2048)]
-# Launches swept besides the one corey picks itself (None: occupancy_chunk, default_launch and
-# default_schedule), as keyword arguments of selective_scan_chunked. Each is one more kernel to
+# Launches swept besides the one corey picks itself (None: the occupancy chunk policy and
+# planning.launch.scan_launch), as keyword arguments of selective_scan_chunked. Each is one more kernel to
 # compile (about 30 s of ptxas; see start_precompile) and to time. Launches measured slower in
 # earlier runs (benchmarks/results/) are left out: at chunk 128, A read per chunk (965 µs at
 # l=8192), two channels per lane (619), three stages (208 against 184) and 16 steps per lane; at
@@ -57,7 +57,7 @@ def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
 
 
-SHORT_NAMES = {"chunk_size": "c", "steps_per_lane": "s", "block_d": "bd", "pipeline": "pl", "prefetch": "pf", "hoist_a": "hoist", "widen_bc_pairs": "pairs"}
+SHORT_NAMES = {"chunk_size": "c", "block_d": "bd", "pipeline": "pl", "hoist_a": "hoist", "widen_bc_pairs": "pairs"}
 
 
 def config_key(config) -> str:
@@ -115,7 +115,7 @@ def floor_us(batch, seqlen, dtype, bandwidth, exps_per_s):
 def prefill_fn(x, batch, seqlen, config):
     """The prefill call for one launch config (None: what the op picks by itself) and its chunk."""
     if config is None:
-        chunk = occupancy_chunk(batch, DIM, seqlen, torch.device("cuda"))
+        chunk = occupancy_chunk(batch, DIM, seqlen, sm_count(torch.device("cuda")))
         return functools.partial(selective_scan_chunked, **x, delta_softplus=True, chunk_size=chunk), chunk
     return functools.partial(selective_scan_chunked, **x, delta_softplus=True, **config), config.get("chunk_size")
 
