@@ -408,7 +408,7 @@ def _parser() -> argparse.ArgumentParser:
     presets = ", ".join(PRESETS)
 
     def common(p, default_seq_len, default_batch):
-        p.add_argument("--seq-len", "--seqlen", dest="seq_len", type=_positive_int, default=default_seq_len,
+        p.add_argument("--seq-len", dest="seq_len", type=_positive_int, default=default_seq_len,
                        help=f"prompt length (default {default_seq_len})")
         p.add_argument("--batch", type=_positive_int, default=default_batch, help=f"prompts (default {default_batch})")
         p.add_argument("--layers", type=_positive_int, default=None,
