@@ -317,8 +317,10 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
                 lines.append(f"  {kernel['kernel']}: {len(kernel['launches'])} launch(es), "
                              f"{len(launches)} distinct: " + "; ".join(_launch_text(json.loads(x)) for x in sorted(launches)))
         times = [[p.name, f"{p.seconds:.3f}"] for p in report.passes] + [
-            ["all passes", f"{report.seconds.get('passes', 0):.3f}"],
-            [f"inner compiler ({report.inner_compiler})", f"{report.seconds.get('inner_compiler', 0):.3f}"]]
+            ["all passes" + (", with recording" if "recording" in report.seconds else ""),
+             f"{report.seconds.get('passes', 0):.3f}"]] + (
+            [["  of which recording for --out", f"{report.seconds['recording']:.3f}"]] if "recording" in report.seconds
+            else []) + [[f"inner compiler ({report.inner_compiler})", f"{report.seconds.get('inner_compiler', 0):.3f}"]]
         lines += ["", "timings (s):", tabulate(times, tablefmt="plain")]
         if pass_name and report.debug_dir:
             code = _pass_code(report, pass_name)
@@ -376,9 +378,7 @@ def dump(args) -> int:
     set_progress(progress)
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*lru_cache.*")
-            run_model(compiled, prompt, args.decode)
+        run_model(compiled, prompt, args.decode)
     finally:
         set_progress(None)
     reports = corey_compile.all_reports()
@@ -457,6 +457,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = _parser()
+    warnings.filterwarnings("ignore", message=".*lru_cache.*")  # Dynamo on transformers' helpers: not the user's concern
     try:
         args = parser.parse_args(argv)
         return args.fn(args)

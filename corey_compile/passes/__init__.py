@@ -67,9 +67,12 @@ def run_pipeline(gm: fx.GraphModule, ctx: CompileContext, recorder=None) -> fx.G
     ``after_pass(name, gm, created names, erased names)``; ``debug.GraphRecorder``).
     """
     check = ctx.options.check_invariants
+    recording = 0.0
     for step in pipeline_for(ctx.options):
         if recorder is not None:
+            start = time.perf_counter()
             recorder.before_pass(step.name, gm)
+            recording += time.perf_counter() - start
         nodes_before = set(gm.graph.nodes)
         state = graph_state(gm) if check else None
         record = PassRecord(name=step.name, nodes_before=len(nodes_before))
@@ -95,7 +98,11 @@ def run_pipeline(gm: fx.GraphModule, ctx: CompileContext, recorder=None) -> fx.G
         record.nodes_after, record.created, record.erased = len(nodes_after), len(created), len(erased)
         record.created_nodes = [n.name for n in created]
         if recorder is not None:
+            start = time.perf_counter()
             recorder.after_pass(step.name, gm, {n.name for n in created}, {n.name for n in erased})
+            recording += time.perf_counter() - start
+    if recorder is not None:
+        ctx.report.seconds["recording"] = round(recording, 4)
     gm.recompile()
     return gm
 

@@ -14,6 +14,5 @@ def plan_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         region.plan = plan_region(region.facts(), chunk_policy=options.chunk_policy, chunk_size=options.chunk_size,
                                   fusion=options.fusion, sms=sms)
         chunk = f"chunk {region.plan.chunk_size}, " if region.plan.chunk_size else ""
-        ctx.decide(f"{region.name}: {chunk}absorbs {', '.join(region.plan.absorbed) or 'nothing'} "
-                   f"({'; '.join(region.plan.reasons)})")
+        ctx.decide(f"{region.name}: {chunk}absorbs {', '.join(region.plan.absorbed) or 'nothing'}")
     return gm

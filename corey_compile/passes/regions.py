@@ -173,7 +173,8 @@ def match_pass(matcher: FormMatcher) -> Callable:
             except NotACandidate:
                 continue
             except NoMatch as exc:
-                ctx.decline(f"{matcher.title} at {node.name}", str(exc))
+                if not claimed.intersection(node.all_input_nodes):  # else it consumes a recorded region's result
+                    ctx.decline(f"{matcher.title} at {node.name}", str(exc))
                 continue
             region.name = ctx.next_region_name()
             region.layer = layer_of(region.covered)
