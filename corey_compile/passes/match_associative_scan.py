@@ -133,7 +133,7 @@ def match_scan_node(gm: fx.GraphModule, scan: fx.Node) -> Region:
         if outside and node is not readout:
             raise NoMatch(f"{node.name}, inside the scan region, is also used by {outside}")
     return Region(
-        form="F2", title=MATCHER_TITLE, kind="scan", found_at=scan, u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
+        form="F2", title=MATCHER_TITLE, kind="scan", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
         output=y, output_labels=y_labels, covered=visited | {y}, producers=disc.producers,
         consumers=consumers_of(y, y_labels, disc.u), last_state=last_select, last_state_labels=last_labels or BDN,
     )

@@ -72,7 +72,7 @@ def match_copy(gm: fx.GraphModule, copy: fx.Node) -> Region:
     if outside:
         raise NoMatch(f"{new.name}, the new state, is also used by {outside}")
     return Region(
-        form="F3", title=MATCHER_TITLE, kind="step", found_at=copy, u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
+        form="F3", title=MATCHER_TITLE, kind="step", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
         output=y, output_labels=BD, covered=visited | {y}, producers=disc.producers, consumers=consumers_of(y, BD, disc.u),
         state=state, state_write=copy,
     )

@@ -144,7 +144,7 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
     y_labels = ["b", "d"]
     y_labels.insert(stack_dim % 3, "l")
     return Region(
-        form="F1", title=MATCHER_TITLE, kind="scan", found_at=stack, u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
+        form="F1", title=MATCHER_TITLE, kind="scan", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
         output=stack, output_labels=tuple(y_labels), covered=visited, producers=disc.producers,
         consumers=consumers_of(stack, tuple(y_labels), disc.u), initial_state=initial_state, last_state=states[-1],
         last_state_labels=BDN,

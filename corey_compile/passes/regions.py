@@ -36,7 +36,6 @@ class Region:
     form: str  # "F1", "F2", "F3"
     title: str  # "F1 unrolled recurrence"
     kind: str
-    found_at: fx.Node  # the node the matcher started from
     u: Operand
     delta: Operand
     A: Operand
@@ -81,14 +80,6 @@ class Region:
         f = self.facts()
         return {"batch": f.batch, "dim": f.dim, "seqlen": f.seqlen, "dstate": f.dstate}
 
-    def inputs(self) -> list:
-        """Every node the region reads, whatever the plan absorbs."""
-        nodes = [self.u.node, self.delta.node, self.A.node, self.B.node, self.C.node, self.initial_state, self.state]
-        for neighbour in self.producers + self.consumers:
-            takes = neighbour.takes if isinstance(neighbour.takes, tuple) else (neighbour.takes,)
-            nodes += [t.node if isinstance(t, Operand) else t for t in takes]
-        return [n for n in nodes if isinstance(n, fx.Node)]
-
 
 _ROOT = re.compile(r"^L\[[^\]]*\](\[\d+\])?\.?")
 
@@ -127,10 +118,12 @@ def check_order(region: Region, position: dict) -> None:
             del region.consumers[i:]
             break
     if region.state_write is not None:
-        # The op writes the state where the region's output stands; nothing else may read or write
-        # the state between there and where the model wrote it.
-        end = position[region.consumers[-1].node] if region.consumers else position[region.output]
-        low, high = sorted((position[region.state_write], end))
+        # The op writes the state where the region's output stands (which, by the plan, is the scan's own
+        # output or the last consumer it absorbs); nothing else may read or write the state between there
+        # and where the model wrote it.
+        stands = [position[region.output]] + [position[n.node] for n in region.consumers]
+        low = min(position[region.state_write], *stands)
+        high = max(position[region.state_write], *stands)
         between = [u.name for u in region.state.users
                    if u not in region.covered and u is not region.state_write and low < position[u] < high]
         if between:

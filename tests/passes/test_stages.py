@@ -222,3 +222,16 @@ def test_the_invariant_check_accepts_the_lowered_state_update():
     gm = run_only(gm, ctx, PIPELINE)
     assert [r.op for r in ctx.report.regions] == ["corey::selective_state_update"]
     check_invariants(state, gm, "whole pipeline")  # the copy_ is gone, and the op writes the same state
+
+
+@pytest.mark.parametrize("fusion", ["all", "none"])
+def test_a_read_of_the_state_between_readout_and_write_is_declined_under_every_plan(fusion):
+    state, args = step_inputs()
+    ref_state = state.clone()
+    compiled, captured = compile_capturing(forms.state_update_read_between, fusion=fusion)
+    out = compiled(state, **args)
+    ref = forms.state_update_read_between(ref_state, **args)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(state, ref_state)
+    (gm, report), = captured
+    assert report.regions == [] and "between its update and the step's output" in report.declined[0].reason
