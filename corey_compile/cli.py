@@ -264,7 +264,10 @@ def _kernels(report) -> list:
 def _pass_code(report, pass_name: str) -> dict:
     """The graph's code before and after ``pass_name``, from the recorded stages."""
     files = sorted(pathlib.Path(report.debug_dir).glob("[0-9][0-9]_*.py"))
-    index = next(i for i, f in enumerate(files) if f.stem[3:] == pass_name)
+    index = next((i for i, f in enumerate(files) if f.stem[3:] == pass_name), None)
+    if index is None:  # the pipeline stopped before it (a pass failed, or the graph was declined whole)
+        missing = f"# not recorded: the pipeline did not reach {pass_name} for this graph\n"
+        return {"pass": pass_name, "before": missing, "after": missing}
     return {"pass": pass_name, "before": files[index - 1].read_text(), "after": files[index].read_text()}
 
 
