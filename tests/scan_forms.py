@@ -155,3 +155,105 @@ def state_update_read_between(state, x, dt, A, B, C, D, z, dt_bias):
     old_total = state.sum(-1)  # the state as it was before this step
     state.copy_(new_state)
     return (out + x * D) * F.silu(z) + old_total
+
+
+# In-place edits around a loop, and arithmetic the kernel does not do: each must be declined, or matched and right.
+def _loop_from(state, dA, dBu, C, steps):
+    ys = []
+    for i in range(steps):
+        state = dA[:, :, i] * state + dBu[:, :, i]
+        ys.append((state * C[:, None, :, i]).sum(-1))
+    return torch.stack(ys, dim=-1), state
+
+
+def loop_state_filled_in_place(u, delta, A, B, C, D, z, delta_bias, h0):
+    """A state made with zeros, then filled from h0 in place before the loop."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    state.copy_(h0)
+    return _loop_from(state, dA, dBu, C, u.shape[2])
+
+
+def loop_state_added_in_place(u, delta, A, B, C, D, z, delta_bias, h0):
+    """A state made with zeros, then h0 added in place."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    state.add_(h0)
+    return _loop_from(state, dA, dBu, C, u.shape[2])
+
+
+def loop_state_row_set(u, delta, A, B, C, D, z, delta_bias, h0):
+    """A state made with zeros, one batch row then set by index."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    state[0] = h0[0]
+    return _loop_from(state, dA, dBu, C, u.shape[2])
+
+
+def loop_drive_masked_in_place(u, delta, A, B, C, D, z, delta_bias, h0):
+    """Padding handled by masking the drive in place: steps where h0's first entry is negative add nothing."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    keep = (h0[:, 0, :1] > 0)[:, None, :, None] | (torch.arange(u.shape[2], device=u.device) % 2 == 0)[None, None, :, None]
+    dBu.masked_fill_(~keep, 0.0)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    return _loop_from(state, dA, dBu, C, u.shape[2])
+
+
+def loop_input_scaled_before_the_skip(u, delta, A, B, C, D, z, delta_bias, h0):
+    """u scaled in place after the loop, before the D skip reads it."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    y, state = _loop_from(state, dA, dBu, C, u.shape[2])
+    u.mul_(0.5)
+    y = y + u * D[None, :, None]
+    return y * F.silu(z), state
+
+
+def loop_gate_input_changed_before_the_gate(u, delta, A, B, C, D, z, delta_bias, h0):
+    """z changed in place before the gate: the gate reads it there, and so can the op (matched and right)."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = torch.zeros(u.shape[0], u.shape[1], A.shape[1], device=u.device)
+    y, state = _loop_from(state, dA, dBu, C, u.shape[2])
+    y = y + u * D[None, :, None]
+    z.add_(1.0)
+    return y * F.silu(z), state
+
+
+def loop_state_rounded_to_int32(u, delta, A, B, C, D, z, delta_bias, h0):
+    """The state rounded to whole numbers (int32) at every step."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = h0 * 4  # whole parts worth keeping
+    ys = []
+    for i in range(u.shape[2]):
+        state = (dA[:, :, i] * state + dBu[:, :, i]).to(torch.int32)
+        ys.append((state * C[:, None, :, i]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    return y, y[..., -1]
+
+
+def loop_state_in_bfloat16(u, delta, A, B, C, D, z, delta_bias, h0):
+    """The state kept in bfloat16 between steps."""
+    dA, dBu = _discretize(u, delta, A, B, delta_bias)
+    state = h0.to(torch.bfloat16)
+    ys = []
+    for i in range(u.shape[2]):
+        state = (dA[:, :, i] * state + dBu[:, :, i]).to(torch.bfloat16)
+        ys.append((state.float() * C[:, None, :, i]).sum(-1))
+    y = torch.stack(ys, dim=-1)
+    return y, y[..., -1]
+
+
+def loop_softplus_with_beta(u, delta, A, B, C, D, z, delta_bias, h0):
+    """softplus with beta 2: the kernel's softplus is beta 1, so it stays in the graph (matched and right)."""
+    dt = F.softplus(delta + delta_bias[..., None], beta=2.0)
+    dA = torch.exp(A[None, :, None, :] * dt[:, :, :, None])
+    dBu = dt[:, :, :, None] * B.transpose(1, 2)[:, None, :, :] * u[:, :, :, None]
+    return _loop_from(h0, dA, dBu, C, u.shape[2])
+
+
+def loop_delta_clamped(u, delta, A, B, C, D, z, delta_bias, h0):
+    """delta clamped after softplus: the clamp stays in the graph (matched and right)."""
+    dt = F.softplus(delta + delta_bias[..., None]).clamp(max=0.5)
+    dA = torch.exp(A[None, :, None, :] * dt[:, :, :, None])
+    dBu = dt[:, :, :, None] * B.transpose(1, 2)[:, None, :, :] * u[:, :, :, None]
+    return _loop_from(h0, dA, dBu, C, u.shape[2])

@@ -456,7 +456,8 @@ def written_by(node: fx.Node) -> list:
         written.append(self_arg(node))
     elif node.op == "call_function":
         name = getattr(node.target, "__name__", "")
-        if name.endswith("_") and not name.endswith("__") and isinstance(self_arg(node), fx.Node):
+        in_place = name.endswith("_") and not name.endswith("__") or node.target is operator.setitem
+        if in_place and isinstance(self_arg(node), fx.Node):
             written.append(self_arg(node))
         schema = getattr(node.target, "_schema", None)
         if schema is not None:

@@ -136,6 +136,7 @@ def match_scan_node(gm: fx.GraphModule, scan: fx.Node) -> Region:
         form="F2", title=MATCHER_TITLE, kind="scan", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
         output=y, output_labels=y_labels, covered=visited | {y}, producers=disc.producers,
         consumers=consumers_of(y, y_labels, disc.u), last_state=last_select, last_state_labels=last_labels or BDN,
+        recurrence={xs[0], xs[1], states},  # the scan composes in the dtype of what it scans
     )
 
 

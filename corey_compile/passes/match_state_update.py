@@ -65,6 +65,7 @@ def match_copy(gm: fx.GraphModule, copy: fx.Node) -> Region:
     if op_name(new) != "add" or rank(state) != 3:
         raise NotACandidate("not a state update")
     decay, drive, visited = _parse_update(new, state)
+    recurrence = set(visited)  # the update and its product
     visited |= {copy, source} if source is not new else {copy}
     disc = parse_discretization(decay, drive, ("b", "d", "n"))
     y, C = _parse_readout(new, visited)
@@ -74,7 +75,7 @@ def match_copy(gm: fx.GraphModule, copy: fx.Node) -> Region:
     return Region(
         form="F3", title=MATCHER_TITLE, kind="step", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
         output=y, output_labels=BD, covered=visited | {y}, producers=disc.producers, consumers=consumers_of(y, BD, disc.u),
-        state=state, state_write=copy,
+        state=state, state_write=copy, recurrence=recurrence,
     )
 
 

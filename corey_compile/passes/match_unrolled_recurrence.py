@@ -19,6 +19,7 @@ from .graph_reading import (
     selected_operand, self_arg, strip_casts,
 )
 from .regions import BDN, FormMatcher, NotACandidate, Region
+from .soundness import in_place_writes, written_anywhere
 
 _ZERO_INIT = {"zeros", "zeros_like", "new_zeros"}
 
@@ -71,7 +72,10 @@ def parse_readout(y, visited: set) -> tuple:
 
 
 def parse_step(state) -> tuple:
-    """``state = decay[..., i, ...] * prev + drive[..., i, ...]`` -> (decay, drive, axis, i, prev, nodes)."""
+    """``state = decay[..., i, ...] * prev + drive[..., i, ...]`` -> (decay, drive, axis, i, prev, nodes, chain).
+
+    ``chain`` holds the nodes that carry the state from ``prev`` to ``state``.
+    """
     if op_name(state) != "add":
         raise NoMatch(f"{state.name}: the state update is not decay*prev + drive")
     left, right = binary_operands(state)
@@ -88,12 +92,13 @@ def parse_step(state) -> tuple:
                 continue
             if (decay_axis, i) != (drive_axis, j):
                 raise NoMatch(f"{state.name}: decay and drive are read at different steps")
-            nodes = {state}
-            strip_casts(product_arg, nodes)
-            nodes.add(product)
+            chain = {state, product}  # what carries the state: the update, its product, casts on the way
+            strip_casts(product_arg, chain)
+            prev = strip_casts(prev, chain)
+            nodes = set(chain)
             strip_casts(decay_sel, nodes)
             strip_casts(drive_sel, nodes)
-            return decay, drive, decay_axis, i, strip_casts(prev, nodes), nodes | {strip_casts(decay_sel), strip_casts(drive_sel)}
+            return decay, drive, decay_axis, i, prev, nodes | {strip_casts(decay_sel), strip_casts(drive_sel)}, chain
     raise NoMatch(f"{state.name}: the state update is not decay[i]*prev + drive[i]")
 
 
@@ -112,15 +117,18 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
     C = first[1]
     seqlen = len(elements)
     decay = drive = axis = None
-    initial_state = None
+    initial_state, recurrence = None, set()
     for i, (state, c_i, c_index) in enumerate(readouts):
         if (c_i.node, c_i.labels, c_index) != (C.node, C.labels, i):
             raise NoMatch(f"step {i}: the readout does not read C at step {i} of the same C tensor")
-        decay_i, drive_i, axis_i, index, prev, nodes = parse_step(state)
+        decay_i, drive_i, axis_i, index, prev, nodes, chain = parse_step(state)
         visited |= nodes
+        recurrence |= chain
         if i == 0:
             decay, drive, axis = decay_i, drive_i, axis_i
-            if op_name(prev) not in _ZERO_INIT:
+            # A state made with zeros is zeros only if nothing fills it in place (copy_, add_, a row set):
+            # otherwise the op takes it as the initial state, as it stands when the op runs.
+            if op_name(prev) not in _ZERO_INIT or written_anywhere(prev, in_place_writes(gm)):
                 if rank(prev) != 3:
                     raise NoMatch(f"{prev.name}: the initial state is not (b, d, n)")
                 initial_state = prev
@@ -147,7 +155,7 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
         form="F1", title=MATCHER_TITLE, kind="scan", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
         output=stack, output_labels=tuple(y_labels), covered=visited, producers=disc.producers,
         consumers=consumers_of(stack, tuple(y_labels), disc.u), initial_state=initial_state, last_state=states[-1],
-        last_state_labels=BDN,
+        last_state_labels=BDN, recurrence=recurrence,
     )
 
 

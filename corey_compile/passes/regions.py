@@ -17,6 +17,7 @@ import torch.fx as fx
 
 from ..planning import Plan, RegionFacts
 from .graph_reading import NoMatch, Operand, meta_value
+from .soundness import in_place_writes, make_sound
 
 BDL, BNL, BDN, DN, BD, BN = ("b", "d", "l"), ("b", "n", "l"), ("b", "d", "n"), ("d", "n"), ("b", "d"), ("b", "n")
 
@@ -51,6 +52,8 @@ class Region:
     last_state_labels: tuple = BDN
     state: fx.Node | None = None  # step: the cached state, written in place
     state_write: fx.Node | None = None  # step: the model's in-place write of it (``copy_``)
+    recurrence: set = field(default_factory=set)  # the nodes that carry the state from step to step
+    recomputed: set = field(default_factory=set)  # the discretization between the leaves and ``covered`` (soundness)
     name: str = ""
     layer: str = ""
     measurements: dict = field(default_factory=dict)
@@ -154,6 +157,7 @@ def match_pass(matcher: FormMatcher) -> Callable:
     def run(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         claimed = {node for region in ctx.regions for node in region.covered}
         position = _positions(gm.graph)
+        writes = in_place_writes(gm)
         for node in list(matcher.candidates(gm)):
             if node in claimed:
                 continue
@@ -163,6 +167,7 @@ def match_pass(matcher: FormMatcher) -> Callable:
                 if overlap:
                     raise NoMatch(f"overlaps a region already matched at {overlap[:3]}")
                 check_order(region, position)
+                make_sound(region, position, writes)
             except NotACandidate:
                 continue
             except NoMatch as exc:

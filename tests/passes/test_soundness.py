@@ -1,0 +1,77 @@
+"""Never a wrong answer: in-place edits around a region, and arithmetic the kernel does not do."""
+import re
+
+import pytest
+import torch
+
+from tests import scan_forms as forms
+from tests.helpers import compile_capturing, scan_inputs
+
+SCAN_OP = "corey.selective_scan.default"
+
+# (form, what must happen: a decline whose reason matches, or "matched")
+CASES = [
+    ("loop_state_filled_in_place", "matched"),
+    ("loop_state_added_in_place", "matched"),
+    ("loop_state_row_set", "matched"),
+    ("loop_drive_masked_in_place", "masked_fill_ writes in place to a value the op recomputes"),
+    ("loop_input_scaled_before_the_skip", "matched"),
+    ("loop_gate_input_changed_before_the_gate", "matched"),
+    ("loop_state_rounded_to_int32", "computes in int32"),
+    ("loop_state_in_bfloat16", "the state is carried in bfloat16"),
+    ("loop_softplus_with_beta", "matched"),
+    ("loop_delta_clamped", "matched"),
+]
+
+
+def run_both(form, inputs):
+    """The form compiled with corey and run eagerly, each on its own copies of the inputs (some forms write them)."""
+    fn = getattr(forms, form)
+    copies = [{k: v.clone() for k, v in inputs.items()} for _ in range(2)]
+    compiled, captured = compile_capturing(fn)
+    out = compiled(**copies[0])
+    ref = fn(**copies[1])
+    return out, ref, copies, captured
+
+
+@pytest.mark.parametrize("form, expected", CASES)
+def test_the_compiled_form_gives_eagers_answer(form, expected):
+    inputs = {**scan_inputs(l=6), "h0": torch.randn(2, 6, 4)}
+    out, ref, (mine, theirs), captured = run_both(form, inputs)
+    for got, want in zip(out, ref):
+        torch.testing.assert_close(got.float(), want.float(), rtol=6e-4, atol=2e-3)
+    for name in inputs:  # the writes the program makes to its inputs happen as eagerly
+        torch.testing.assert_close(mine[name], theirs[name])
+    (gm, report), = captured
+    ops = [str(n.target) for n in gm.graph.nodes]
+    if expected == "matched":
+        assert len(report.regions) == 1 and ops.count(SCAN_OP) == 1, report.declined
+    else:
+        assert report.regions == [] and SCAN_OP not in ops
+        assert any(re.search(expected, d.reason) for d in report.declined), report.declined
+
+
+def test_a_zeros_state_filled_in_place_becomes_the_initial_state():
+    inputs = {**scan_inputs(l=6), "h0": torch.randn(2, 6, 4)}
+    _, _, _, captured = run_both("loop_state_filled_in_place", inputs)
+    (gm, report), = captured
+    assert "initial_state" in report.regions[0].absorbed
+
+
+def test_an_input_written_before_the_d_skip_keeps_the_skip_out_of_the_kernel():
+    inputs = {**scan_inputs(l=6), "h0": torch.randn(2, 6, 4)}
+    _, _, _, captured = run_both("loop_input_scaled_before_the_skip", inputs)
+    (gm, report), = captured
+    assert report.regions[0].absorbable == ["softplus", "delta_bias"] and report.regions[0].absorbed == [
+        "delta_bias", "softplus"]
+
+
+def test_float64_is_declined_not_computed_in_float32():
+    inputs = scan_inputs(l=5, dtype=torch.float64)
+    inputs = {k: v.double() for k, v in inputs.items()}
+    compiled, captured = compile_capturing(forms.loop_matmul_readout)
+    out, last = compiled(**inputs)
+    ref_out, ref_last = forms.loop_matmul_readout(**inputs)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    (gm, report), = captured
+    assert report.regions == [] and "float64" in report.declined[0].reason
