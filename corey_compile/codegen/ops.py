@@ -93,7 +93,7 @@ def selective_scan(
 
     u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l) or (b, g, n, l); D, delta_bias: (d,);
     initial_state: (b, d, n); chunk_size 0 picks the default.
-    Returns out (b, d, l) in u's dtype and last_state (b, d, n) in float32.
+    Returns out (b, d, l) in u's dtype, contiguous, and last_state (b, d, n) in float32.
     """
     if uses_triton(u.device):
         if u.shape[-1] == 1:  # one step, as pre-5.3 transformers decodes: the decode kernel is cheaper
@@ -109,7 +109,7 @@ def _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
     if initial_state is None:
         state = u.new_zeros((batch, dim, A.shape[1]), dtype=torch.float32)
     else:
-        state = initial_state.to(torch.float32, copy=True)
+        state = initial_state.to(torch.float32, copy=True, memory_format=torch.contiguous_format)
     out = selective_state_update_triton(
         state, u[..., 0], delta[..., 0], A, B[..., 0], C[..., 0], D, None if z is None else z[..., 0],
         delta_bias, delta_softplus)
@@ -119,7 +119,8 @@ def _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
 @selective_scan.register_fake
 def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, chunk_size=0):
     batch, dim, _ = u.shape
-    return torch.empty_like(u), u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
+    # Contiguous whatever u's layout: every implementation returns a fresh contiguous out.
+    return u.new_empty(u.shape), u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
 
 
 @torch.library.custom_op("corey::selective_state_update", mutates_args=("state",))
@@ -137,7 +138,7 @@ def selective_state_update(
 ) -> torch.Tensor:
     """One decode step. state: (b, d, n), written in place; x, dt, z: (b, d); B, C: (b, n) or (b, g, n).
 
-    Returns out (b, d) in x's dtype.
+    Returns out (b, d) in x's dtype, contiguous.
     """
     if uses_triton(x.device):
         return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
@@ -146,4 +147,4 @@ def selective_state_update(
 
 @selective_state_update.register_fake
 def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)  # contiguous, as every implementation returns it

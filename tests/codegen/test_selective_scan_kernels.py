@@ -172,3 +172,28 @@ def test_occupancy_chunk_follows_the_channels_per_multiprocessor():
     assert occupancy_chunk(batch=1, dim=64, seqlen=4096, sms=132) == 256  # never longer than 256
     assert occupancy_chunk(batch=1, dim=2048, seqlen=40, sms=132) == 64  # nor than the sequence needs
     assert occupancy_chunk(batch=64, dim=8192, seqlen=1, sms=132) == 16
+
+
+@pytest.mark.parametrize("path", ["triton", "torch"])
+def test_ops_agree_with_their_fake_kernels_on_non_contiguous_inputs(path, monkeypatch):
+    # How Mamba code passes x: a (b, l, d) tensor transposed to (b, d, l). Fake and real must agree on strides.
+    if path == "torch":
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        if KERNEL_DEVICE != "cpu":
+            pytest.skip("the torch path runs where no Triton kernel does: on the CPU")
+    b, d, l, n = 2, 4, 9, 3
+    u = torch.randn(b, l, d).transpose(1, 2)
+    delta, z = torch.randn(b, l, d).transpose(1, 2), torch.randn(b, l, d).transpose(1, 2)
+    B, C = torch.randn(b, l, n).transpose(1, 2), torch.randn(b, l, n).transpose(1, 2)
+    h0 = torch.randn(b, n, d).transpose(1, 2)
+    assert not u.is_contiguous() and not h0.is_contiguous()
+    torch.library.opcheck(torch.ops.corey.selective_scan.default,
+                          (u, delta, -torch.rand(d, n), B, C, torch.randn(d), z, torch.randn(d), True, h0, 16),
+                          test_utils=("test_schema", "test_faketensor"))
+    state = torch.randn(b, n, d).transpose(1, 2)
+    x = torch.randn(d, b).t()
+    torch.library.opcheck(torch.ops.corey.selective_state_update.default,
+                          (state, x, torch.randn(d, b).t(), -torch.rand(d, n), torch.randn(b, n), torch.randn(b, n),
+                           None, torch.randn(d, b).t(), None, True), test_utils=("test_schema", "test_faketensor"))
+    out, last = torch.ops.corey.selective_scan(u, delta, -torch.rand(d, n), B, C, None, None, None, True, h0, 16)
+    assert out.is_contiguous() and last.is_contiguous()

@@ -435,7 +435,7 @@ def selective_scan_chunked(
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     if out is None:
-        out = torch.empty_like(u)
+        out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     if last_state is None:
         last_state = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
     h0 = initial_state if initial_state is not None else last_state

@@ -45,7 +45,7 @@ def selective_scan_naive(
     Bx, Cx = _expand_groups(B.to(cd), dim), _expand_groups(C.to(cd), dim)  # (b, d, n, l)
     state = torch.zeros(batch, dim, A.shape[1], dtype=cd, device=u.device)
     if initial_state is not None:
-        state = initial_state.to(cd).clone()
+        state = initial_state.to(cd).clone(memory_format=torch.contiguous_format)
     ys = []
     for t in range(seqlen):
         dA = torch.exp(dt[:, :, t, None] * Ac)  # (b, d, n)

@@ -125,7 +125,7 @@ def selective_state_update_triton(
     if B.dim() == 2:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     if out is None:
-        out = torch.empty_like(x)
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     z_arg = z if z is not None else x
     _selective_state_update_kernel[launch.grid](
         state, x, dt, A, B, C, D if D is not None else x, z_arg, dt_bias if dt_bias is not None else x, out,
