@@ -257,3 +257,65 @@ def loop_delta_clamped(u, delta, A, B, C, D, z, delta_bias, h0):
     dA = torch.exp(A[None, :, None, :] * dt[:, :, :, None])
     dBu = dt[:, :, :, None] * B.transpose(1, 2)[:, None, :, :] * u[:, :, :, None]
     return _loop_from(h0, dA, dBu, C, u.shape[2])
+
+
+# Spellings of the scan in public Mamba code, written here the way that code writes them. Each takes the
+# tensors of the contract above and first lays them out as its model code holds them.
+def einsum_scan_batch_major(u, delta, A, B, C, D, z, delta_bias):
+    """mamba-minimal's spelling: (b, l, d) tensors, einsum discretization and readout, outputs stacked on dim 1."""
+    # (b, l, ·), in float32 (its zero state is float32, and einsum takes one dtype)
+    u, delta, B, C = (t.transpose(1, 2).float() for t in (u, delta, B, C))
+    delta = F.softplus(delta + delta_bias)
+    deltaA = torch.exp(torch.einsum("bld,dn->bldn", delta, A))
+    deltaB_u = torch.einsum("bld,bln,bld->bldn", delta, B, u)
+    x = torch.zeros(u.shape[0], u.shape[2], A.shape[1], device=u.device)
+    ys = []
+    for i in range(u.shape[1]):
+        x = deltaA[:, i] * x + deltaB_u[:, i]
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, i, :]))
+    y = torch.stack(ys, dim=1)  # (b, l, d)
+    y = y + u * D
+    return y.transpose(1, 2), x
+
+
+def reference_scan(u, delta, A, B, C, D, z, delta_bias):
+    """mamba-ssm's reference spelling: float32 upcasts, einsum discretization, a zero state made from A."""
+    dtype_in = u.dtype
+    u, delta = u.float(), delta.float()
+    delta = F.softplus(delta + delta_bias[..., None].float())
+    B, C = B.float(), C.float()
+    x = A.new_zeros((u.shape[0], A.shape[0], A.shape[1]))
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    ys = []
+    for i in range(u.shape[2]):
+        x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, i]))
+    y = torch.stack(ys, dim=2)
+    out = y + u * D[:, None]
+    out = out * F.silu(z)
+    return out.to(dtype_in), x
+
+
+def step_einsum_reading_the_written_state(state, x, dt, A, B, C, D, z, dt_bias):
+    """mamba-ssm Mamba.step's torch path: einsum discretization, the state written, then read out from the state."""
+    dt = F.softplus(dt + dt_bias.to(dt.dtype))
+    dA = torch.exp(torch.einsum("bd,dn->bdn", dt, A))
+    dB = torch.einsum("bd,bn->bdn", dt, B)
+    state.copy_(state * dA + x[..., None] * dB)
+    y = torch.einsum("bdn,bn->bd", state.to(x.dtype), C)
+    y = y + D.to(x.dtype) * x
+    return y * F.silu(z)
+
+
+def step_reference_expanded(state, x, dt, A, B, C, D, z, dt_bias):
+    """mamba-ssm's reference step: B and C expanded over the channels, the D skip added in place."""
+    dt = F.softplus(dt + dt_bias)
+    dA = torch.exp(dt[..., None] * A)
+    B = B[:, None, :].expand(-1, x.shape[1], -1)
+    C = C[:, None, :].expand(-1, x.shape[1], -1)
+    dB = dt[..., None] * B
+    state.copy_(state * dA + dB * x[..., None])
+    out = torch.einsum("bdn,bdn->bd", state.to(C.dtype), C)
+    out += x * D
+    return (out * F.silu(z)).to(x.dtype)

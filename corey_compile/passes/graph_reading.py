@@ -42,7 +42,12 @@ _FUNCTION_NAMES = {
     torch.transpose: "transpose", torch.permute: "permute", torch.unsqueeze: "unsqueeze",
     torch.squeeze: "squeeze", torch.movedim: "movedim", torch.select: "select",
     torch.sigmoid: "sigmoid", torch.clone: "clone", torch.select_copy: "select_copy",
+    torch.einsum: "einsum", torch.functional.einsum: "einsum",
+    # In place on a tensor (``y += x``): read as the operation, and ``written_by`` knows they write.
+    operator.iadd: "add", operator.imul: "mul",
 }
+_IN_PLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                       operator.ipow, operator.imod, operator.iand, operator.ior, operator.ixor, operator.setitem}
 _CAST_METHODS = {"to", "float", "double", "half", "bfloat16", "contiguous", "clone", "type_as"}
 
 
@@ -113,6 +118,20 @@ def flatten_product(node) -> list:
     return [node]
 
 
+def parse_einsum(node: fx.Node) -> tuple[list, str, list]:
+    """``einsum("bdl,dn->bdln", x, y)`` -> (["bdl", "dn"], "bdln", [x, y]); NoMatch for what corey does not read."""
+    equation, operands = node.args[0], list(node.args[1:])
+    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+        operands = list(operands[0])
+    if not isinstance(equation, str) or "->" not in equation or "." in equation:
+        raise NoMatch(f"{node.name}: an einsum without an explicit output, or with an ellipsis")
+    lhs, output = equation.replace(" ", "").split("->")
+    inputs = lhs.split(",")
+    if len(inputs) != len(operands) or any(len(set(spec)) != len(spec) for spec in inputs + [output]):
+        raise NoMatch(f"{node.name}: einsum {equation!r} repeats an index within an operand")
+    return inputs, output, operands
+
+
 def _normalize_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
@@ -181,6 +200,16 @@ def trace_view(node) -> View:
         moved = dims.pop(_normalize_dim(node.args[1], len(dims)))
         dims.insert(_normalize_dim(node.args[2], len(dims) + 1), moved)
         return View(inner.base, tuple(dims))
+    if name == "expand" and isinstance(src, fx.Node):
+        # A broadcast: new leading dims, and size-one dims that an unsqueeze inserted, read no base dim.
+        inner = trace_view(src)
+        sizes = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        leading = len(sizes) - len(inner.dim_map)
+        old_shape = tuple(meta_value(src).shape)
+        new_shape = tuple(meta_value(node).shape)
+        widened = [i for i in range(len(old_shape)) if old_shape[i] != new_shape[leading + i]]
+        if leading >= 0 and all(inner.dim_map[i] is None for i in widened):
+            return View(inner.base, (None,) * leading + inner.dim_map)
     return View(node, tuple(range(rank(node))))
 
 
@@ -201,6 +230,54 @@ class Operand:
 
     node: fx.Node
     labels: tuple
+
+
+def einsum_readout(node: fx.Node) -> tuple:
+    """``einsum("bdn,bn->bd", state, C)`` -> (state side, C side, C's dims by role).
+
+    The state's own letters name its dims (b, d, n); the readout must sum n and give (b, d), and
+    C must be (b, n) in some order (a C per channel, or constant over the batch, is another op).
+    """
+    inputs, output, operands = parse_einsum(node)
+    if len(operands) != 2 or any(len(spec) not in (2, 3) for spec in inputs):
+        raise NoMatch(f"{node.name}: the einsum readout is not state (b, d, n) with C (b, n)")
+    # The state is the operand with three dims that are all its own (C may be broadcast over d).
+    broadcast = [{spec[i] for i, base in enumerate(trace_view(op).dim_map) if base is None}
+                 for spec, op in zip(inputs, operands)]
+    candidates = [i for i in (0, 1) if len(inputs[i]) == 3 and not broadcast[i]]
+    if len(candidates) != 1:
+        raise NoMatch(f"{node.name}: the einsum readout has no single (b, d, n) state")
+    s = candidates[0]
+    role = dict(zip(inputs[s], ("b", "d", "n")))
+    c_spec = inputs[1 - s]
+    c_labels = tuple(None if c in broadcast[1 - s] else role.get(c) for c in c_spec)
+    if output != inputs[s][:2] or sorted(label for label in c_labels if label) != ["b", "n"] \
+            or any(label is None and role.get(c) != "d" for c, label in zip(c_spec, c_labels)):
+        raise NoMatch(f"{node.name}: einsum {node.args[0]!r} does not read out (b, d) from C over (b, n)")
+    return operands[s], operands[1 - s], c_labels
+
+
+def product_factors(node, index_labels: tuple) -> list:
+    """The factors of a broadcast product over ``index_labels``, each an Operand named by role.
+
+    Reads ``a * b`` (broadcasting aligns dims right) and an einsum that sums no index, such as
+    ``einsum("bdl,bnl,bdl->bdln", delta, B, u)``, nested in any order; casts are seen through.
+    """
+    core = strip_casts(node)
+    name = op_name(core)
+    if name == "mul":
+        left, right = binary_operands(core)
+        return product_factors(left, index_labels) + product_factors(right, index_labels)
+    if name == "einsum":
+        inputs, output, operands = parse_einsum(core)
+        if set("".join(inputs)) == set(output) and len(output) <= len(index_labels):
+            role = dict(zip(output, index_labels[len(index_labels) - len(output):]))
+            factors = []
+            for spec, operand in zip(inputs, operands):
+                view = trace_view(operand)
+                factors.append(Operand(view.base, labels_of_base(view, tuple(role[c] for c in spec))))
+            return factors
+    return [labelled_factor(core, index_labels)]
 
 
 def labelled_factor(factor, index_labels: tuple) -> Operand:
@@ -346,8 +423,8 @@ def parse_discretization(decay, drive, index_labels: tuple) -> Discretization:
     decay = strip_casts(decay)
     if op_name(decay) != "exp":
         raise NoMatch(f"{decay.name}: the decay is not exp(delta·A)")
-    decay_factors = [labelled_factor(f, index_labels) for f in flatten_product(self_arg(decay))]
-    drive_factors = [labelled_factor(f, index_labels) for f in flatten_product(drive)]
+    decay_factors = product_factors(self_arg(decay), index_labels)
+    drive_factors = product_factors(drive, index_labels)
     channel_labels = set(index_labels) - {"n"}
     by_roles = lambda factors, roles: [f for f in factors if set(f.labels) == roles]  # noqa: E731
     A = by_roles(decay_factors, {"d", "n"})
@@ -390,7 +467,7 @@ def consumers_of(y: fx.Node, y_labels: tuple, u: Operand) -> list:
         other = right if left is output else left
         if isinstance(other, fx.Node) and (left is output) != (right is output):
             try:
-                factors = [labelled_factor(f, y_labels) for f in flatten_product(other)]
+                factors = product_factors(other, y_labels)
             except NoMatch:
                 factors = []
             skip_u = [f for f in factors if f.node is u.node and f.labels == u.labels]
@@ -456,7 +533,7 @@ def written_by(node: fx.Node) -> list:
         written.append(self_arg(node))
     elif node.op == "call_function":
         name = getattr(node.target, "__name__", "")
-        in_place = name.endswith("_") and not name.endswith("__") or node.target is operator.setitem
+        in_place = name.endswith("_") and not name.endswith("__") or node.target in _IN_PLACE_OPERATORS
         if in_place and isinstance(self_arg(node), fx.Node):
             written.append(self_arg(node))
         schema = getattr(node.target, "_schema", None)

@@ -2,7 +2,8 @@
 
     new = state * exp(dt·A) + dt·B·x          # (b, d, n), state read through casts
     state.copy_(new)                          # the cache is written back
-    y   = matmul(new, C.unsqueeze(-1)).squeeze(-1)   # or (new * C[:, None]).sum(-1)
+    y   = matmul(new, C.unsqueeze(-1)).squeeze(-1)   # or (new * C[:, None]).sum(-1), or an einsum,
+                                                     # reading new or the state after the write
     y   = (y + x·D) · silu(z)                 # when present
 
 transformers' Mamba emits it for generation with a cache since 5.3. It
@@ -13,7 +14,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .graph_reading import (
-    NoMatch, Operand, binary_operands, consumers_of, flatten_product, is_cast, labels_of_base, op_name,
+    NoMatch, Operand, binary_operands, consumers_of, einsum_readout, flatten_product, is_cast, labels_of_base, op_name,
     parse_discretization, rank, self_arg, strip_casts, trace_view,
 )
 from .regions import BD, FormMatcher, NotACandidate, Region
@@ -35,14 +36,20 @@ def _parse_update(new: fx.Node, state: fx.Node) -> tuple:
     raise NoMatch(f"{new.name}: the written value is not state*decay + drive")
 
 
-def _parse_readout(new: fx.Node, visited: set) -> tuple:
-    """Find the readout among the users of ``new``: -> (y node, C operand)."""
-    for user in new.users:
+def _parse_readout(new: fx.Node, state: fx.Node, copy: fx.Node, visited: set) -> tuple:
+    """Find the readout of the new state: -> (y node, C operand).
+
+    It reads ``new`` itself, or ``state`` after the write (``state.copy_(new)`` then a readout of
+    ``state``, as mamba-ssm's reference step writes it).
+    """
+    position = {n: i for i, n in enumerate(copy.graph.nodes)}
+    after_write = [u for u in state.users if u is not copy and position[u] > position[copy]]
+    for source, user in [(new, u) for u in new.users] + [(state, u) for u in after_write]:
         chain = [user]
         while is_cast(chain[-1]) and len(chain[-1].users) == 1:
             chain.append(next(iter(chain[-1].users)))
         product = chain[-1]
-        if op_name(product) == "matmul" and strip_casts(product.args[0]) is new:
+        if op_name(product) == "matmul" and strip_casts(product.args[0]) is source:
             c_view = trace_view(product.args[1])
             squeeze = next(iter(product.users), None) if len(product.users) == 1 else None
             if c_view.dim_map == (0, 1, None) and op_name(squeeze) == "squeeze" and squeeze.args[1:] in ((-1,), (2,)):
@@ -50,12 +57,18 @@ def _parse_readout(new: fx.Node, visited: set) -> tuple:
                 return squeeze, Operand(c_view.base, labels_of_base(c_view, ("b", "n", None)))
         if op_name(product) == "mul" and len(product.users) == 1:
             total = next(iter(product.users))
-            factors = [f for f in flatten_product(product) if f is not new]
+            factors = [f for f in flatten_product(product) if f is not source]
             if op_name(total) == "sum" and total.args[1:] in ((-1,), (2,), ([-1],)) and len(factors) == 1:
                 c_view = trace_view(factors[0])
                 if c_view.dim_map == (0, None, 1):
                     visited.update(chain + [total])
                     return total, Operand(c_view.base, labels_of_base(c_view, ("b", None, "n")))
+        if op_name(product) == "einsum":
+            state_side, c_side, c_labels = einsum_readout(product)
+            if strip_casts(state_side) is source:
+                c_view = trace_view(c_side)
+                visited.update(chain)
+                return product, Operand(c_view.base, labels_of_base(c_view, c_labels))
     raise NoMatch(f"{new.name}: no readout with C among its users")
 
 
@@ -68,7 +81,7 @@ def match_copy(gm: fx.GraphModule, copy: fx.Node) -> Region:
     recurrence = set(visited)  # the update and its product
     visited |= {copy, source} if source is not new else {copy}
     disc = parse_discretization(decay, drive, ("b", "d", "n"))
-    y, C = _parse_readout(new, visited)
+    y, C = _parse_readout(new, state, copy, visited)
     outside = [u.name for u in new.users if u not in visited]
     if outside:
         raise NoMatch(f"{new.name}, the new state, is also used by {outside}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .graph_reading import (
-    NoMatch, binary_operands, consumers_of, live_users, meta_value, op_name, parse_discretization, parse_select, rank,
+    NoMatch, binary_operands, consumers_of, einsum_readout, live_users, meta_value, op_name, parse_discretization, parse_select, rank,
     selected_operand, self_arg, strip_casts,
 )
 from .regions import BDN, FormMatcher, NotACandidate, Region
@@ -27,8 +27,9 @@ _ZERO_INIT = {"zeros", "zeros_like", "new_zeros"}
 def parse_readout(y, visited: set) -> tuple:
     """``y_i`` -> (state node, C operand, step index), recording the nodes it walks through.
 
-    Two readouts are recognised: ``matmul(state, C_i.unsqueeze(-1))`` with its
-    trailing unit dim dropped, and ``(state * C_i[:, None]).sum(-1)``.
+    Three readouts are recognised: ``matmul(state, C_i.unsqueeze(-1))`` with its
+    trailing unit dim dropped, ``(state * C_i[:, None]).sum(-1)`` and
+    ``einsum("bdn,bn->bd", state, C_i)``.
     """
     core = strip_casts(y, visited)
     visited.add(core)
@@ -60,6 +61,9 @@ def parse_readout(y, visited: set) -> tuple:
         else:
             state_side, c_side = right, left
         c_layout = ("b", None, "n")
+    elif name == "einsum":
+        product = core
+        state_side, c_side, c_layout = einsum_readout(core)
     else:
         raise NoMatch(f"{getattr(core, 'name', core)}: not a readout")
     visited.add(product)

@@ -131,14 +131,13 @@ def problem(region, producers: int, consumers: int, position: dict, writes: list
         dtype = _dtype(neighbour.node)
         if dtype is not None and (dtype == torch.float64 or not dtype.is_floating_point):
             return f"{neighbour.node.name} computes in {str(dtype).removeprefix('torch.')}"
-    own = {region.state_write} if region.state_write is not None else set()
-    replaced_keys = {alias_key(n) for n in replaced if isinstance(meta_value(n), torch.Tensor) and n not in own}
+    # Writes the op itself makes (the state a decode step writes, a D skip written ``y += x * D``) are its own;
+    # writes to what it returns (its output, its last state) act on its results as they acted on the program's.
+    results = {alias_key(n) for n in (region.output, region.last_state) if n is not None}
+    replaced_keys = {alias_key(n) for n in replaced if isinstance(meta_value(n), torch.Tensor)} - results
     leaf_keys = {alias_key(n) for n in leaves}
     for writer, keys in writes:
-        if writer in own:
-            continue
-        hit = (keys & replaced_keys) - leaf_keys
-        if hit:
+        if writer not in replaced and (keys & replaced_keys) - leaf_keys:
             return f"{writer.name} writes in place to a value the op recomputes"
     op_at = _op_position(region, consumers, position)
     for leaf in leaves:
@@ -146,7 +145,7 @@ def problem(region, producers: int, consumers: int, position: dict, writes: list
         low, high = min(reads + [op_at]), max(reads + [op_at])
         key = alias_key(leaf)
         for writer, keys in writes:
-            if writer not in own and key in keys and low < position[writer] < high:
+            if writer not in replaced and key in keys and low < position[writer] < high:
                 return (f"{writer.name} writes {leaf.name} in place between where the program reads it and where "
                         "the op would")
     return None

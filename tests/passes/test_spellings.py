@@ -1,0 +1,70 @@
+"""Spellings of the scan from public Mamba code (written in tests/scan_forms.py): matched, and eager's answer,
+in every dtype, with either inner compiler."""
+import pytest
+import torch
+
+from tests import scan_forms as forms
+from tests.helpers import TOLERANCES, compile_capturing, scan_inputs, step_inputs, targets
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SCAN_OP, STEP_OP = "corey.selective_scan.default", "corey.selective_state_update.default"
+
+PREFILL = {  # form: what the region absorbs
+    "einsum_scan_batch_major": ["delta_bias", "softplus", "D"],
+    "reference_scan": ["delta_bias", "softplus", "D", "z"],
+}
+STEPS = {
+    "step_einsum_reading_the_written_state": ["delta_bias", "softplus", "D", "z"],
+    "step_reference_expanded": ["delta_bias", "softplus", "D", "z"],
+}
+
+
+def _compiled(fn, inner):
+    if inner == "eager":
+        return compile_capturing(fn)
+    import corey_compile
+
+    corey_compile.clear_reports()
+    return torch.compile(fn, backend="corey", options={"strict": True}), None
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
+@pytest.mark.parametrize("form", list(PREFILL))
+def test_prefill_spelling_is_matched_and_right(form, dtype, inner):
+    import corey_compile
+
+    fn = getattr(forms, form)
+    inputs = scan_inputs(l=7, dtype=dtype)
+    compiled, captured = _compiled(fn, inner)
+    out, last = compiled(**inputs)
+    ref_out, ref_last = fn(**inputs)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(out, ref_out, rtol=rtol, atol=atol)
+    torch.testing.assert_close(last, ref_last, rtol=rtol, atol=atol)
+    report = captured[0][1] if captured else corey_compile.last_report()
+    assert [r.absorbed for r in report.regions] == [PREFILL[form]], report.declined
+    if captured:
+        assert targets(captured[0][0]).count(SCAN_OP) == 1
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
+@pytest.mark.parametrize("form", list(STEPS))
+def test_step_spelling_is_matched_and_right(form, dtype, inner):
+    import corey_compile
+
+    fn = getattr(forms, form)
+    state, args = step_inputs(3, 6, 4, dtype)
+    ref_state = state.clone()
+    compiled, captured = _compiled(fn, inner)
+    out = compiled(state, **args)
+    ref = fn(ref_state, **args)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(state, ref_state, rtol=rtol, atol=atol)
+    report = captured[0][1] if captured else corey_compile.last_report()
+    assert [r.absorbed for r in report.regions] == [STEPS[form]], report.declined
+    if captured:
+        ops = targets(captured[0][0])
+        assert ops.count(STEP_OP) == 1 and "copy_" not in ops
