@@ -319,3 +319,31 @@ def step_reference_expanded(state, x, dt, A, B, C, D, z, dt_bias):
     out = torch.einsum("bdn,bdn->bd", state.to(C.dtype), C)
     out += x * D
     return (out * F.silu(z)).to(x.dtype)
+
+
+def stacked_states_scan(u, delta, A, B, C, D, z, delta_bias):
+    """mamba.py's sequential scan: (b, l, d) tensors, the states stacked, then read out by one batched matmul."""
+    x, delta, B, C = u.transpose(1, 2), delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)  # (b, l, ·)
+    delta = F.softplus(delta + delta_bias)
+    deltaA = torch.exp(delta.unsqueeze(-1) * A)  # (b, l, d, n)
+    BX = delta.unsqueeze(-1) * B.unsqueeze(2) * x.unsqueeze(-1)  # (b, l, d, n)
+    h = torch.zeros(x.size(0), x.size(2), A.shape[1], device=x.device)
+    hs = []
+    for t in range(x.shape[1]):
+        h = deltaA[:, t] * h + BX[:, t]
+        hs.append(h)
+    hs = torch.stack(hs, dim=1)  # (b, l, d, n)
+    y = (hs @ C.unsqueeze(-1).to(hs.dtype)).squeeze(3)  # (b, l, d)
+    y = y + D * x
+    return y.transpose(1, 2), h
+
+
+def step_returning_the_state(state, x, dt, A, B, C, D, z, dt_bias):
+    """mamba.py's step: the new state is returned, not written in place."""
+    delta = F.softplus(dt + dt_bias)
+    deltaA = torch.exp(delta.unsqueeze(-1) * A)  # (b, d, n)
+    BX = delta.unsqueeze(-1) * B.unsqueeze(1) * x.unsqueeze(-1)  # (b, d, n)
+    h = deltaA * state + BX
+    y = (h @ C.unsqueeze(-1).to(h.dtype)).squeeze(2)
+    y = y + D * x
+    return y * F.silu(z), h

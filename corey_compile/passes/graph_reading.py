@@ -563,3 +563,87 @@ def written_inputs(gm: fx.GraphModule) -> set:
     """The graph inputs some node may write in place (an over-approximation: copies of them are always safe)."""
     return {base for node in gm.graph.nodes for target in written_by(node)
             if (base := base_placeholder(target)) is not None}
+
+
+_VIEW_OPS = {"movedim", "transpose", "permute", "unsqueeze"}
+
+
+def view_closure(node: fx.Node) -> tuple[set, list]:
+    """Nodes reached from ``node`` through casts and re-indexings, and the other uses at its frontier."""
+    views, frontier, stack = set(), [], [node]
+    while stack:
+        current = stack.pop()
+        for user in current.users:
+            is_view = (is_cast(user) or op_name(user) in _VIEW_OPS) and self_arg(user) is current
+            if is_view:
+                views.add(user)
+                stack.append(user)
+            else:
+                frontier.append(user)
+    return views, frontier
+
+
+@dataclass
+class StatesReadout:
+    """How a tensor holding every step's state is read: its dims by role, C, the output, and the last state."""
+
+    labels: tuple  # the dims of the states tensor by role
+    C: Operand
+    readout: fx.Node
+    y: fx.Node
+    y_labels: tuple
+    last_select: fx.Node | None
+    last_labels: tuple | None
+
+
+def read_out_states(states: fx.Node, time_dim: int, visited: set) -> StatesReadout:
+    """``matmul(states…, C.unsqueeze(-1))`` reduced to a (b, d, l) output, and ``states[..., -1, ...]`` if taken.
+
+    ``states`` holds the state after every step along ``time_dim`` (4 dims); the readout names the
+    others: it contracts n and keeps d, and the last remaining dim is b. The nodes walked through
+    are added to ``visited``.
+    """
+    views, frontier = view_closure(states)
+    visited |= views
+    readout, last_select = None, None
+    for use in frontier:
+        if op_name(use) == "matmul" and use.args[0] in views | {states} and readout is None:
+            readout = use
+        elif op_name(use) == "getitem" and last_select is None:
+            last_select = use
+        else:
+            raise NoMatch(f"the states are used by {use.name}, which is neither a readout nor the last state")
+    if readout is None:
+        raise NoMatch("no readout matmul(states, C.unsqueeze(-1)) of the states")
+    states_view = trace_view(readout.args[0])
+    if states_view.base is not states or len(states_view.dim_map) != 4:
+        raise NoMatch("the readout does not read the states")
+    labels = [None] * 4
+    labels[time_dim] = "l"
+    labels[states_view.dim_map[-1]] = "n"
+    labels[states_view.dim_map[-2]] = "d"
+    if labels.count(None) != 1 or labels[time_dim] != "l":
+        raise NoMatch("the readout does not contract the state axis")
+    labels[labels.index(None)] = "b"
+    readout_labels = tuple(labels[d] for d in states_view.dim_map)
+    c_view = trace_view(readout.args[1])
+    if len(c_view.dim_map) != 4 or c_view.dim_map[-1] is not None:
+        raise NoMatch("the readout's right operand is not C.unsqueeze(-1)")
+    C = Operand(c_view.base, labels_of_base(c_view, readout_labels[:2] + ("n", None)))
+    if set(C.labels) != {"b", "l", "n"}:
+        raise NoMatch("C is not (b, l, n) in some order")
+    y, y_labels = follow_views(readout, list(readout_labels[:3]) + [None])
+    visited.add(readout)
+    if len(y_labels) != 3 or set(y_labels) != {"b", "d", "l"}:
+        raise NoMatch("the readout is not reduced to a (b, d, l) output")
+    last_labels = None
+    if last_select is not None:
+        src, dim, index = parse_select(last_select)
+        src_view = trace_view(src)
+        src_labels = tuple(labels[d] for d in src_view.dim_map)
+        seqlen = meta_value(states).shape[time_dim]
+        if src_view.base is not states or src_labels[dim] != "l" or index not in (-1, seqlen - 1):
+            raise NoMatch(f"{last_select.name} reads the states at another step than the last")
+        last_labels = src_labels[:dim] + src_labels[dim + 1:]
+        visited.add(last_select)
+    return StatesReadout(tuple(labels), C, readout, y, y_labels, last_select, last_labels)

@@ -31,7 +31,7 @@ def permute_to(graph: fx.Graph, operand: Operand, want: tuple):
 def broadcast_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
     """Like ``permute_to``, and a dim of ``want`` that ``operand`` lacks is broadcast.
 
-    ``sizes`` maps such a label to the (node, dim) whose size it takes.
+    ``sizes`` maps such a label to the (node, dim) whose size it takes, or to None for a dim of size one.
     """
     missing = [label for label in want if label not in operand.labels]
     if not missing:
@@ -41,10 +41,10 @@ def broadcast_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
     for pos, label in enumerate(want):
         if label in missing:
             node = graph.call_function(torch.unsqueeze, (node, pos))
-            shape.append(graph.call_method("size", sizes[label]))
+            shape.append(-1 if sizes[label] is None else graph.call_method("size", sizes[label]))
         else:
             shape.append(-1)
-    return graph.call_method("expand", (node, *shape))
+    return node if all(size == -1 for size in shape) else graph.call_method("expand", (node, *shape))
 
 
 def erase_dead(graph: fx.Graph, roots) -> int:
@@ -138,15 +138,21 @@ def _emit_scan(graph: fx.Graph, region: Region, args: dict) -> int:
     delta = args["delta"]
     u_dtype = meta_value(region.u.node).dtype
     with graph.inserting_before(anchor):
-        steps = {"l": (delta.node, delta.labels.index("l"))}  # u and B may be constant in time
+        # u and B may be constant in time (a one-step decode slices delta but unsqueezes u); a step written
+        # without a time axis at all (mamba.py's) is a scan of length one.
+        steps = {"l": (delta.node, delta.labels.index("l")) if "l" in delta.labels else None}
         scan = graph.call_function(SCAN_OP, (), dict(
-            u=broadcast_to(graph, region.u, BDL, steps), delta=permute_to(graph, delta, BDL),
+            u=broadcast_to(graph, region.u, BDL, steps), delta=broadcast_to(graph, delta, BDL, steps),
             A=permute_to(graph, region.A, DN), B=broadcast_to(graph, region.B, BNL, steps),
-            C=permute_to(graph, region.C, BNL), D=args["D"], z=permute_to(graph, args["z"], BDL) if args["z"] else None,
+            C=broadcast_to(graph, region.C, BNL, steps), D=args["D"],
+            z=broadcast_to(graph, args["z"], BDL, steps) if args["z"] else None,
             delta_bias=args["delta_bias"], delta_softplus=args["softplus"], initial_state=region.initial_state,
             chunk_size=region.plan.chunk_size))
         out = graph.call_function(operator.getitem, (scan, 0))
-        out = _cast_like(graph, permute_to(graph, Operand(out, BDL), region.output_labels), output, u_dtype)
+        out_labels = BDL
+        if "l" not in region.output_labels:
+            out, out_labels = graph.call_method("squeeze", (out, -1)), BD
+        out = _cast_like(graph, permute_to(graph, Operand(out, out_labels), region.output_labels), output, u_dtype)
         last = None
         if region.last_state is not None:
             last = graph.call_function(operator.getitem, (scan, 1))

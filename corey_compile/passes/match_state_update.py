@@ -8,6 +8,8 @@
 
 transformers' Mamba emits it for generation with a cache since 5.3. It
 becomes one ``corey::selective_state_update`` call, which writes the state.
+A step that returns its new state rather than writing it (mamba.py's ``step``)
+becomes a ``corey::selective_scan`` of length one from that state.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch.fx as fx
 
 from .graph_reading import (
     NoMatch, Operand, binary_operands, consumers_of, einsum_readout, flatten_product, is_cast, labels_of_base, op_name,
-    parse_discretization, rank, self_arg, strip_casts, trace_view,
+    parse_discretization, rank, self_arg, strip_casts, trace_view, view_closure,
 )
 from .regions import BD, FormMatcher, NotACandidate, Region
 
@@ -40,10 +42,12 @@ def _parse_readout(new: fx.Node, state: fx.Node, copy: fx.Node, visited: set) ->
     """Find the readout of the new state: -> (y node, C operand).
 
     It reads ``new`` itself, or ``state`` after the write (``state.copy_(new)`` then a readout of
-    ``state``, as mamba-ssm's reference step writes it).
+    ``state``, as mamba-ssm's reference step writes it; ``copy`` None: a step that writes nothing).
     """
-    position = {n: i for i, n in enumerate(copy.graph.nodes)}
-    after_write = [u for u in state.users if u is not copy and position[u] > position[copy]]
+    after_write = []
+    if copy is not None:
+        position = {n: i for i, n in enumerate(copy.graph.nodes)}
+        after_write = [u for u in state.users if u is not copy and position[u] > position[copy]]
     for source, user in [(new, u) for u in new.users] + [(state, u) for u in after_write]:
         chain = [user]
         while is_cast(chain[-1]) and len(chain[-1].users) == 1:
@@ -92,9 +96,56 @@ def match_copy(gm: fx.GraphModule, copy: fx.Node) -> Region:
     )
 
 
-def _in_place_copies(gm: fx.GraphModule):
-    return [node for node in gm.graph.nodes if node.op == "call_method" and node.target == "copy_"]
+def _decay_step(new: fx.Node):
+    """``new = decay * prev + drive`` with ``decay = exp(…)``, all (b, d, n) -> (decay, prev, drive, product), or None."""
+    if op_name(new) != "add" or rank(new) != 3:
+        return None
+    left, right = binary_operands(new)
+    for product, drive in ((left, right), (right, left)):
+        product = strip_casts(product)
+        if op_name(product) != "mul":
+            continue
+        factors = flatten_product(product)
+        decays = [f for f in factors if op_name(f) == "exp"]
+        if len(factors) == 2 and len(decays) == 1:
+            prev = factors[1] if factors[0] is decays[0] else factors[0]
+            if isinstance(prev, fx.Node) and isinstance(drive, fx.Node) and rank(prev) == 3:
+                return decays[0], prev, drive, product
+    return None
+
+
+def match_returned_step(gm: fx.GraphModule, new: fx.Node) -> Region:
+    """A decode step that returns its new state instead of writing it (mamba.py's ``step``): a scan of length one."""
+    step = _decay_step(new)
+    if step is None:
+        raise NotACandidate("not a state update")
+    decay, prev, drive, product = step
+    # One step of a longer recurrence (an unrolled loop the loop matcher declined) is not a decode step;
+    # a step whose state is written back in place is matched from that write.
+    if _decay_step(strip_casts(prev)) is not None or any(_decay_step(u) is not None for u in new.users):
+        raise NotACandidate("part of a longer recurrence")
+    views, _ = view_closure(new)
+    if any(u.op == "call_method" and u.target == "copy_" for n in views | {new} for u in n.users):
+        raise NotACandidate("written back in place")
+    disc = parse_discretization(decay, drive, ("b", "d", "n"))
+    visited = {new, product}
+    y, C = _parse_readout(new, None, None, visited)
+    return Region(
+        form="F3", title=MATCHER_TITLE, kind="scan", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
+        output=y, output_labels=BD, covered=visited | {y}, producers=disc.producers, consumers=consumers_of(y, BD, disc.u),
+        initial_state=prev, last_state=new, recurrence={new, product},
+    )
+
+
+def _match(gm: fx.GraphModule, node: fx.Node) -> Region:
+    return match_copy(gm, node) if node.op == "call_method" else match_returned_step(gm, node)
+
+
+def _candidates(gm: fx.GraphModule):
+    """In-place copies of a state, and (b, d, n) additions that may be a step returning its state."""
+    return [node for node in gm.graph.nodes if (node.op == "call_method" and node.target == "copy_")
+            or (op_name(node) == "add" and node.op == "call_function" and len(node.args) == 2)]
 
 
 MATCHER_TITLE = "F3 state update"
-MATCHER = FormMatcher("F3", MATCHER_TITLE, _in_place_copies, match_copy)
+MATCHER = FormMatcher("F3", MATCHER_TITLE, _candidates, _match)

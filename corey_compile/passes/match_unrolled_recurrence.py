@@ -1,8 +1,13 @@
 """F1: the recurrence a Python loop over time leaves once Dynamo has unrolled it.
 
     state = dA[:, :, i] * state + dBu[:, :, i]           # one step, i = 0 … l-1
-    y_i   = matmul(state, C[:, i].unsqueeze(-1))[:, :, 0]  # or (state * C[:, None, i]).sum(-1)
+    y_i   = matmul(state, C[:, i].unsqueeze(-1))[:, :, 0]  # or (state * C[:, None, i]).sum(-1), or an einsum
     y     = stack([y_0 … y_{l-1}], dim=-1)
+
+or the states themselves stacked and read out afterwards (mamba.py):
+
+    hs = stack([state_0 … state_{l-1}], dim=1)            # (b, l, d, n)
+    y  = (hs @ C.unsqueeze(-1)).squeeze(3)                # (b, l, d)
 
 transformers' Mamba before 5.3 (and with ``use_associative_scan=False`` since),
 mamba-ssm's reference and hand-written loops produce it. The match is proved
@@ -15,7 +20,8 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .graph_reading import (
-    NoMatch, binary_operands, consumers_of, einsum_readout, live_users, meta_value, op_name, parse_discretization, parse_select, rank,
+    NoMatch, binary_operands, consumers_of, einsum_readout, live_users, meta_value, op_name, parse_discretization, parse_select,
+    rank, read_out_states,
     selected_operand, self_arg, strip_casts,
 )
 from .regions import BDN, FormMatcher, NotACandidate, Region
@@ -106,25 +112,41 @@ def parse_step(state) -> tuple:
     raise NoMatch(f"{state.name}: the state update is not decay[i]*prev + drive[i]")
 
 
+def _states_of(elements, visited: set) -> list | None:
+    """The elements of a stack of states themselves (mamba.py's spelling), or None when they are not."""
+    states = [strip_casts(e) for e in elements]
+    if not all(op_name(s) == "add" and rank(s) == 3 for s in states):
+        return None
+    for element in elements:
+        strip_casts(element, visited)
+    return states
+
+
 def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
+    """A stack of per-step readouts ``y_i``, or a stack of the states themselves read out afterwards."""
     elements = stack.args[0] if stack.args else stack.kwargs["tensors"]
     stack_dim = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
     if not isinstance(elements, (list, tuple)) or not elements:
         raise NotACandidate("empty stack")
     visited = {stack}
     try:
-        first = parse_readout(elements[0], visited)
+        readouts = [parse_readout(elements[0], visited)]
     except NoMatch as exc:
-        raise NotACandidate(str(exc)) from None
-    readouts = [first] + [parse_readout(y, visited) for y in elements[1:]]
-    states = [r[0] for r in readouts]
-    C = first[1]
+        states = _states_of(elements, visited)
+        if states is None:
+            raise NotACandidate(str(exc)) from None
+        readouts = None
+    else:
+        readouts += [parse_readout(y, visited) for y in elements[1:]]
+        states = [r[0] for r in readouts]
     seqlen = len(elements)
     decay = drive = axis = None
     initial_state, recurrence = None, set()
-    for i, (state, c_i, c_index) in enumerate(readouts):
-        if (c_i.node, c_i.labels, c_index) != (C.node, C.labels, i):
-            raise NoMatch(f"step {i}: the readout does not read C at step {i} of the same C tensor")
+    for i, state in enumerate(states):
+        if readouts is not None:
+            C, (_, c_i, c_index) = readouts[0][1], readouts[i]
+            if (c_i.node, c_i.labels, c_index) != (C.node, C.labels, i):
+                raise NoMatch(f"step {i}: the readout does not read C at step {i} of the same C tensor")
         decay_i, drive_i, axis_i, index, prev, nodes, chain = parse_step(state)
         visited |= nodes
         recurrence |= chain
@@ -145,7 +167,19 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
         raise NoMatch(f"the loop covers {seqlen} of {full_length} steps")
     if rank(decay) != 4 or not 0 <= axis < 4:
         raise NoMatch(f"{decay.name}: the decay is not (b, d, l, n)")
-    for node in visited - {stack, states[-1]}:
+    if readouts is not None:
+        C, output = readouts[0][1], stack
+        y_labels = ["b", "d"]
+        y_labels.insert(stack_dim % 3, "l")
+        y_labels = tuple(y_labels)
+    else:  # the stacked states (b, d, n with l at stack_dim) are read out afterwards
+        read = read_out_states(stack, stack_dim % 4, visited)
+        if read.last_select is not None:
+            raise NoMatch(f"{read.last_select.name} reads the last state from the stacked states; "
+                          "the last step's state is what corey returns")
+        C, output, y_labels = read.C, read.y, read.y_labels
+        visited.add(output)
+    for node in visited - {stack, states[-1], output}:
         outside = [u.name for u in live_users(node) if u not in visited]
         if outside:
             raise NoMatch(f"{node.name}, inside the recurrence, is also used by {outside}")
@@ -153,12 +187,10 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
     index_labels = list(BDN)
     index_labels.insert(axis, "l")
     disc = parse_discretization(decay, drive, tuple(index_labels))
-    y_labels = ["b", "d"]
-    y_labels.insert(stack_dim % 3, "l")
     return Region(
         form="F1", title=MATCHER_TITLE, kind="scan", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
-        output=stack, output_labels=tuple(y_labels), covered=visited, producers=disc.producers,
-        consumers=consumers_of(stack, tuple(y_labels), disc.u), initial_state=initial_state, last_state=states[-1],
+        output=output, output_labels=y_labels, covered=visited, producers=disc.producers,
+        consumers=consumers_of(output, y_labels, disc.u), initial_state=initial_state, last_state=states[-1],
         last_state_labels=BDN, recurrence=recurrence,
     )
 

@@ -12,6 +12,7 @@ SCAN_OP, STEP_OP = "corey.selective_scan.default", "corey.selective_state_update
 PREFILL = {  # form: what the region absorbs
     "einsum_scan_batch_major": ["delta_bias", "softplus", "D"],
     "reference_scan": ["delta_bias", "softplus", "D", "z"],
+    "stacked_states_scan": ["delta_bias", "softplus", "D"],
 }
 STEPS = {
     "step_einsum_reading_the_written_state": ["delta_bias", "softplus", "D", "z"],
@@ -68,3 +69,32 @@ def test_step_spelling_is_matched_and_right(form, dtype, inner):
     if captured:
         ops = targets(captured[0][0])
         assert ops.count(STEP_OP) == 1 and "copy_" not in ops
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
+def test_a_step_returning_its_state_is_a_scan_of_length_one(dtype, inner):
+    import corey_compile
+
+    fn = forms.step_returning_the_state
+    state, args = step_inputs(3, 6, 4, dtype)
+    before = state.clone()
+    compiled, captured = _compiled(fn, inner)
+    out, new = compiled(state, **args)
+    ref, ref_new = fn(state, **args)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
+    torch.testing.assert_close(new, ref_new, rtol=rtol, atol=atol)
+    assert torch.equal(state, before)  # the state is read, never written
+    report = captured[0][1] if captured else corey_compile.last_report()
+    (region,) = report.regions
+    assert region.form == "F3 state update" and region.op == "corey::selective_scan" and region.shape["seqlen"] == 1
+    assert region.absorbed == ["delta_bias", "softplus", "D", "z", "initial_state"]
+    assert region.kernel == "selective_state_update"  # one step runs the decode kernel
+
+
+def test_near_miss_loops_are_not_taken_step_by_step():
+    compiled, captured = compile_capturing(forms.loop_steps_out_of_order)
+    compiled(**scan_inputs(l=4))
+    (gm, report), = captured
+    assert report.regions == [] and len(report.declined) == 1

@@ -6,7 +6,7 @@ import torch
 from corey_compile.backend import copy_graph_module
 from corey_compile.options import resolve_options
 from corey_compile.passes import PIPELINE, CompileContext, Pass, PassError, run_pipeline
-from corey_compile.passes.invariants import InvariantError, check_invariants, graph_state
+from corey_compile.passes.invariants import check_invariants, graph_state
 from corey_compile.planning import RegionFacts, plan_region, scan_launch, step_launch
 from corey_compile.report import CompileReport
 from tests import scan_forms as forms
