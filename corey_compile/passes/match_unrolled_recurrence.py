@@ -27,7 +27,7 @@ from .graph_reading import (
 from .regions import BDN, FormMatcher, NotACandidate, Region
 from .soundness import in_place_writes, written_anywhere
 
-_ZERO_INIT = {"zeros", "zeros_like", "new_zeros"}
+_ZERO_INIT = {"zeros", "zeros_like", "new_zeros"}  # what a state made of zeros is spelled with
 
 
 def parse_readout(y, visited: set) -> tuple:

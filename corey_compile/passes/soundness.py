@@ -26,7 +26,9 @@ import torch
 import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from .graph_reading import NoMatch, Operand, base_placeholder, meta_value, written_by
+from .graph_reading import NoMatch, Operand, base_placeholder, meta_value, op_name, written_by
+
+SHAPE_ONLY = {"zeros", "zeros_like", "new_zeros", "size", "empty_like", "new_empty"}
 
 
 def alias_key(node):
@@ -85,7 +87,8 @@ def recomputed(region) -> set:
         if node.op in ("placeholder", "get_attr"):
             raise NoMatch(f"the region reads {node.name}, which is none of its operands")
         found.add(node)
-        stack.extend(node.all_input_nodes)
+        if op_name(node) not in SHAPE_ONLY:  # zeros_like(h0) reads h0's shape, not its values
+            stack.extend(node.all_input_nodes)
     return found
 
 
