@@ -3,6 +3,7 @@ in every dtype, with either inner compiler."""
 import pytest
 import torch
 
+import corey_compile
 from tests import scan_forms as forms
 from tests.helpers import TOLERANCES, compile_capturing, scan_inputs, step_inputs, targets
 
@@ -21,72 +22,69 @@ STEPS = {
 
 
 def _compiled(fn, inner):
-    if inner == "eager":
-        return compile_capturing(fn)
-    import corey_compile
+    """``fn`` compiled with corey, and what to call after running it for (the rewritten graph or None, the report).
 
+    With the eager inner compiler the rewritten graph is kept; with Inductor only the report is.
+    """
+    if inner == "eager":
+        compiled, captured = compile_capturing(fn)
+        return compiled, lambda: captured[0]
     corey_compile.clear_reports()
-    return torch.compile(fn, backend="corey", options={"strict": True}), None
+    return torch.compile(fn, backend="corey", options={"strict": True}), lambda: (None, corey_compile.last_report())
 
 
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
 @pytest.mark.parametrize("form", list(PREFILL))
 def test_prefill_spelling_is_matched_and_right(form, dtype, inner):
-    import corey_compile
-
     fn = getattr(forms, form)
     inputs = scan_inputs(l=7, dtype=dtype)
-    compiled, captured = _compiled(fn, inner)
+    compiled, result = _compiled(fn, inner)
     out, last = compiled(**inputs)
     ref_out, ref_last = fn(**inputs)
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(out, ref_out, rtol=rtol, atol=atol)
     torch.testing.assert_close(last, ref_last, rtol=rtol, atol=atol)
-    report = captured[0][1] if captured else corey_compile.last_report()
+    gm, report = result()
     assert [r.absorbed for r in report.regions] == [PREFILL[form]], report.declined
-    if captured:
-        assert targets(captured[0][0]).count(SCAN_OP) == 1
+    if gm is not None:
+        assert targets(gm).count(SCAN_OP) == 1
 
 
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
 @pytest.mark.parametrize("form", list(STEPS))
 def test_step_spelling_is_matched_and_right(form, dtype, inner):
-    import corey_compile
-
     fn = getattr(forms, form)
     state, args = step_inputs(3, 6, 4, dtype)
     ref_state = state.clone()
-    compiled, captured = _compiled(fn, inner)
+    compiled, result = _compiled(fn, inner)
     out = compiled(state, **args)
     ref = fn(ref_state, **args)
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
     torch.testing.assert_close(state, ref_state, rtol=rtol, atol=atol)
-    report = captured[0][1] if captured else corey_compile.last_report()
+    gm, report = result()
     assert [r.absorbed for r in report.regions] == [STEPS[form]], report.declined
-    if captured:
-        ops = targets(captured[0][0])
+    if gm is not None:
+        ops = targets(gm)
         assert ops.count(STEP_OP) == 1 and "copy_" not in ops
 
 
 @pytest.mark.parametrize("inner", ["eager", "inductor"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
 def test_a_step_returning_its_state_is_a_scan_of_length_one(dtype, inner):
-    import corey_compile
-
     fn = forms.step_returning_the_state
     state, args = step_inputs(3, 6, 4, dtype)
     before = state.clone()
-    compiled, captured = _compiled(fn, inner)
+    compiled, result = _compiled(fn, inner)
     out, new = compiled(state, **args)
     ref, ref_new = fn(state, **args)
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(out, ref, rtol=rtol, atol=atol)
     torch.testing.assert_close(new, ref_new, rtol=rtol, atol=atol)
     assert torch.equal(state, before)  # the state is read, never written
-    report = captured[0][1] if captured else corey_compile.last_report()
+    _, report = result()
     (region,) = report.regions
     assert region.form == "F3 state update" and region.op == "corey::selective_scan" and region.shape["seqlen"] == 1
     assert region.absorbed == ["delta_bias", "softplus", "D", "z", "initial_state"]
