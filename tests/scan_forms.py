@@ -347,3 +347,46 @@ def step_returning_the_state(state, x, dt, A, B, C, D, z, dt_bias):
     y = (h @ C.unsqueeze(-1).to(h.dtype)).squeeze(2)
     y = y + D * x
     return y * F.silu(z), h
+
+
+# Scans over heads: d = h · p channels, B and C per head (the kernel's groups). These take B and C as
+# (b, h, n, l) and A as (d, n).
+def multi_head_scan(u, delta, A, B, C, D, z, delta_bias):
+    """Zamba's slow path (transformers 5.2): heads as the leading axis, a (b, h, p, n) state, per-head B and C."""
+    b, d, l = u.shape
+    heads, n = B.shape[1], A.shape[1]
+    x = u.reshape(b, heads, d // heads, l).transpose(0, 1)  # (h, b, p, l)
+    dt = delta.reshape(b, heads, d // heads, l).transpose(0, 1)
+    dt = F.softplus(dt + delta_bias.reshape(heads, 1, d // heads, 1))
+    A_h = A.reshape(heads, d // heads, n)  # (h, p, n)
+    B_h, C_h = B.permute(1, 0, 3, 2), C.permute(1, 0, 3, 2)  # (h, b, l, n)
+    discrete_A = torch.exp(A_h[:, None, :, None, :] * dt[:, :, :, :, None])  # (h, b, p, l, n)
+    deltaB_u = dt[:, :, :, :, None] * B_h[:, :, None, :, :] * x[:, :, :, :, None]
+    state = torch.zeros(b, heads, d // heads, n, device=u.device)
+    ys = []
+    for i in range(l):
+        state = discrete_A[:, :, :, i, :].transpose(0, 1) * state + deltaB_u[:, :, :, i, :].transpose(0, 1)
+        ys.append(torch.matmul(state.transpose(0, 1).to(u.dtype), C_h[:, :, i, :].unsqueeze(-1))[:, :, :, 0])  # (h, b, p)
+    y = torch.stack(ys, dim=-1)  # (h, b, p, l)
+    y = y + x * D.reshape(heads, 1, d // heads, 1)
+    y = y * F.silu(z.reshape(b, heads, d // heads, l).transpose(0, 1))
+    return y.transpose(0, 1).reshape(b, d, l), state
+
+
+def grouped_reference_scan(u, delta, A, B, C, D, z, delta_bias):
+    """A grouped reference scan (VMamba's torch fallback, its K scan directions as groups): einsum over (b, g, p)."""
+    b, d, l = u.shape
+    g, n = B.shape[1], A.shape[1]
+    us = u.float().view(b, g, d // g, l)
+    dts = F.softplus(delta.float() + delta_bias[:, None]).view(b, g, d // g, l)
+    As = A.view(g, d // g, n)
+    B, C = B.float(), C.float()
+    dA = torch.einsum("gdn,bgdl->bgdln", As, dts).exp()
+    dBu = torch.einsum("bgnl,bgdl,bgdl->bgdln", B, dts, us)
+    h = torch.zeros(b, g, d // g, n, device=u.device)
+    ys = []
+    for i in range(l):
+        h = dA[:, :, :, i] * h + dBu[:, :, :, i]
+        ys.append(torch.einsum("bgdn,bgn->bgd", h, C[..., i]))
+    y = torch.stack(ys, dim=-1).reshape(b, d, l)
+    return (y + u * D[:, None]).to(u.dtype), h.reshape(b, d, n)

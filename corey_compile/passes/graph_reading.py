@@ -232,29 +232,61 @@ class Operand:
     labels: tuple
 
 
-def einsum_readout(node: fx.Node) -> tuple:
-    """``einsum("bdn,bn->bd", state, C)`` -> (state side, C side, C's dims by role).
+STATE_LABELS = {3: ("b", "d", "n"), 4: ("b", "h", "d", "n")}  # a state by its rank: channels, or heads of channels
 
-    The state's own letters name its dims (b, d, n); the readout must sum n and give (b, d), and
-    C must be (b, n) in some order (a C per channel, or constant over the batch, is another op).
+
+def state_labels(node) -> tuple:
+    """The roles of a state's dims: (b, d, n), or (b, h, d, n) with heads."""
+    labels = STATE_LABELS.get(rank(node))
+    if labels is None:
+        raise NoMatch(f"{node.name}: the state is not (b, d, n) or (b, h, d, n)")
+    return labels
+
+
+def einsum_readout(node: fx.Node) -> tuple:
+    """``einsum("bdn,bn->bd", state, C)`` -> (state side, C side, C's dims by role, the output's dims by role).
+
+    The state's own letters name its dims, (b, d, n) or with heads (b, h, d, n); the readout must
+    sum n alone, and C must be over (b, n), or (b, h, n) per head, in some order. C may be
+    broadcast over d; a C per channel, or constant over the batch, is another op.
     """
     inputs, output, operands = parse_einsum(node)
-    if len(operands) != 2 or any(len(spec) not in (2, 3) for spec in inputs):
-        raise NoMatch(f"{node.name}: the einsum readout is not state (b, d, n) with C (b, n)")
-    # The state is the operand with three dims that are all its own (C may be broadcast over d).
+    if len(operands) != 2 or any(len(spec) not in (2, 3, 4) for spec in inputs):
+        raise NoMatch(f"{node.name}: the einsum readout is not a state with C over (b, n)")
     broadcast = [{spec[i] for i, base in enumerate(trace_view(op).dim_map) if base is None}
                  for spec, op in zip(inputs, operands)]
-    candidates = [i for i in (0, 1) if len(inputs[i]) == 3 and not broadcast[i]]
+    # The state has all its dims of its own (C may be broadcast over d), and the most of them.
+    candidates = [i for i in (0, 1) if len(inputs[i]) in STATE_LABELS and not broadcast[i]
+                  and len(inputs[i]) >= len(inputs[1 - i])]
     if len(candidates) != 1:
-        raise NoMatch(f"{node.name}: the einsum readout has no single (b, d, n) state")
+        raise NoMatch(f"{node.name}: the einsum readout has no single state")
     s = candidates[0]
-    role = dict(zip(inputs[s], ("b", "d", "n")))
+    role = dict(zip(inputs[s], STATE_LABELS[len(inputs[s])]))
     c_spec = inputs[1 - s]
     c_labels = tuple(None if c in broadcast[1 - s] else role.get(c) for c in c_spec)
-    if output != inputs[s][:2] or sorted(label for label in c_labels if label) != ["b", "n"] \
+    y_labels = tuple(role.get(c) for c in output)
+    wanted_c = {"b", "n"} | ({"h"} & {label for label in c_labels if label})
+    if sorted(map(str, y_labels)) != sorted(r for r in role.values() if r != "n") \
+            or {label for label in c_labels if label} != wanted_c or len([x for x in c_labels if x]) != len(wanted_c) \
             or any(label is None and role.get(c) != "d" for c, label in zip(c_spec, c_labels)):
-        raise NoMatch(f"{node.name}: einsum {node.args[0]!r} does not read out (b, d) from C over (b, n)")
-    return operands[s], operands[1 - s], c_labels
+        raise NoMatch(f"{node.name}: einsum {node.args[0]!r} does not read the state out with C over (b, n)")
+    return operands[s], operands[1 - s], c_labels, y_labels
+
+
+def step_slice(node, walked: set) -> tuple:
+    """``x[:, :, i]``, or a re-indexing of it such as ``x[:, :, :, i].transpose(0, 1)``
+    -> (x, its selected dim, i, the dim of x behind each dim of ``node``); the nodes passed go to ``walked``."""
+    view = trace_view(node)
+    src, axis, index, result_dims = parse_indexed(view.base)
+    dims = tuple(None if m is None else result_dims[m] for m in view.dim_map)
+    if None in dims:
+        raise NoMatch(f"{strip_casts(node).name}: the step slice inserts dims")
+    current = node
+    while isinstance(current, fx.Node) and current is not view.base:
+        walked.add(current)
+        current = self_arg(current)
+    walked.add(view.base)
+    return src, axis, index, dims
 
 
 def product_factors(node, index_labels: tuple) -> list:
@@ -362,8 +394,8 @@ class Neighbour:
 
     name: "softplus", "delta_bias" (producers of delta), "D" or "z" (consumers of the scan's
     output); node: the op in the graph; takes: the kernel's new argument(s) when it absorbs the
-    op: for softplus the Operand beneath it, for delta_bias (raw delta Operand, bias node), for D
-    the D node, for z the z Operand.
+    op: for softplus the Operand beneath it, for delta_bias (raw delta Operand, bias Operand), for D
+    the D Operand, for z the z Operand. D and the bias are over (d,), or (h, d) with heads.
     """
 
     name: str
@@ -389,7 +421,7 @@ def _is_default_softplus(node: fx.Node) -> bool:
 
 
 def _bias_add(node: fx.Node, labels: tuple):
-    """``raw + bias`` with bias a (d,) vector -> (raw node, bias node), or None."""
+    """``raw + bias`` with bias over (d,), or (h, d) with heads -> (raw node, bias Operand), or None."""
     if op_name(node) != "add":
         return None
     left, right = binary_operands(node)
@@ -397,11 +429,11 @@ def _bias_add(node: fx.Node, labels: tuple):
         if not isinstance(other, fx.Node) or not isinstance(raw, fx.Node):
             continue
         bias_view = trace_view(other)
-        if rank(bias_view.base) == 1 and rank(raw) == len(labels):
-            bias_labels = [labels[i] for i, base_dim in enumerate(
-                (None,) * (len(labels) - len(bias_view.dim_map)) + bias_view.dim_map) if base_dim == 0]
-            if bias_labels == ["d"]:
-                return raw, bias_view.base
+        if rank(bias_view.base) <= 2 and rank(raw) == len(labels):
+            aligned = (None,) * (len(labels) - len(bias_view.dim_map)) + bias_view.dim_map
+            bias_labels = tuple(labels[aligned.index(dim)] for dim in range(rank(bias_view.base)) if dim in aligned)
+            if bias_labels in (("d",), ("h", "d")) and len(bias_labels) == rank(bias_view.base):
+                return raw, Operand(bias_view.base, bias_labels)
     return None
 
 
@@ -427,7 +459,7 @@ def parse_discretization(decay, drive, index_labels: tuple) -> Discretization:
     drive_factors = product_factors(drive, index_labels)
     channel_labels = set(index_labels) - {"n"}
     by_roles = lambda factors, roles: [f for f in factors if set(f.labels) == roles]  # noqa: E731
-    A = by_roles(decay_factors, {"d", "n"})
+    A = by_roles(decay_factors, {"d", "n"}) + by_roles(decay_factors, {"h", "d", "n"} if "h" in index_labels else set())
     delta = by_roles(decay_factors, channel_labels)
     if len(decay_factors) != 2 or len(A) != 1 or len(delta) != 1:
         raise NoMatch(f"{decay.name}: the decay is not exp(delta·A) with delta over {sorted(channel_labels)} and A over (d, n)")
@@ -437,8 +469,9 @@ def parse_discretization(decay, drive, index_labels: tuple) -> Discretization:
     rest = [f for f in drive_factors if f.node is not delta.node]
     if len(rest) != 2:
         raise NoMatch(f"{drive.name}: the drive does not use the decay's delta exactly once")
-    # u and B may be constant along the time axis (a one-step decode slices delta but unsqueezes u).
-    B = [f for f in rest if set(f.labels) | {"l"} == (channel_labels - {"d"}) | {"n", "l"}]
+    # u and B may be constant along the time axis (a one-step decode slices delta but unsqueezes u); with
+    # heads (h), B is per head (the kernel's groups) or shared by them.
+    B = [f for f in rest if (set(f.labels) | {"l"}) - {"h"} == (channel_labels - {"d", "h"}) | {"n", "l"}]
     u = [f for f in rest if set(f.labels) | {"l"} == channel_labels | {"l"}]
     if len(B) != 1 or len(u) != 1:
         raise NoMatch(f"{drive.name}: the drive is not delta·B·u with B over (b, [l,] n) and u over (b, d[, l])")
@@ -471,9 +504,9 @@ def consumers_of(y: fx.Node, y_labels: tuple, u: Operand) -> list:
             except NoMatch:
                 factors = []
             skip_u = [f for f in factors if f.node is u.node and f.labels == u.labels]
-            skip_D = [f for f in factors if f.labels == ("d",)]
+            skip_D = [f for f in factors if f.labels in (("d",), ("h", "d"))]
             if len(factors) == 2 and len(skip_u) == 1 and len(skip_D) == 1:
-                chain.append(Neighbour("D", user, skip_D[0].node))
+                chain.append(Neighbour("D", user, skip_D[0]))
                 output = user
     user = _single_user(output)
     if op_name(user) == "mul":

@@ -47,6 +47,23 @@ def broadcast_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
     return node if all(size == -1 for size in shape) else graph.call_method("expand", (node, *shape))
 
 
+def channels_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict, heads: bool):
+    """Like ``broadcast_to``, where "d" in ``want`` stands for every channel: with heads, the operand's
+    (h, d) dims (h broadcast where it has none) are merged into that one dim, head-major."""
+    if not heads:
+        return broadcast_to(graph, operand, want, sizes)
+    full = want[:want.index("d")] + ("h",) + want[want.index("d"):]
+    node = broadcast_to(graph, operand, full, sizes)
+    return graph.call_method("flatten", (node, full.index("h"), full.index("h") + 1))
+
+
+def groups_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
+    """B or C as the kernel takes them: ``want`` (b, n, l), or (b, h, n, l) when they are per head (the groups)."""
+    if "h" in operand.labels:
+        want = (want[0], "h") + want[1:]
+    return broadcast_to(graph, operand, want, sizes)
+
+
 def erase_dead(graph: fx.Graph, roots) -> int:
     """Erase nodes left without users, walking from ``roots`` to their inputs.
 
@@ -137,31 +154,46 @@ def _emit_scan(graph: fx.Graph, region: Region, args: dict) -> int:
     anchor = min([output] + outside, key=position.__getitem__)
     delta = args["delta"]
     u_dtype = meta_value(region.u.node).dtype
+    heads = "h" in region.state_labels
+    # u and B may be constant in time (a one-step decode slices delta but unsqueezes u); a step written
+    # without a time axis at all (mamba.py's) is a scan of length one. A, D and the bias may be shared by heads.
+    sizes = {"l": (delta.node, delta.labels.index("l")) if "l" in delta.labels else None}
+    if heads:
+        sizes["h"] = (delta.node, delta.labels.index("h"))
     with graph.inserting_before(anchor):
-        # u and B may be constant in time (a one-step decode slices delta but unsqueezes u); a step written
-        # without a time axis at all (mamba.py's) is a scan of length one.
-        steps = {"l": (delta.node, delta.labels.index("l")) if "l" in delta.labels else None}
+        vector = lambda operand: channels_to(graph, operand, ("d",), sizes, heads) if operand else None  # noqa: E731
+        initial = Operand(region.initial_state, region.state_labels) if region.initial_state is not None else None
         scan = graph.call_function(SCAN_OP, (), dict(
-            u=broadcast_to(graph, region.u, BDL, steps), delta=broadcast_to(graph, delta, BDL, steps),
-            A=permute_to(graph, region.A, DN), B=broadcast_to(graph, region.B, BNL, steps),
-            C=broadcast_to(graph, region.C, BNL, steps), D=args["D"],
-            z=broadcast_to(graph, args["z"], BDL, steps) if args["z"] else None,
-            delta_bias=args["delta_bias"], delta_softplus=args["softplus"], initial_state=region.initial_state,
+            u=channels_to(graph, region.u, BDL, sizes, heads), delta=channels_to(graph, delta, BDL, sizes, heads),
+            A=channels_to(graph, region.A, DN, sizes, heads), B=groups_to(graph, region.B, BNL, sizes),
+            C=groups_to(graph, region.C, BNL, sizes), D=vector(args["D"]),
+            z=channels_to(graph, args["z"], BDL, sizes, heads) if args["z"] else None,
+            delta_bias=vector(args["delta_bias"]), delta_softplus=args["softplus"],
+            initial_state=channels_to(graph, initial, BDN, sizes, heads) if initial else None,
             chunk_size=region.plan.chunk_size))
         out = graph.call_function(operator.getitem, (scan, 0))
-        out_labels = BDL
+        out, out_labels = _split_heads(graph, region, out, BDL)
         if "l" not in region.output_labels:
-            out, out_labels = graph.call_method("squeeze", (out, -1)), BD
+            out, out_labels = graph.call_method("squeeze", (out, -1)), tuple(x for x in out_labels if x != "l")
         out = _cast_like(graph, permute_to(graph, Operand(out, out_labels), region.output_labels), output, u_dtype)
         last = None
         if region.last_state is not None:
             last = graph.call_function(operator.getitem, (scan, 1))
-            last = permute_to(graph, Operand(last, BDN), region.last_state_labels)
+            last = permute_to(graph, Operand(*_split_heads(graph, region, last, BDN)), region.last_state_labels)
             last = _cast_like(graph, last, region.last_state, torch.float32)
     output.replace_all_uses_with(out)
     if last is not None:
         region.last_state.replace_all_uses_with(last, delete_user_cb=lambda user: user not in replaced)
     return erase_dead(graph, [output, *replaced])
+
+
+def _split_heads(graph: fx.Graph, region: Region, node: fx.Node, labels: tuple) -> tuple:
+    """An op result laid out as ``labels`` with every channel in "d", and its dims by role after splitting the heads out."""
+    if "h" not in region.state_labels:
+        return node, labels
+    at = labels.index("d")
+    split = graph.call_method("unflatten", (node, at, (region.size("h"), region.size("d"))))
+    return split, labels[:at] + ("h", "d") + labels[at + 1:]
 
 
 def _emit_step(graph: fx.Graph, region: Region, args: dict) -> int:
@@ -170,7 +202,9 @@ def _emit_step(graph: fx.Graph, region: Region, args: dict) -> int:
         step = graph.call_function(STEP_OP, (), dict(
             state=region.state, x=permute_to(graph, region.u, BD), dt=permute_to(graph, args["delta"], BD),
             A=permute_to(graph, region.A, DN), B=permute_to(graph, region.B, BN), C=permute_to(graph, region.C, BN),
-            D=args["D"], z=permute_to(graph, args["z"], BD) if args["z"] else None, dt_bias=args["delta_bias"],
+            D=permute_to(graph, args["D"], ("d",)) if args["D"] else None,
+            z=permute_to(graph, args["z"], BD) if args["z"] else None,
+            dt_bias=permute_to(graph, args["delta_bias"], ("d",)) if args["delta_bias"] else None,
             dt_softplus=args["softplus"]))
         out = _cast_like(graph, step, output, meta_value(region.u.node).dtype)
     output.replace_all_uses_with(out)

@@ -68,8 +68,8 @@ def _parse_readout(new: fx.Node, state: fx.Node, copy: fx.Node, visited: set) ->
                     visited.update(chain + [total])
                     return total, Operand(c_view.base, labels_of_base(c_view, ("b", None, "n")))
         if op_name(product) == "einsum":
-            state_side, c_side, c_labels = einsum_readout(product)
-            if strip_casts(state_side) is source:
+            state_side, c_side, c_labels, y_labels = einsum_readout(product)
+            if strip_casts(state_side) is source and y_labels == BD:
                 c_view = trace_view(c_side)
                 visited.update(chain)
                 return product, Operand(c_view.base, labels_of_base(c_view, c_labels))

@@ -20,22 +20,35 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .graph_reading import (
-    NoMatch, binary_operands, consumers_of, einsum_readout, live_users, meta_value, op_name, parse_discretization, parse_select,
-    rank, read_out_states,
-    selected_operand, self_arg, strip_casts,
+    STATE_LABELS, NoMatch, binary_operands, consumers_of, einsum_readout, live_users, meta_value, op_name,
+    parse_discretization, parse_indexed, parse_select, rank, read_out_states, selected_operand, self_arg, state_labels, step_slice,
+    strip_casts, trace_view,
 )
-from .regions import BDN, FormMatcher, NotACandidate, Region
+from .regions import FormMatcher, NotACandidate, Region
 from .soundness import in_place_writes, written_anywhere
 
 _ZERO_INIT = {"zeros", "zeros_like", "new_zeros"}  # what a state made of zeros is spelled with
 
 
-def parse_readout(y, visited: set) -> tuple:
-    """``y_i`` -> (state node, C operand, step index), recording the nodes it walks through.
+def _state_side(node, visited: set) -> tuple:
+    """The state behind a readout operand (through casts and re-indexings) and the roles of the operand's dims."""
+    view = trace_view(node)
+    labels = state_labels(view.base)
+    if None in view.dim_map:
+        raise NoMatch(f"{view.base.name}: the readout inserts dims into the state")
+    current = node
+    while isinstance(current, fx.Node) and current is not view.base:
+        visited.add(current)
+        current = self_arg(current)
+    return view.base, tuple(labels[m] for m in view.dim_map)
 
-    Three readouts are recognised: ``matmul(state, C_i.unsqueeze(-1))`` with its
-    trailing unit dim dropped, ``(state * C_i[:, None]).sum(-1)`` and
-    ``einsum("bdn,bn->bd", state, C_i)``.
+
+def parse_readout(y, visited: set) -> tuple:
+    """``y_i`` -> (state node, C operand, step index, the roles of y_i's dims), recording the nodes it walks.
+
+    Three readouts are recognised: ``matmul(state, C_i.unsqueeze(-1))`` with its trailing unit dim
+    dropped, ``(state * C_i[:, None]).sum(-1)`` and ``einsum("bdn,bn->bd", state, C_i)``; the state may
+    be seen through a re-indexing (``state.transpose(0, 1)``), and may have heads, (b, h, d, n).
     """
     core = strip_casts(y, visited)
     visited.add(core)
@@ -53,38 +66,51 @@ def parse_readout(y, visited: set) -> tuple:
         if op_name(product) != "matmul":
             raise NoMatch(f"{product.name}: the readout is not a matmul with C")
         state_side, c_side = product.args[:2]
-        c_layout = ("b", "n", None)
+        state, labels = _state_side(state_side, visited)
+        if labels[-1] != "n":
+            raise NoMatch(f"{product.name}: the readout does not contract the state axis")
+        c_layout, y_labels = labels[:-2] + ("n", None), labels[:-1]
     elif name == "sum":
         dims = core.args[1] if len(core.args) > 1 else core.kwargs.get("dim")
-        if dims not in (-1, 2, (-1,), (2,), [-1], [2]) or core.kwargs.get("keepdim"):
-            raise NoMatch(f"{core.name}: the readout does not sum over the state axis")
+        dims = dims[0] if isinstance(dims, (tuple, list)) and len(dims) == 1 else dims
         product = strip_casts(self_arg(core), visited)
-        if op_name(product) != "mul":
+        if op_name(product) != "mul" or dims not in (-1, rank(product) - 1) or core.kwargs.get("keepdim"):
             raise NoMatch(f"{core.name}: the readout is not (state * C_t).sum(-1)")
         left, right = binary_operands(product)
-        if rank(strip_casts(left)) == 3 and op_name(strip_casts(left)) != "getitem":
+        left_core = trace_view(left).base
+        if rank(left_core) in STATE_LABELS and op_name(left_core) != "getitem":
             state_side, c_side = left, right
         else:
             state_side, c_side = right, left
-        c_layout = ("b", None, "n")
+        state, labels = _state_side(state_side, visited)
+        if labels[-1] != "n":
+            raise NoMatch(f"{core.name}: the readout does not sum over the state axis")
+        # C_t's dims align with the state's from the right; those its indexing inserts are broadcast.
+        c_view = trace_view(c_side)
+        inserted = parse_indexed(c_view.base)[3]
+        slice_dims = [None if m is None else inserted[m] for m in c_view.dim_map]
+        missing = len(labels) - len(slice_dims)
+        c_layout = tuple(None if d is None else labels[missing + k] for k, d in enumerate(slice_dims))
+        y_labels = labels[:-1]
     elif name == "einsum":
         product = core
-        state_side, c_side, c_layout = einsum_readout(core)
+        state_side, c_side, c_layout, y_labels = einsum_readout(core)
+        state, _ = _state_side(state_side, visited)
     else:
         raise NoMatch(f"{getattr(core, 'name', core)}: not a readout")
     visited.add(product)
     C, index, walked = selected_operand(c_side, c_layout)
     visited |= walked
-    state = strip_casts(state_side, visited)
-    if rank(state) != 3:
-        raise NoMatch(f"{state.name}: the state is not (b, d, n)")
-    return state, C, index
+    return state, C, index, y_labels
 
 
 def parse_step(state) -> tuple:
-    """``state = decay[..., i, ...] * prev + drive[..., i, ...]`` -> (decay, drive, axis, i, prev, nodes, chain).
+    """``state = decay[..., i, ...] * prev + drive[..., i, ...]``
+    -> (decay, drive, axis, i, slice dims, prev, nodes, chain).
 
-    ``chain`` holds the nodes that carry the state from ``prev`` to ``state``.
+    The slices may be re-indexed after the selection; ``slice dims`` names the dim of decay (and of
+    drive, laid out alike) behind each dim of the state. ``chain`` holds the nodes that carry the
+    state from ``prev`` to ``state``.
     """
     if op_name(state) != "add":
         raise NoMatch(f"{state.name}: the state update is not decay*prev + drive")
@@ -95,20 +121,20 @@ def parse_step(state) -> tuple:
             continue
         a, b = binary_operands(product)
         for decay_sel, prev in ((a, b), (b, a)):
+            walked = set()
             try:
-                decay, decay_axis, i = parse_select(decay_sel)
-                drive, drive_axis, j = parse_select(drive_sel)
+                decay, decay_axis, i, decay_dims = step_slice(decay_sel, walked)
+                drive, drive_axis, j, drive_dims = step_slice(drive_sel, walked)
             except NoMatch:
                 continue
             if (decay_axis, i) != (drive_axis, j):
                 raise NoMatch(f"{state.name}: decay and drive are read at different steps")
+            if decay_dims != drive_dims:
+                raise NoMatch(f"{state.name}: decay and drive are laid out differently")
             chain = {state, product}  # what carries the state: the update, its product, casts on the way
             strip_casts(product_arg, chain)
             prev = strip_casts(prev, chain)
-            nodes = set(chain)
-            strip_casts(decay_sel, nodes)
-            strip_casts(drive_sel, nodes)
-            return decay, drive, decay_axis, i, prev, nodes | {strip_casts(decay_sel), strip_casts(drive_sel)}, chain
+            return decay, drive, decay_axis, i, decay_dims, prev, chain | walked, chain
     raise NoMatch(f"{state.name}: the state update is not decay[i]*prev + drive[i]")
 
 
@@ -139,39 +165,44 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
     else:
         readouts += [parse_readout(y, visited) for y in elements[1:]]
         states = [r[0] for r in readouts]
+    labels = state_labels(states[0])
     seqlen = len(elements)
-    decay = drive = axis = None
+    decay = drive = axis = slice_dims = None
     initial_state, recurrence = None, set()
     for i, state in enumerate(states):
         if readouts is not None:
-            C, (_, c_i, c_index) = readouts[0][1], readouts[i]
+            C, (_, c_i, c_index, y_i) = readouts[0][1], readouts[i]
             if (c_i.node, c_i.labels, c_index) != (C.node, C.labels, i):
                 raise NoMatch(f"step {i}: the readout does not read C at step {i} of the same C tensor")
-        decay_i, drive_i, axis_i, index, prev, nodes, chain = parse_step(state)
+            if y_i != readouts[0][3]:
+                raise NoMatch(f"step {i}: the readout gives another layout than step 0's")
+        decay_i, drive_i, axis_i, index, dims_i, prev, nodes, chain = parse_step(state)
         visited |= nodes
         recurrence |= chain
         if i == 0:
-            decay, drive, axis = decay_i, drive_i, axis_i
+            decay, drive, axis, slice_dims = decay_i, drive_i, axis_i, dims_i
             # A state made with zeros is zeros only if nothing fills it in place (copy_, add_, a row set):
             # otherwise the op takes it as the initial state, as it stands when the op runs.
             if op_name(prev) not in _ZERO_INIT or written_anywhere(prev, in_place_writes(gm)):
-                if rank(prev) != 3:
-                    raise NoMatch(f"{prev.name}: the initial state is not (b, d, n)")
+                if rank(prev) != len(labels):
+                    raise NoMatch(f"{prev.name}: the initial state is not laid out as the state")
                 initial_state = prev
         elif prev is not states[i - 1]:
             raise NoMatch(f"step {i}: the state does not continue from step {i - 1}")
-        if (decay_i, drive_i, axis_i, index) != (decay, drive, axis, i):
+        if (decay_i, drive_i, axis_i, index, dims_i) != (decay, drive, axis, i, slice_dims):
             raise NoMatch(f"step {i}: reads decay/drive at another tensor, axis or position (expected position {i})")
     full_length = meta_value(decay).shape[axis]
     if full_length != seqlen:
         raise NoMatch(f"the loop covers {seqlen} of {full_length} steps")
-    if rank(decay) != 4 or not 0 <= axis < 4:
-        raise NoMatch(f"{decay.name}: the decay is not (b, d, l, n)")
+    if rank(decay) != len(labels) + 1:
+        raise NoMatch(f"{decay.name}: the decay is not the state's dims and time")
     if readouts is not None:
         C, output = readouts[0][1], stack
-        y_labels = ["b", "d"]
-        y_labels.insert(stack_dim % 3, "l")
+        y_labels = list(readouts[0][3])
+        y_labels.insert(stack_dim % (len(y_labels) + 1), "l")
         y_labels = tuple(y_labels)
+    elif len(labels) != 3:
+        raise NoMatch("stacked states with heads are not read")
     else:  # the stacked states (b, d, n with l at stack_dim) are read out afterwards
         read = read_out_states(stack, stack_dim % 4, visited)
         if read.last_select is not None:
@@ -184,14 +215,16 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
         if outside:
             raise NoMatch(f"{node.name}, inside the recurrence, is also used by {outside}")
 
-    index_labels = list(BDN)
-    index_labels.insert(axis, "l")
+    index_labels = [None] * rank(decay)  # the decay's dims by role: the state's, and time at the selected axis
+    index_labels[axis] = "l"
+    for label, dim in zip(labels, slice_dims):
+        index_labels[dim] = label
     disc = parse_discretization(decay, drive, tuple(index_labels))
     return Region(
         form="F1", title=MATCHER_TITLE, kind="scan", u=disc.u, delta=disc.delta, A=disc.A, B=disc.B, C=C,
         output=output, output_labels=y_labels, covered=visited, producers=disc.producers,
         consumers=consumers_of(output, y_labels, disc.u), initial_state=initial_state, last_state=states[-1],
-        last_state_labels=BDN, recurrence=recurrence,
+        last_state_labels=labels, state_labels=labels, recurrence=recurrence,
     )
 
 

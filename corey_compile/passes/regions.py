@@ -50,6 +50,7 @@ class Region:
     initial_state: fx.Node | None = None  # scan: (b, d, n), or zeros when None
     last_state: fx.Node | None = None  # scan: the node holding the final state in the model's graph
     last_state_labels: tuple = BDN
+    state_labels: tuple = BDN  # the state's dims by role: (b, d, n), or (b, h, d, n) with heads
     state: fx.Node | None = None  # step: the cached state, written in place
     state_write: fx.Node | None = None  # step: the model's in-place write of it (``copy_``)
     recurrence: set = field(default_factory=set)  # the nodes that carry the state from step to step
@@ -73,9 +74,11 @@ class Region:
 
     def facts(self) -> RegionFacts:
         u, B = self.value("u"), self.value("B")
+        heads = self.size("h") if "h" in self.state_labels else 1
         return RegionFacts(
-            kind=self.kind, batch=self.size("b"), dim=self.size("d"), seqlen=self.size("l") if self.kind == "scan" else 1,
-            dstate=self.size("n"), groups=1, dtype=str(u.dtype).removeprefix("torch."),
+            kind=self.kind, batch=self.size("b"), dim=heads * self.size("d"),
+            seqlen=self.size("l") if self.kind == "scan" else 1, dstate=self.size("n"),
+            groups=heads if "h" in self.B.labels else 1, dtype=str(u.dtype).removeprefix("torch."),
             bc_dtype=str(B.dtype).removeprefix("torch."), producers=tuple(n.name for n in self.producers),
             consumers=tuple(n.name for n in self.consumers), measurements=dict(self.measurements))
 

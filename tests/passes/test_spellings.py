@@ -96,3 +96,28 @@ def test_near_miss_loops_are_not_taken_step_by_step():
     compiled(**scan_inputs(l=4))
     (gm, report), = captured
     assert report.regions == [] and len(report.declined) == 1
+
+
+HEADS = {  # form: what the region absorbs (a reshape between softplus and the scan keeps softplus out)
+    "multi_head_scan": ["softplus"],
+    "grouped_reference_scan": [],
+}
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
+@pytest.mark.parametrize("form", list(HEADS))
+def test_scans_over_heads_run_as_groups(form, dtype, inner):
+    # d = 2 heads × 3 channels; B and C per head: the kernel's groups.
+    fn = getattr(forms, form)
+    inputs = scan_inputs(b=2, d=6, l=5, n=4, dtype=dtype)
+    inputs["B"], inputs["C"] = (torch.randn(2, 2, 4, 5).to(dtype) for _ in range(2))
+    compiled, result = _compiled(fn, inner)
+    out, last = compiled(**inputs)
+    ref_out, ref_last = fn(**inputs)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(out, ref_out, rtol=rtol, atol=atol)
+    torch.testing.assert_close(last, ref_last, rtol=rtol, atol=atol)
+    gm, report = result()
+    (region,) = report.regions
+    assert region.absorbed == HEADS[form] and region.shape == {"batch": 2, "dim": 6, "seqlen": 5, "dstate": 4}
