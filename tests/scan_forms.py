@@ -390,3 +390,31 @@ def grouped_reference_scan(u, delta, A, B, C, D, z, delta_bias):
         ys.append(torch.einsum("bgdn,bgn->bgd", h, C[..., i]))
     y = torch.stack(ys, dim=-1).reshape(b, d, l)
     return (y + u * D[:, None]).to(u.dtype), h.reshape(b, d, n)
+
+
+def loop_state_n_before_d(u, delta, A, B, C, D, z, delta_bias):
+    """A state laid out (b, n, d): decay and drive (b, l, n, d), read out by summing n (dim 1)."""
+    dt = F.softplus(delta + delta_bias[..., None]).transpose(1, 2)  # (b, l, d)
+    dA = torch.exp(A.t()[None, None] * dt[:, :, None, :])  # (b, l, n, d)
+    dBu = dt[:, :, None, :] * B.transpose(1, 2)[:, :, :, None] * u.transpose(1, 2)[:, :, None, :]
+    state = torch.zeros(u.shape[0], A.shape[1], u.shape[1], device=u.device)
+    ys = []
+    for i in range(u.shape[2]):
+        state = dA[:, i] * state + dBu[:, i]
+        ys.append((state * C[:, :, i, None]).sum(1))  # (b, d)
+    y = torch.stack(ys, dim=-1)
+    return y + u * D[:, None], state
+
+
+def einsum_state_n_before_d(u, delta, A, B, C, D, z, delta_bias):
+    """The same (b, n, d) state with einsums: discretization and readout, in float32."""
+    u, B, C = u.float(), B.float(), C.float()
+    dt = F.softplus(delta.float() + delta_bias[..., None])  # (b, d, l)
+    dA = torch.exp(torch.einsum("bdl,dn->blnd", dt, A))
+    dBu = torch.einsum("bdl,bnl,bdl->blnd", dt, B, u)
+    state = torch.zeros(u.shape[0], A.shape[1], u.shape[1], device=u.device)
+    ys = []
+    for i in range(u.shape[2]):
+        state = dA[:, i] * state + dBu[:, i]
+        ys.append(torch.einsum("bnd,bn->bd", state, C[:, :, i]))
+    return torch.stack(ys, dim=-1), state

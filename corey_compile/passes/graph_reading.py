@@ -184,6 +184,9 @@ def trace_view(node) -> View:
                     dims.append(inner.dim_map[pos])
                     pos += 1
             return View(inner.base, tuple(dims))
+    if name in ("t", "T") and isinstance(src, fx.Node) and rank(src) <= 2:
+        inner = trace_view(src)
+        return View(inner.base, tuple(reversed(inner.dim_map)))
     if name == "transpose":
         inner = trace_view(src)
         dims = list(inner.dim_map)
@@ -235,19 +238,23 @@ class Operand:
 STATE_LABELS = {3: ("b", "d", "n"), 4: ("b", "h", "d", "n")}  # a state by its rank: channels, or heads of channels
 
 
-def state_labels(node) -> tuple:
-    """The roles of a state's dims: (b, d, n), or (b, h, d, n) with heads."""
+def state_labels(node, n_dim: int = -1) -> tuple:
+    """The roles of a state's dims: (b, d, n), or (b, h, d, n) with heads, n at ``n_dim`` (a readout says where)."""
     labels = STATE_LABELS.get(rank(node))
     if labels is None:
-        raise NoMatch(f"{node.name}: the state is not (b, d, n) or (b, h, d, n)")
-    return labels
+        raise NoMatch(f"{node.name}: the state is not (b, d, n) or (b, h, d, n), in some order of d and n")
+    others = [label for label in labels if label != "n"]
+    others.insert(_normalize_dim(n_dim, len(labels)), "n")
+    if others[0] != "b":
+        raise NoMatch(f"{node.name}: the state does not lead with its batch dim")
+    return tuple(others)
 
 
 def einsum_readout(node: fx.Node) -> tuple:
     """``einsum("bdn,bn->bd", state, C)`` -> (state side, C side, C's dims by role, the output's dims by role).
 
-    The state's own letters name its dims, (b, d, n) or with heads (b, h, d, n); the readout must
-    sum n alone, and C must be over (b, n), or (b, h, n) per head, in some order. C may be
+    The state's letters name its dims: the one summed is n, the others are b, (h,) d in order, so a
+    state laid out (b, n, d) is read too. C must be over (b, n), or (b, h, n) per head, in some order. C may be
     broadcast over d; a C per channel, or constant over the batch, is another op.
     """
     inputs, output, operands = parse_einsum(node)
@@ -261,7 +268,12 @@ def einsum_readout(node: fx.Node) -> tuple:
     if len(candidates) != 1:
         raise NoMatch(f"{node.name}: the einsum readout has no single state")
     s = candidates[0]
-    role = dict(zip(inputs[s], STATE_LABELS[len(inputs[s])]))
+    summed = [c for c in inputs[s] if c not in output]
+    if len(summed) != 1:
+        raise NoMatch(f"{node.name}: the einsum readout does not sum one dim of the state")
+    others = [label for label in STATE_LABELS[len(inputs[s])] if label != "n"]
+    others.insert(inputs[s].index(summed[0]), "n")
+    role = dict(zip(inputs[s], others))  # n is the summed letter; the others are b, (h,) d in order
     c_spec = inputs[1 - s]
     c_labels = tuple(None if c in broadcast[1 - s] else role.get(c) for c in c_spec)
     y_labels = tuple(role.get(c) for c in output)

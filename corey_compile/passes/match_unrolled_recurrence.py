@@ -21,7 +21,7 @@ import torch.fx as fx
 
 from .graph_reading import (
     STATE_LABELS, NoMatch, binary_operands, consumers_of, einsum_readout, live_users, meta_value, op_name,
-    parse_discretization, parse_indexed, parse_select, rank, read_out_states, selected_operand, self_arg, state_labels, step_slice,
+    _normalize_dim, parse_discretization, parse_einsum, parse_indexed, parse_select, rank, read_out_states, selected_operand, self_arg, state_labels, step_slice,
     strip_casts, trace_view,
 )
 from .regions import FormMatcher, NotACandidate, Region
@@ -30,25 +30,31 @@ from .soundness import in_place_writes, written_anywhere
 _ZERO_INIT = {"zeros", "zeros_like", "new_zeros"}  # what a state made of zeros is spelled with
 
 
-def _state_side(node, visited: set) -> tuple:
-    """The state behind a readout operand (through casts and re-indexings) and the roles of the operand's dims."""
+def _state_side(node, visited: set, contracted: int = -1) -> tuple:
+    """The state behind a readout operand (through casts and re-indexings), the roles of the operand's dims,
+    and the roles of the state's own dims.
+
+    ``contracted`` is the operand's dim the readout sums: the state's n, wherever the state keeps it.
+    """
     view = trace_view(node)
-    labels = state_labels(view.base)
     if None in view.dim_map:
         raise NoMatch(f"{view.base.name}: the readout inserts dims into the state")
+    labels = state_labels(view.base, view.dim_map[_normalize_dim(contracted, len(view.dim_map))])
     current = node
     while isinstance(current, fx.Node) and current is not view.base:
         visited.add(current)
         current = self_arg(current)
-    return view.base, tuple(labels[m] for m in view.dim_map)
+    return view.base, tuple(labels[m] for m in view.dim_map), labels
 
 
 def parse_readout(y, visited: set) -> tuple:
-    """``y_i`` -> (state node, C operand, step index, the roles of y_i's dims), recording the nodes it walks.
+    """``y_i`` -> (state node, C operand, step index, the roles of y_i's dims, the roles of the state's dims),
+    recording the nodes it walks.
 
     Three readouts are recognised: ``matmul(state, C_i.unsqueeze(-1))`` with its trailing unit dim
     dropped, ``(state * C_i[:, None]).sum(-1)`` and ``einsum("bdn,bn->bd", state, C_i)``; the state may
-    be seen through a re-indexing (``state.transpose(0, 1)``), and may have heads, (b, h, d, n).
+    be seen through a re-indexing (``state.transpose(0, 1)``), may have heads, (b, h, d, n), and keeps
+    n where the readout sums it (a sum or an einsum may read a (b, n, d) state).
     """
     core = strip_casts(y, visited)
     visited.add(core)
@@ -66,7 +72,7 @@ def parse_readout(y, visited: set) -> tuple:
         if op_name(product) != "matmul":
             raise NoMatch(f"{product.name}: the readout is not a matmul with C")
         state_side, c_side = product.args[:2]
-        state, labels = _state_side(state_side, visited)
+        state, labels, own = _state_side(state_side, visited)
         if labels[-1] != "n":
             raise NoMatch(f"{product.name}: the readout does not contract the state axis")
         c_layout, y_labels = labels[:-2] + ("n", None), labels[:-1]
@@ -74,34 +80,37 @@ def parse_readout(y, visited: set) -> tuple:
         dims = core.args[1] if len(core.args) > 1 else core.kwargs.get("dim")
         dims = dims[0] if isinstance(dims, (tuple, list)) and len(dims) == 1 else dims
         product = strip_casts(self_arg(core), visited)
-        if op_name(product) != "mul" or dims not in (-1, rank(product) - 1) or core.kwargs.get("keepdim"):
-            raise NoMatch(f"{core.name}: the readout is not (state * C_t).sum(-1)")
+        if op_name(product) != "mul" or not isinstance(dims, int) or core.kwargs.get("keepdim"):
+            raise NoMatch(f"{core.name}: the readout is not (state * C_t).sum(dim)")
         left, right = binary_operands(product)
         left_core = trace_view(left).base
         if rank(left_core) in STATE_LABELS and op_name(left_core) != "getitem":
             state_side, c_side = left, right
         else:
             state_side, c_side = right, left
-        state, labels = _state_side(state_side, visited)
-        if labels[-1] != "n":
-            raise NoMatch(f"{core.name}: the readout does not sum over the state axis")
+        # The product's dims align with the state's from the right; the summed one is the state's n.
+        state_dims = len(trace_view(state_side).dim_map)
+        summed = _normalize_dim(dims, rank(product)) - (rank(product) - state_dims)
+        state, labels, own = _state_side(state_side, visited, summed)
         # C_t's dims align with the state's from the right; those its indexing inserts are broadcast.
         c_view = trace_view(c_side)
         inserted = parse_indexed(c_view.base)[3]
         slice_dims = [None if m is None else inserted[m] for m in c_view.dim_map]
         missing = len(labels) - len(slice_dims)
         c_layout = tuple(None if d is None else labels[missing + k] for k, d in enumerate(slice_dims))
-        y_labels = labels[:-1]
+        y_labels = tuple(label for label in labels if label != "n")
     elif name == "einsum":
         product = core
         state_side, c_side, c_layout, y_labels = einsum_readout(core)
-        state, _ = _state_side(state_side, visited)
+        inputs, output, operands = parse_einsum(core)
+        spec = inputs[operands.index(state_side)]
+        state, _, own = _state_side(state_side, visited, next(i for i, c in enumerate(spec) if c not in output))
     else:
         raise NoMatch(f"{getattr(core, 'name', core)}: not a readout")
     visited.add(product)
     C, index, walked = selected_operand(c_side, c_layout)
     visited |= walked
-    return state, C, index, y_labels
+    return state, C, index, y_labels, own
 
 
 def parse_step(state) -> tuple:
@@ -165,13 +174,13 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
     else:
         readouts += [parse_readout(y, visited) for y in elements[1:]]
         states = [r[0] for r in readouts]
-    labels = state_labels(states[0])
+    labels = readouts[0][4] if readouts is not None else state_labels(states[0])
     seqlen = len(elements)
     decay = drive = axis = slice_dims = None
     initial_state, recurrence = None, set()
     for i, state in enumerate(states):
         if readouts is not None:
-            C, (_, c_i, c_index, y_i) = readouts[0][1], readouts[i]
+            C, (_, c_i, c_index, y_i, _) = readouts[0][1], readouts[i]
             if (c_i.node, c_i.labels, c_index) != (C.node, C.labels, i):
                 raise NoMatch(f"step {i}: the readout does not read C at step {i} of the same C tensor")
             if y_i != readouts[0][3]:

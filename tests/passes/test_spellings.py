@@ -14,6 +14,8 @@ PREFILL = {  # form: what the region absorbs
     "einsum_scan_batch_major": ["delta_bias", "softplus", "D"],
     "reference_scan": ["delta_bias", "softplus", "D", "z"],
     "stacked_states_scan": ["delta_bias", "softplus", "D"],
+    "loop_state_n_before_d": ["delta_bias", "softplus", "D"],
+    "einsum_state_n_before_d": ["delta_bias", "softplus"],
 }
 STEPS = {
     "step_einsum_reading_the_written_state": ["delta_bias", "softplus", "D", "z"],
