@@ -147,6 +147,21 @@ def parse_step(state) -> tuple:
     raise NoMatch(f"{state.name}: the state update is not decay[i]*prev + drive[i]")
 
 
+def _near_a_recurrence(node, depth: int = 4) -> bool:
+    """Whether a recurrence step (``decay[i] * prev + drive[i]``) lies within ``depth`` inputs of ``node``."""
+    frontier, seen = [node], set()
+    for _ in range(depth):
+        frontier = [i for n in frontier if isinstance(n, fx.Node) for i in n.all_input_nodes if i not in seen]
+        seen.update(frontier)
+        for candidate in frontier:
+            try:
+                parse_step(candidate)
+                return True
+            except NoMatch:
+                continue
+    return False
+
+
 def _states_of(elements, visited: set) -> list | None:
     """The elements of a stack of states themselves (mamba.py's spelling), or None when they are not."""
     states = [strip_casts(e) for e in elements]
@@ -169,6 +184,8 @@ def match_stack(gm: fx.GraphModule, stack: fx.Node) -> Region:
     except NoMatch as exc:
         states = _states_of(elements, visited)
         if states is None:
+            if _near_a_recurrence(elements[0]):  # a loop whose readout corey does not read: say so
+                raise NoMatch(f"step 0's readout: {exc}") from None
             raise NotACandidate(str(exc)) from None
         readouts = None
     else:

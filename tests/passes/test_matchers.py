@@ -87,6 +87,7 @@ def test_state_update_becomes_one_op_that_writes_the_state(dtype):
     ("loop_steps_out_of_order", "step 0"),
     ("loop_state_leaks", "also used by"),
     ("associative_scan_other_combine", "not the linear recurrence"),
+    ("loop_unread_readout", "step 0's readout"),
 ])
 def test_near_misses_stay_unmatched(near_miss, reason):
     fn = getattr(forms, near_miss)
