@@ -429,3 +429,16 @@ def loop_unread_readout(u, delta, A, B, C, D, z, delta_bias):
         state = dA[:, :, i] * state + dBu[:, :, i]
         ys.append((state * C[:, None, :, i]).amax(-1))
     return torch.stack(ys, dim=-1), state
+
+
+def matmul_state_n_before_d(u, delta, A, B, C, D, z, delta_bias):
+    """The (b, n, d) state read out by matmul with C on the left: (C_t[:, None, :] @ state)[:, 0]."""
+    dt = F.softplus(delta + delta_bias[..., None]).transpose(1, 2)  # (b, l, d)
+    dA = torch.exp(A.t()[None, None] * dt[:, :, None, :])  # (b, l, n, d)
+    dBu = dt[:, :, None, :] * B.transpose(1, 2)[:, :, :, None] * u.transpose(1, 2)[:, :, None, :]
+    state = torch.zeros(u.shape[0], A.shape[1], u.shape[1], device=u.device)
+    ys = []
+    for i in range(u.shape[2]):
+        state = dA[:, i] * state + dBu[:, i]
+        ys.append(torch.matmul(C[:, None, :, i].to(state.dtype), state)[:, 0])  # (b, d)
+    return torch.stack(ys, dim=-1) * F.silu(z), state

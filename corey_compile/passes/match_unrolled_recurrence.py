@@ -51,8 +51,9 @@ def parse_readout(y, visited: set) -> tuple:
     """``y_i`` -> (state node, C operand, step index, the roles of y_i's dims, the roles of the state's dims),
     recording the nodes it walks.
 
-    Three readouts are recognised: ``matmul(state, C_i.unsqueeze(-1))`` with its trailing unit dim
-    dropped, ``(state * C_i[:, None]).sum(-1)`` and ``einsum("bdn,bn->bd", state, C_i)``; the state may
+    Three readouts are recognised: ``matmul(state, C_i.unsqueeze(-1))`` with its unit dim dropped (or
+    ``matmul(C_i.unsqueeze(1), state)`` for a (b, n, d) state), ``(state * C_i[:, None]).sum(-1)`` and
+    ``einsum("bdn,bn->bd", state, C_i)``; the state may
     be seen through a re-indexing (``state.transpose(0, 1)``), may have heads, (b, h, d, n), and keeps
     n where the readout sums it (a sum or an einsum may read a (b, n, d) state).
     """
@@ -61,21 +62,28 @@ def parse_readout(y, visited: set) -> tuple:
     name = op_name(core)
     if name in ("getitem", "squeeze"):
         if name == "getitem":
-            base, dim, index = parse_select(core)
-            if index != 0 or dim != rank(base) - 1:
-                raise NoMatch(f"{core.name}: the readout does not drop a trailing unit dim")
+            base, dropped, index = parse_select(core)
+            if index != 0:
+                raise NoMatch(f"{core.name}: the readout does not drop a unit dim")
         else:
             base = self_arg(core)
-            if core.args[1:] not in ((-1,), (rank(base) - 1,)):
-                raise NoMatch(f"{core.name}: the readout does not squeeze the trailing dim")
+            dropped = core.args[1] if len(core.args) == 2 and isinstance(core.args[1], int) else None
+            if dropped is None:
+                raise NoMatch(f"{core.name}: the readout does not squeeze one dim")
         product = strip_casts(base, visited)
         if op_name(product) != "matmul":
             raise NoMatch(f"{product.name}: the readout is not a matmul with C")
-        state_side, c_side = product.args[:2]
-        state, labels, own = _state_side(state_side, visited)
-        if labels[-1] != "n":
-            raise NoMatch(f"{product.name}: the readout does not contract the state axis")
-        c_layout, y_labels = labels[:-2] + ("n", None), labels[:-1]
+        dropped = _normalize_dim(dropped, rank(product))
+        if dropped == rank(product) - 1:  # matmul(state, C_i.unsqueeze(-1)): the state on the left, n last
+            state_side, c_side = product.args[:2]
+            state, labels, own = _state_side(state_side, visited)
+            c_layout, y_labels = labels[:-2] + ("n", None), labels[:-1]
+        elif dropped == rank(product) - 2:  # matmul(C_i.unsqueeze(-2), state): the state on the right, n before d
+            c_side, state_side = product.args[:2]
+            state, labels, own = _state_side(state_side, visited, -2)
+            c_layout, y_labels = labels[:-2] + (None, "n"), labels[:-2] + labels[-1:]
+        else:
+            raise NoMatch(f"{core.name}: the readout drops a dim the matmul did not make")
     elif name == "sum":
         dims = core.args[1] if len(core.args) > 1 else core.kwargs.get("dim")
         dims = dims[0] if isinstance(dims, (tuple, list)) and len(dims) == 1 else dims

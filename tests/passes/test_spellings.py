@@ -16,6 +16,7 @@ PREFILL = {  # form: what the region absorbs
     "stacked_states_scan": ["delta_bias", "softplus", "D"],
     "loop_state_n_before_d": ["delta_bias", "softplus", "D"],
     "einsum_state_n_before_d": ["delta_bias", "softplus"],
+    "matmul_state_n_before_d": ["delta_bias", "softplus", "z"],
 }
 STEPS = {
     "step_einsum_reading_the_written_state": ["delta_bias", "softplus", "D", "z"],
