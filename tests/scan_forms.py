@@ -392,11 +392,17 @@ def grouped_reference_scan(u, delta, A, B, C, D, z, delta_bias):
     return (y + u * D[:, None]).to(u.dtype), h.reshape(b, d, n)
 
 
+def _discretize_n_before_d(u, delta, A, B, delta_bias):
+    """Decay and drive laid out (b, l, n, d)."""
+    dt = F.softplus(delta + delta_bias[..., None]).transpose(1, 2)  # (b, l, d)
+    dA = torch.exp(A.t()[None, None] * dt[:, :, None, :])
+    dBu = dt[:, :, None, :] * B.transpose(1, 2)[:, :, :, None] * u.transpose(1, 2)[:, :, None, :]
+    return dA, dBu
+
+
 def loop_state_n_before_d(u, delta, A, B, C, D, z, delta_bias):
     """A state laid out (b, n, d): decay and drive (b, l, n, d), read out by summing n (dim 1)."""
-    dt = F.softplus(delta + delta_bias[..., None]).transpose(1, 2)  # (b, l, d)
-    dA = torch.exp(A.t()[None, None] * dt[:, :, None, :])  # (b, l, n, d)
-    dBu = dt[:, :, None, :] * B.transpose(1, 2)[:, :, :, None] * u.transpose(1, 2)[:, :, None, :]
+    dA, dBu = _discretize_n_before_d(u, delta, A, B, delta_bias)
     state = torch.zeros(u.shape[0], A.shape[1], u.shape[1], device=u.device)
     ys = []
     for i in range(u.shape[2]):
@@ -433,9 +439,7 @@ def loop_unread_readout(u, delta, A, B, C, D, z, delta_bias):
 
 def matmul_state_n_before_d(u, delta, A, B, C, D, z, delta_bias):
     """The (b, n, d) state read out by matmul with C on the left: (C_t[:, None, :] @ state)[:, 0]."""
-    dt = F.softplus(delta + delta_bias[..., None]).transpose(1, 2)  # (b, l, d)
-    dA = torch.exp(A.t()[None, None] * dt[:, :, None, :])  # (b, l, n, d)
-    dBu = dt[:, :, None, :] * B.transpose(1, 2)[:, :, :, None] * u.transpose(1, 2)[:, :, None, :]
+    dA, dBu = _discretize_n_before_d(u, delta, A, B, delta_bias)
     state = torch.zeros(u.shape[0], A.shape[1], u.shape[1], device=u.device)
     ys = []
     for i in range(u.shape[2]):
