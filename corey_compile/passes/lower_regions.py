@@ -149,9 +149,7 @@ def absorbed_arguments(region: Region) -> dict:
 
 def _emit_scan(graph: fx.Graph, region: Region, args: dict) -> int:
     output, replaced = args["output"], set(region.covered) | set(args["replaced"])
-    outside = [u for u in region.last_state.users if u not in replaced] if region.last_state is not None else []
-    position = {n: i for i, n in enumerate(graph.nodes)}
-    anchor = min([output] + outside, key=position.__getitem__)
+    anchor = region.op_anchor(len(args["replaced"]), {n: i for i, n in enumerate(graph.nodes)})
     delta = args["delta"]
     u_dtype = meta_value(region.u.node).dtype
     heads = "h" in region.state_labels

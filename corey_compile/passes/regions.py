@@ -82,6 +82,16 @@ class Region:
             bc_dtype=str(B.dtype).removeprefix("torch."), producers=tuple(n.name for n in self.producers),
             consumers=tuple(n.name for n in self.consumers), measurements=dict(self.measurements))
 
+    def last_state_readers(self) -> list:
+        """Users of the final state outside the region: the op must stand before them."""
+        return [u for u in self.last_state.users if u not in self.covered] if self.last_state is not None else []
+
+    def op_anchor(self, consumers: int, position: dict) -> fx.Node:
+        """The node the op stands before when it absorbs that many consumers: the scan's output or the last
+        consumer absorbed, or a reader of the final state if one comes earlier."""
+        stands = [self.consumers[consumers - 1].node if consumers else self.output] + self.last_state_readers()
+        return min(stands, key=position.__getitem__)
+
     def shape(self) -> dict:
         f = self.facts()
         return {"batch": f.batch, "dim": f.dim, "seqlen": f.seqlen, "dstate": f.dstate}
@@ -112,8 +122,8 @@ def check_order(region: Region, position: dict) -> None:
 
     Consumers whose operands come later are dropped from the chain (the kernel cannot absorb them).
     """
-    outside = [u for u in region.last_state.users if u not in region.covered] if region.last_state is not None else []
-    first_use = min([position[region.output]] + [position[u] for u in outside])
+    outside = region.last_state_readers()
+    first_use = position[region.op_anchor(0, position)]
     core = [region.u.node, region.delta.node, region.A.node, region.B.node, region.C.node, region.initial_state]
     late = [n.name for n in core if isinstance(n, fx.Node) and position[n] >= first_use]
     if late:

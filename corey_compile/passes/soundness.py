@@ -119,14 +119,6 @@ def check_arithmetic(region) -> None:
                           "or float32")
 
 
-def _op_position(region, consumers: int, position: dict) -> int:
-    """Where the op stands: at the scan's output or the last consumer it absorbs, or before a user of its last state."""
-    stands = [position[region.consumers[consumers - 1].node] if consumers else position[region.output]]
-    if region.last_state is not None:
-        stands += [position[u] for u in region.last_state.users if u not in region.covered]
-    return min(stands)
-
-
 def problem(region, producers: int, consumers: int, position: dict, writes: list) -> str | None:
     """Why the region is unsound when absorbing that many neighbours (rules 1 and 2), or None."""
     leaves, replaced = leaves_and_nodes(region, producers, consumers)
@@ -142,7 +134,7 @@ def problem(region, producers: int, consumers: int, position: dict, writes: list
     for writer, keys in writes:
         if writer not in replaced and (keys & replaced_keys) - leaf_keys:
             return f"{writer.name} writes in place to a value the op recomputes"
-    op_at = _op_position(region, consumers, position)
+    op_at = position[region.op_anchor(consumers, position)]
     for leaf in leaves:
         reads = [position[n] for n in replaced if leaf in n.all_input_nodes]
         low, high = min(reads + [op_at]), max(reads + [op_at])
