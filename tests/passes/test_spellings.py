@@ -36,19 +36,22 @@ def _compiled(fn, inner):
     return torch.compile(fn, backend="corey", options={"strict": True}), lambda: (None, corey_compile.last_report())
 
 
-@pytest.mark.parametrize("inner", ["eager", "inductor"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
-@pytest.mark.parametrize("form", list(PREFILL))
-def test_prefill_spelling_is_matched_and_right(form, dtype, inner):
-    fn = getattr(forms, form)
-    inputs = scan_inputs(l=7, dtype=dtype)
+def _prefill_against_eager(fn, inputs, dtype, inner):
+    """Run a prefill form compiled and eagerly, check the output and last state; -> (graph or None, report)."""
     compiled, result = _compiled(fn, inner)
     out, last = compiled(**inputs)
     ref_out, ref_last = fn(**inputs)
     rtol, atol = TOLERANCES[dtype]
     torch.testing.assert_close(out, ref_out, rtol=rtol, atol=atol)
     torch.testing.assert_close(last, ref_last, rtol=rtol, atol=atol)
-    gm, report = result()
+    return result()
+
+
+@pytest.mark.parametrize("inner", ["eager", "inductor"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
+@pytest.mark.parametrize("form", list(PREFILL))
+def test_prefill_spelling_is_matched_and_right(form, dtype, inner):
+    gm, report = _prefill_against_eager(getattr(forms, form), scan_inputs(l=7, dtype=dtype), dtype, inner)
     assert [r.absorbed for r in report.regions] == [PREFILL[form]], report.declined
     if gm is not None:
         assert targets(gm).count(SCAN_OP) == 1
@@ -112,15 +115,8 @@ HEADS = {  # form: what the region absorbs (a reshape between softplus and the s
 @pytest.mark.parametrize("form", list(HEADS))
 def test_scans_over_heads_run_as_groups(form, dtype, inner):
     # d = 2 heads × 3 channels; B and C per head: the kernel's groups.
-    fn = getattr(forms, form)
     inputs = scan_inputs(b=2, d=6, l=5, n=4, dtype=dtype)
     inputs["B"], inputs["C"] = (torch.randn(2, 2, 4, 5).to(dtype) for _ in range(2))
-    compiled, result = _compiled(fn, inner)
-    out, last = compiled(**inputs)
-    ref_out, ref_last = fn(**inputs)
-    rtol, atol = TOLERANCES[dtype]
-    torch.testing.assert_close(out, ref_out, rtol=rtol, atol=atol)
-    torch.testing.assert_close(last, ref_last, rtol=rtol, atol=atol)
-    gm, report = result()
+    gm, report = _prefill_against_eager(getattr(forms, form), inputs, dtype, inner)
     (region,) = report.regions
     assert region.absorbed == HEADS[form] and region.shape == {"batch": 2, "dim": 6, "seqlen": 5, "dstate": 4}
