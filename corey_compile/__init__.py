@@ -1,12 +1,14 @@
 """corey: ``torch.compile(model, backend="corey")`` for Mamba-family selective state space models.
 
-Importing the package registers the ``corey::`` custom ops. The ``"corey"``
+Importing the package registers the ``corey::`` custom ops and the stand-ins
+for known model functions (``known_functions``). The ``"corey"``
 backend name comes from the package's ``torch_dynamo_backends`` entry point,
 which Dynamo loads on first use, so ``backend="corey"`` works without an
 import; a source checkout on ``sys.path`` (no entry point) registers it here.
 """
 from __future__ import annotations
 
+from . import known_functions
 from .backend import all_reports, clear_reports, corey_backend, last_report
 from .codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
 from .options import Options
@@ -33,3 +35,5 @@ def _register_backend_without_entry_point() -> None:
 
 
 _register_backend_without_entry_point()
+known_functions.install()
+known_functions.register_hooks()

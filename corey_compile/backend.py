@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
+from . import known_functions
 from .options import resolve_options
 from .passes import CompileContext, PassError, pipeline_for, run_pipeline
 from .report import CompileReport
@@ -62,6 +63,36 @@ def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
+def _symbols(value) -> list:
+    """The free symbols of a placeholder's value: a SymInt's, or those in a tensor's shape."""
+    sizes = [value] if isinstance(value, torch.SymInt) else list(value.shape) if isinstance(value, torch.Tensor) else []
+    return sorted({str(size) for size in sizes if isinstance(size, torch.SymInt) and size.node.maybe_as_int() is None})
+
+
+def record_dynamo_facts(gm: fx.GraphModule, report: CompileReport) -> None:
+    """What Dynamo knows of the compilation this graph belongs to: its id, how long tracing took, which
+    inputs have symbolic sizes, and why the frame was compiled again. Read from Dynamo's internals
+    where they are; a torch without them leaves the fields empty."""
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            symbols = _symbols(node.meta.get("example_value", node.meta.get("val")))
+            if symbols:
+                report.symbolic[node.name] = symbols
+    try:
+        report.compile_id = str(torch._guards.CompileContext.current_compile_id() or "")
+        from torch._dynamo.utils import get_metrics_context
+
+        metrics = get_metrics_context()
+        if metrics.in_progress():
+            reason = metrics._metrics.get("recompile_reason") or ""
+            report.recompile_reason = " ".join(reason.split("#")[0].split())  # the guard, without Dynamo's source note
+            start = getattr(metrics, "_start_time_ns", 0)
+            if start:
+                report.seconds["dynamo"] = round((time.time_ns() - start) / 1e9, 4)
+    except Exception:  # noqa: BLE001 - Dynamo's internals moved: the report goes without these facts
+        pass
+
+
 def _inner_compile(gm: fx.GraphModule, example_inputs, options):
     if options.inner_compiler == "eager":
         return gm.forward
@@ -82,6 +113,8 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
                            inner_compiler=opts.inner_compiler, options=dataclasses.asdict(opts),
                            pipeline=[p.name for p in pipeline_for(opts)])
     _remember(report)
+    record_dynamo_facts(gm, report)
+    report.known_calls = {site: list(calls) for site, calls in known_functions.decisions().items()}
     recorder = None
     if opts.debug_dir:
         from .debug import GraphRecorder

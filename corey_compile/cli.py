@@ -18,6 +18,8 @@ import tempfile
 import time
 import warnings
 
+from .report import chunk_text
+
 USAGE_ERROR = 2
 
 
@@ -282,6 +284,14 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
     for report in reports:
         lines += ["", f"== graph {report.graph_index}: {report.nodes_before} → {report.nodes_after} nodes, "
                       f"inner compiler {report.inner_compiler}" + (" (fell back)" if report.fell_back else "")]
+        symbolic = sorted({s for symbols in report.symbolic.values() for s in symbols})
+        lines.append("sizes: " + (f"symbolic ({', '.join(symbolic)}): one graph serves them all" if symbolic
+                                  else "static: a new length or batch compiles again"))
+        if report.recompile_reason:
+            lines.append(f"compiled again because: {report.recompile_reason}")
+        if report.known_calls:
+            rows = [[site, len(calls), "; ".join(sorted(set(calls)))] for site, calls in report.known_calls.items()]
+            lines += ["", "known functions traced:", tabulate(rows, headers=["function", "calls", "became"])]
         rows = [[p.name, p.nodes_before, p.nodes_after, p.created, p.erased, f"{p.seconds:.3f}",
                  "\n".join(p.decisions[:6] + ([f"… {len(p.decisions) - 6} more"] if len(p.decisions) > 6 else []))]
                 for p in report.passes]
@@ -294,7 +304,7 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
                 lines.append(f"  created by {p.name}: {shown}")
         if report.regions:
             rows = [[r.name, r.layer or "-", r.form, "x".join(str(r.shape[k]) for k in ("batch", "dim", "seqlen", "dstate")),
-                     r.dtype, r.chunk_size or "-", _launch_text(r.launch), ",".join(r.absorbed) or "-", "\n".join(r.reasons)]
+                     r.dtype, chunk_text(r.chunk_size), _launch_text(r.launch), ",".join(r.absorbed) or "-", "\n".join(r.reasons)]
                     for r in report.regions]
             lines += ["", "regions:", tabulate(rows, headers=["region", "layer", "form", "b×d×l×n", "dtype", "chunk",
                                                               "launch", "absorbed", "why"])]
@@ -319,7 +329,8 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
                 launches = {json.dumps(k["launch"], sort_keys=True) for k in kernel["launches"]}
                 lines.append(f"  {kernel['kernel']}: {len(kernel['launches'])} launch(es), "
                              f"{len(launches)} distinct: " + "; ".join(_launch_text(json.loads(x)) for x in sorted(launches)))
-        times = [[p.name, f"{p.seconds:.3f}"] for p in report.passes] + [
+        times = ([["Dynamo (trace, until corey got the graph)", f"{report.seconds['dynamo']:.3f}"]]
+                 if "dynamo" in report.seconds else []) + [[p.name, f"{p.seconds:.3f}"] for p in report.passes] + [
             ["all passes" + (", with recording" if "recording" in report.seconds else ""),
              f"{report.seconds.get('passes', 0):.3f}"]] + (
             [["  of which recording for --out", f"{report.seconds['recording']:.3f}"]] if "recording" in report.seconds

@@ -40,6 +40,11 @@ class RegionRecord:
     nodes_replaced: int = 0
 
 
+def chunk_text(chunk_size: int | None) -> str:
+    """A plan's chunk as the report prints it: the size, "per call" (0: chosen at run time), or "-" (a step)."""
+    return "-" if chunk_size is None else "per call" if chunk_size == 0 else str(chunk_size)
+
+
 @dataclass
 class Declined:
     """A candidate region, or a whole graph, that corey left as the model wrote it, and the pass that decided."""
@@ -62,8 +67,12 @@ class CompileReport:
     declined: list = field(default_factory=list)
     fell_back: bool = False
     fallback_reason: str = ""
-    seconds: dict = field(default_factory=dict)  # {"passes": …, "inner_compiler": …}
+    seconds: dict = field(default_factory=dict)  # {"dynamo": …, "passes": …, "inner_compiler": …}
     debug_dir: str = ""
+    compile_id: str = ""  # Dynamo's id of this compilation: "frame/compilation"
+    symbolic: dict = field(default_factory=dict)  # input name -> the symbols in its shape, where Dynamo made any
+    recompile_reason: str = ""  # the guard that failed, when Dynamo compiled this frame again
+    known_calls: dict = field(default_factory=dict)  # site -> what each call of a known function became
 
     def decline(self, what: str, reason: str, pass_name: str = "") -> None:
         self.declined.append(Declined(what, reason, pass_name))
@@ -83,12 +92,16 @@ class CompileReport:
         from tabulate import tabulate
 
         rows = [[r.name, r.layer or "-", r.form, r.op, "x".join(str(r.shape[k]) for k in ("batch", "dim", "seqlen", "dstate")),
-                 r.dtype, ",".join(r.absorbed) or "-", r.chunk_size or "-", r.nodes_replaced] for r in self.regions]
+                 r.dtype, ",".join(r.absorbed) or "-", chunk_text(r.chunk_size), r.nodes_replaced] for r in self.regions]
         text = tabulate(rows, headers=["region", "layer", "form", "op", "b×d×l×n", "dtype", "absorbed", "chunk",
                                        "nodes replaced"])
         if self.declined:
             text += "\n\n" + tabulate([[d.what, d.pass_name, d.reason] for d in self.declined],
                                       headers=["declined", "by pass", "reason"])
+        if self.known_calls:
+            rows = [[site.rsplit(".", 2)[-2] + "." + site.rsplit(".", 1)[-1], len(calls), "; ".join(sorted(set(calls)))]
+                    for site, calls in self.known_calls.items()]
+            text += "\n\n" + tabulate(rows, headers=["known function", "calls", "became"])
         if self.fell_back:
             text += f"\n\nfell back to the model's own graph: {self.fallback_reason}"
         return text

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..planning.chunk_policy import occupancy_chunk, sm_count
+from ..planning.chunk_policy import RUNTIME_CHUNK_POLICIES, run_time_chunk
 from .selective_scan.naive import selective_scan_naive, selective_state_update_naive
 
 try:
@@ -88,17 +88,20 @@ def selective_scan(
     delta_softplus: bool = False,
     initial_state: Optional[torch.Tensor] = None,
     chunk_size: int = 0,
+    chunk_policy: str = "occupancy",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """mamba-ssm's ``selective_scan_fn`` arguments in order, plus an initial state and a chunk size.
+    """mamba-ssm's ``selective_scan_fn`` arguments in order, plus an initial state and the chunk.
 
     u, delta, z: (b, d, l); A: (d, n); B, C: (b, n, l) or (b, g, n, l); D, delta_bias: (d,);
-    initial_state: (b, d, n); chunk_size 0 picks the default.
-    Returns out (b, d, l) in u's dtype, contiguous, and last_state (b, d, n) in float32.
+    initial_state: (b, d, n). ``chunk_size`` 0 has ``chunk_policy`` ("occupancy" or "seqlen")
+    choose the chunk from each call's shape: what the planner emits where the length or the
+    batch is symbolic. Returns out (b, d, l) in u's dtype, contiguous, and last_state (b, d, n)
+    in float32.
     """
     if uses_triton(u.device):
         if u.shape[-1] == 1:  # one step, as pre-5.3 transformers decodes: the decode kernel is cheaper
             return _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-        chunk_size = chunk_size or occupancy_chunk(*u.shape, sm_count(u.device))
+        chunk_size = chunk_size or run_time_chunk(chunk_policy, *u.shape, u.device)
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size=chunk_size)
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 
@@ -117,10 +120,41 @@ def _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
 
 
 @selective_scan.register_fake
-def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, chunk_size=0):
+def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, chunk_size=0,
+      chunk_policy="occupancy"):
+    if chunk_policy not in RUNTIME_CHUNK_POLICIES:
+        raise ValueError(f"chunk_policy {chunk_policy!r}: the op chooses at run time by one of {RUNTIME_CHUNK_POLICIES}")
+    return _scan_results(u, A)
+
+
+def _scan_results(u, A):
     batch, dim, _ = u.shape
     # Contiguous whatever u's layout: every implementation returns a fresh contiguous out.
     return u.new_empty(u.shape), u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("corey::unplanned_scan", mutates_args=())
+def unplanned_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    initial_state: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bare scan of a known model function, as corey's stand-in hands it to the pipeline (``known_functions``).
+
+    ``selective_scan`` without neighbours: delta already biased and activated, no D skip, no gate.
+    The match pass F4 turns it into a planned ``selective_scan`` that may absorb those neighbours;
+    where it stays in a graph (the pipeline fell back, F4 is switched off) it still computes the
+    scan, with the default launch.
+    """
+    return selective_scan(u, delta, A, B, C, initial_state=initial_state)
+
+
+@unplanned_scan.register_fake
+def _(u, delta, A, B, C, initial_state=None):
+    return _scan_results(u, A)
 
 
 @torch.library.custom_op("corey::selective_state_update", mutates_args=("state",))

@@ -16,7 +16,7 @@ from typing import Callable
 import torch.fx as fx
 
 from ..report import PassRecord
-from . import match_associative_scan, match_state_update, match_unrolled_recurrence
+from . import match_associative_scan, match_known_calls, match_state_update, match_unrolled_recurrence
 from .context import CompileContext
 from .invariants import check_invariants, graph_state
 from .lower_regions import lower_regions
@@ -42,6 +42,8 @@ PIPELINE = (
          "record associative scans whose combine is the linear recurrence (F2)"),
     Pass("match_state_update", match_pass(match_state_update.MATCHER), "F3",
          "record decode steps that update a cached state in place (F3)"),
+    Pass("match_known_calls", match_pass(match_known_calls.MATCHER), "F4",
+         "record the scans of known model functions, traced as one call (F4)"),
     Pass("measure_regions", measure_regions, None, "run the graph on the example inputs; summarize what each region reads"),
     Pass("plan_regions", plan_regions, None, "choose each region's chunk, launch and absorbed neighbours"),
     Pass("lower_regions", lower_regions, None, "replace each region with its corey:: op"),

@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 
 from ..codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
+from ..planning import RUNTIME_CHUNK_POLICIES
 from ..report import RegionRecord
 from .graph_reading import Operand, meta_value, op_name
 from .regions import BD, BDL, BDN, BN, BNL, DN, Region
@@ -147,7 +148,7 @@ def absorbed_arguments(region: Region) -> dict:
                 absorbed=absorbed)
 
 
-def _emit_scan(graph: fx.Graph, region: Region, args: dict) -> int:
+def _emit_scan(graph: fx.Graph, region: Region, args: dict, run_time_policy: str) -> int:
     output, replaced = args["output"], set(region.covered) | set(args["replaced"])
     anchor = region.op_anchor(len(args["replaced"]), {n: i for i, n in enumerate(graph.nodes)})
     delta = args["delta"]
@@ -168,7 +169,7 @@ def _emit_scan(graph: fx.Graph, region: Region, args: dict) -> int:
             z=channels_to(graph, args["z"], BDL, sizes, heads) if args["z"] else None,
             delta_bias=vector(args["delta_bias"]), delta_softplus=args["softplus"],
             initial_state=channels_to(graph, initial, BDN, sizes, heads) if initial else None,
-            chunk_size=region.plan.chunk_size))
+            chunk_size=region.plan.chunk_size, chunk_policy=run_time_policy))
         out = graph.call_function(operator.getitem, (scan, 0))
         out, out_labels = _split_heads(graph, region, out, BDL)
         if "l" not in region.output_labels:
@@ -214,10 +215,15 @@ def _emit_step(graph: fx.Graph, region: Region, args: dict) -> int:
 def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     """Replace each planned region with its op; record it in the report."""
     graph, fake_mode = gm.graph, fake_mode_of(gm)
+    # Where the plan leaves the chunk to each call (chunk 0: a symbolic length or batch), the op applies this policy.
+    run_time_policy = ctx.options.chunk_policy if ctx.options.chunk_policy in RUNTIME_CHUNK_POLICIES else "occupancy"
     for region in ctx.regions:
         args = absorbed_arguments(region)
         before = set(graph.nodes)
-        erased = (_emit_step if region.kind == "step" else _emit_scan)(graph, region, args)
+        if region.kind == "step":
+            erased = _emit_step(graph, region, args)
+        else:
+            erased = _emit_scan(graph, region, args, run_time_policy)
         set_fake_values([n for n in graph.nodes if n not in before], fake_mode)
         op = "corey::selective_state_update" if region.kind == "step" else "corey::selective_scan"
         absorbed = args["absorbed"] + (["initial_state"] if region.initial_state is not None else [])

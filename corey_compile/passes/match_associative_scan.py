@@ -10,17 +10,20 @@ recurrence composes this way, so any other combine stays unmatched.
 """
 from __future__ import annotations
 
+import torch
 import torch.fx as fx
 
 from .graph_reading import (
-    NoMatch, binary_operands, consumers_of, labels_of_base, live_users, op_name, parse_discretization, rank,
+    NoMatch, binary_operands, consumers_of, labels_of_base, live_users, meta_value, op_name, parse_discretization, rank,
     read_out_states, trace_view,
 )
 from .regions import BDN, FormMatcher, Region
 
 def is_linear_recurrence_combine(combine: fx.GraphModule) -> bool:
     """True when ``combine(a1, b1, a2, b2)`` returns exactly ``[a1*a2, a2*b1 + b2]``."""
-    placeholders = [n for n in combine.graph.nodes if n.op == "placeholder"]
+    # Under dynamic shapes Dynamo also passes the sizes' symbols; the combine reads only the four tensors.
+    placeholders = [n for n in combine.graph.nodes if n.op == "placeholder"
+                    and not (isinstance(meta_value(n), torch.SymInt) and not n.users)]
     outputs = [n for n in combine.graph.nodes if n.op == "output"]
     if len(placeholders) != 4 or len(outputs) != 1:
         return False
@@ -43,8 +46,8 @@ def match_scan_node(gm: fx.GraphModule, scan: fx.Node) -> Region:
     combine_ref, xs, additional = scan.args[:3]
     if combine_ref.op != "get_attr" or not is_linear_recurrence_combine(getattr(gm, combine_ref.target)):
         raise NoMatch("the combine function is not the linear recurrence (a1·a2, a2·b1 + b2)")
-    if len(xs) != 2 or additional:
-        raise NoMatch("expected two scanned tensors and no additional inputs")
+    if len(xs) != 2 or any(isinstance(meta_value(a), torch.Tensor) for a in additional):
+        raise NoMatch("expected two scanned tensors and no additional tensor inputs")  # symbolic sizes may come along
     decay_view, drive_view = trace_view(xs[0]), trace_view(xs[1])
     if decay_view.dim_map != drive_view.dim_map or rank(xs[1]) != 4:
         raise NoMatch("decay and drive are not laid out alike as 4-d tensors")

@@ -64,20 +64,23 @@ class Region:
         """The example (fake) tensor of an operand: u, delta, A, B, C."""
         return meta_value(getattr(self, role).node)
 
-    def size(self, label: str) -> int:
+    def size(self, label: str):
+        """The size of a dim by role: an int, or a ``torch.SymInt`` where the graph's size is symbolic."""
         for operand in (self.delta, self.u, self.A, self.B):
             if label in operand.labels:
-                return int(meta_value(operand.node).shape[operand.labels.index(label)])
+                size = meta_value(operand.node).shape[operand.labels.index(label)]
+                return static_int(size) or size
         if label == "l":
             return 1
         raise KeyError(label)
 
     def facts(self) -> RegionFacts:
         u, B = self.value("u"), self.value("B")
-        heads = self.size("h") if "h" in self.state_labels else 1
+        static = lambda label: static_int(self.size(label))  # noqa: E731 - None where symbolic
+        heads = static("h") if "h" in self.state_labels else 1
         return RegionFacts(
-            kind=self.kind, batch=self.size("b"), dim=heads * self.size("d"),
-            seqlen=self.size("l") if self.kind == "scan" else 1, dstate=self.size("n"),
+            kind=self.kind, batch=static("b"), dim=None if heads is None or static("d") is None else heads * static("d"),
+            seqlen=static("l") if self.kind == "scan" else 1, dstate=static("n"),
             groups=heads if "h" in self.B.labels else 1, dtype=str(u.dtype).removeprefix("torch."),
             bc_dtype=str(B.dtype).removeprefix("torch."), producers=tuple(n.name for n in self.producers),
             consumers=tuple(n.name for n in self.consumers), measurements=dict(self.measurements))
@@ -93,8 +96,18 @@ class Region:
         return min(stands, key=position.__getitem__)
 
     def shape(self) -> dict:
-        f = self.facts()
-        return {"batch": f.batch, "dim": f.dim, "seqlen": f.seqlen, "dstate": f.dstate}
+        """Sizes by name; a symbolic one is shown as its symbol (``s0``)."""
+        heads = self.size("h") if "h" in self.state_labels else 1
+        shape = {"batch": self.size("b"), "dim": heads * self.size("d"),
+                 "seqlen": self.size("l") if self.kind == "scan" else 1, "dstate": self.size("n")}
+        return {name: value if isinstance(value, int) else str(value) for name, value in shape.items()}
+
+
+def static_int(size) -> int | None:
+    """``size`` as an int, or None where it is a symbol (reading it would specialize the graph on it)."""
+    if isinstance(size, torch.SymInt):
+        return size.node.maybe_as_int()
+    return int(size)
 
 
 _ROOT = re.compile(r"^L\[[^\]]*\](\[\d+\])?\.?")

@@ -10,6 +10,7 @@ import functools
 from .launch import STEPS_PER_LANE, WARP_SIZE, next_power_of_2
 
 CHUNK_POLICIES = ("occupancy", "seqlen", "fixed")
+RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen")  # the policies that read the shape: the op can apply them per call
 NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
 MIN_CHUNK, MAX_CHUNK = 16, 256
 # The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
@@ -55,3 +56,12 @@ def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed
     if policy == "seqlen":
         return seqlen_chunk(seqlen), f"seqlen policy: l={seqlen}"
     raise ValueError(f"unknown chunk policy {policy!r}: valid policies are {CHUNK_POLICIES}")
+
+
+@functools.lru_cache(maxsize=4096)
+def run_time_chunk(policy: str, batch: int, dim: int, seqlen: int, device) -> int:
+    """The chunk ``policy`` gives one call's shape: how an op whose length or batch was symbolic at
+    compile time chooses (cached, so repeated shapes cost a dictionary lookup)."""
+    if policy not in RUNTIME_CHUNK_POLICIES:
+        raise ValueError(f"chunk policy {policy!r} cannot be applied at run time: choose one of {RUNTIME_CHUNK_POLICIES}")
+    return choose_chunk(policy, batch, dim, seqlen, sm_count(device), 0)[0]

@@ -40,7 +40,7 @@ def test_dump_a_preset_as_one_json_document():
     assert document["pipeline"] == PASSES and [p["name"] for p in graph["passes"]] == PASSES
     assert [r["layer"] for r in graph["regions"]] == ["backbone.layers.0.mixer", "backbone.layers.1.mixer"]
     for region in graph["regions"]:
-        assert region["form"] == "F1 unrolled recurrence" and region["shape"]["seqlen"] == 5
+        assert region["form"] == "F4 known function" and region["shape"]["seqlen"] == 5
         assert region["chunk_size"] == 16 and region["launch"]["grid"] == [8, 1] and region["reasons"]
     assert graph["kernels"][0]["kernel"] == "selective_scan_fwd" and len(graph["kernels"][0]["launches"]) == 2
     assert "[" in done.stderr and "pass lower_regions" in done.stderr  # progress goes to stderr

@@ -12,6 +12,14 @@ from corey_compile.models import build_mamba
 
 LAYERS = 2
 LEGACY = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 3)
+# "known": transformers' scan reaches corey as one call (F4, corey_compile.known_functions), the default;
+# "structural": without F4 the library's loop is traced and the structural matchers find it.
+FORMS = {"known": {}, "structural": {"match_forms": ["F1", "F2", "F3"]}}
+PREFILL_FORM = {"known": "F4 known function", "structural": "F1 unrolled recurrence"}
+# Before 5.3 a decode step is the same loop, one step long, from the cached state; since then it is a
+# separate step function (F3).
+DECODE_FORM = {"known": "F4 known function" if LEGACY else "F3 state update",
+               "structural": "F1 unrolled recurrence" if LEGACY else "F3 state update"}
 
 
 def _model():
@@ -23,8 +31,9 @@ def _prompt(batch, seqlen, vocab):
     return torch.randint(1, vocab, (batch, seqlen), generator=torch.Generator().manual_seed(seqlen))
 
 
+@pytest.mark.parametrize("forms", list(FORMS))
 @pytest.mark.parametrize("seqlen", [1, 7, 63])
-def test_logits_match_eager(seqlen):
+def test_logits_match_eager(seqlen, forms):
     model = _model()
     prompt = _prompt(2, seqlen, model.config.vocab_size)
     # Before 5.3 a forward without a cache builds one, and Dynamo (torch 2.13) refuses that
@@ -32,22 +41,22 @@ def test_logits_match_eager(seqlen):
     kwargs = dict(use_cache=False) if LEGACY else {}
     with torch.no_grad():
         ref = model(prompt, **kwargs).logits
-        model.compile(backend="corey", options={"inner_compiler": "eager", "strict": True})
+        model.compile(backend="corey", options={"inner_compiler": "eager", "strict": True, **FORMS[forms]})
         out = model(prompt, **kwargs).logits
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     (report,) = corey_compile.all_reports()
     assert [r.op for r in report.regions] == ["corey::selective_scan"] * LAYERS
-    assert all(r.shape["seqlen"] == seqlen for r in report.regions)
+    assert all(r.shape["seqlen"] == seqlen and r.form == PREFILL_FORM[forms] for r in report.regions)
 
 
-@pytest.mark.parametrize("inner", ["eager", "inductor"])
-def test_greedy_generation_is_token_identical(inner):
+@pytest.mark.parametrize("inner, forms", [("eager", "known"), ("inductor", "known"), ("eager", "structural")])
+def test_greedy_generation_is_token_identical(inner, forms):
     model = _model()
     prompt = _prompt(2, 7, model.config.vocab_size)
     kwargs = dict(max_new_tokens=16, do_sample=False, attention_mask=torch.ones_like(prompt))
     with torch.no_grad():
         ref = model.generate(prompt, **kwargs)
-        model.compile(backend="corey", options={"inner_compiler": inner, "strict": True})
+        model.compile(backend="corey", options={"inner_compiler": inner, "strict": True, **FORMS[forms]})
         out = model.generate(prompt, **kwargs)
     assert out.shape[1] == prompt.shape[1] + 16
     assert torch.equal(out, ref)
@@ -57,6 +66,5 @@ def test_greedy_generation_is_token_identical(inner):
     assert prefill and decode
     for report in prefill + decode:
         assert len(report.regions) == LAYERS and not report.fell_back
-    # Before 5.3 a decode step is the same loop, one step long, from the cached state.
-    expected_decode = "F1 unrolled recurrence" if LEGACY else "F3 state update"
-    assert {r.form for r in decode[0].regions} == {expected_decode}
+    assert {r.form for r in prefill[0].regions} == {PREFILL_FORM[forms]}
+    assert {r.form for r in decode[0].regions} == {DECODE_FORM[forms]}
