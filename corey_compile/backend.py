@@ -114,7 +114,7 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
                            pipeline=[p.name for p in pipeline_for(opts)])
     _remember(report)
     record_dynamo_facts(gm, report)
-    report.known_calls = {site: list(calls) for site, calls in known_functions.decisions().items()}
+    report.known_calls = known_functions.take_decisions()
     recorder = None
     if opts.debug_dir:
         from .debug import GraphRecorder

@@ -136,7 +136,7 @@ def _legacy_mixer_stand_in(site: str, original: Callable) -> Callable:
     def slow_forward(self, input_states, cache_params=None, cache_position=None, attention_mask=None):
         reason = ""
         if input_states.dim() != 3 or input_states.dtype not in FLOATS:
-            reason = "the input is not a float (b, l, hidden) tensor"
+            reason = "the input is not a float16, bfloat16 or float32 (b, l, hidden) tensor"
         elif torch.is_grad_enabled() and (self.A_log.requires_grad or input_states.requires_grad):
             reason = "an input requires grad: corey compiles inference, the op has no backward"
         if not (torch.compiler.is_compiling() and _take(site, reason)):
@@ -325,9 +325,10 @@ def _compile_id() -> str:
     return str(compile_id) if compile_id is not None else ""
 
 
-def decisions(compile_id: str | None = None) -> dict:
-    """{site: [what happened at each call]} for one Dynamo compilation (the current one by default)."""
-    return _DECISIONS.get(_compile_id() if compile_id is None else compile_id, {})
+def take_decisions(compile_id: str | None = None) -> dict:
+    """{site: [what happened at each call]} for one Dynamo compilation (the current one by default), removed
+    from the record: Dynamo numbers compilations afresh after ``torch._dynamo.reset()``."""
+    return _DECISIONS.pop(_compile_id() if compile_id is None else compile_id, {})
 
 
 def _corey_options(backend) -> dict | None:

@@ -1,5 +1,7 @@
 """Each stage alone: matchers record and rewrite nothing, the planner under every policy, lowering, measuring,
 and the invariant check itself."""
+import itertools
+
 import pytest
 import torch
 
@@ -108,6 +110,47 @@ def test_the_planner_for_steps_and_the_fusion_policies():
     assert plan.absorbed == [] and "none" in plan.reasons[-1]
     with pytest.raises(ValueError, match="valid policies are"):
         plan_region(step, chunk_policy="occupancy", chunk_size=64, fusion="greedy", sms=132)
+
+
+@pytest.mark.parametrize("policy", ["occupancy", "seqlen", "fixed"])
+@pytest.mark.parametrize("symbolic", [("seqlen",), ("batch", "seqlen"), ("dim",)])
+def test_a_symbolic_size_leaves_the_launch_to_each_call(policy, symbolic):
+    sizes = dict(batch=2, dim=2048, seqlen=300) | {name: None for name in symbolic}
+    facts = RegionFacts(kind="scan", dstate=16, groups=1, dtype="float16", bc_dtype="float16", **sizes)
+    plan = plan_region(facts, chunk_policy=policy, chunk_size=32, fusion="all", sms=132)
+    assert plan.launch == {} and " and ".join(symbolic) in plan.reasons[0].replace(", ", " and ")
+    assert plan.chunk_size == (32 if policy == "fixed" else 0)  # 0: the op applies the policy per call
+    step = RegionFacts(kind="step", seqlen=1, dstate=16, groups=1, dtype="float16", bc_dtype="float16",
+                       **{k: v for k, v in sizes.items() if k != "seqlen"})
+    if "batch" in symbolic or "dim" in symbolic:
+        assert plan_region(step, chunk_policy=policy, chunk_size=32, fusion="all", sms=132).launch == {}
+
+
+def test_the_run_time_chunk_is_the_policy_applied_to_the_call():
+    from corey_compile.planning import choose_chunk, run_time_chunk, sm_count
+
+    cpu = torch.device("cpu")
+    for policy, (batch, dim, seqlen) in itertools.product(("occupancy", "seqlen"), [(1, 2048, 2048), (8, 1536, 40)]):
+        assert run_time_chunk(policy, batch, dim, seqlen, cpu) == choose_chunk(policy, batch, dim, seqlen,
+                                                                               sm_count(cpu), 0)[0]
+    with pytest.raises(ValueError, match="cannot be applied at run time"):
+        run_time_chunk("fixed", 1, 2048, 2048, cpu)
+
+
+def test_identical_facts_are_planned_once():
+    from corey_compile.planning import plan as planning
+
+    planning._plan.cache_clear()
+    facts = RegionFacts(kind="scan", batch=1, dim=2048, seqlen=2048, dstate=16, groups=1, dtype="float16",
+                        bc_dtype="float16", producers=("softplus",), consumers=("D",))
+    first = plan_region(facts, chunk_policy="occupancy", chunk_size=0, fusion="all", sms=132)
+    first.reasons.append("changed by its region")  # each region gets its own copy
+    second = plan_region(facts, chunk_policy="occupancy", chunk_size=0, fusion="all", sms=132)
+    assert planning._plan.cache_info().misses == 1 and planning._plan.cache_info().hits == 1
+    assert "changed by its region" not in second.reasons and second.launch == first.launch
+    measured = RegionFacts(**{**facts.__dict__, "measurements": {"u": {"rms": 1.0}}})
+    plan_region(measured, chunk_policy="occupancy", chunk_size=0, fusion="all", sms=132)
+    assert planning._plan.cache_info().misses == 1 and planning._plan.cache_info().hits == 1  # measured: not cached
 
 
 def test_the_plan_stage_plans_every_region_without_touching_the_graph():

@@ -1,0 +1,141 @@
+"""How long a user waits for compilation: transformers Mamba, first call and each new prompt length.
+
+Usage (on the GPU machine):
+    python benchmarks/compile_time.py --presets 130m 1.4b --out results.json [--budget 120]
+
+Each configuration runs in a fresh process with empty Triton and Inductor caches (a new
+user's first call), on random weights in float16, batch 1:
+
+- ``corey``: ``torch.compile(model, backend="corey")``, the default (transformers' scan reaches
+  corey as one call, F4), with the model configured for either of transformers' forms
+  (``loop``, or ``assoc``: ``use_associative_scan=True`` with transformers' exporting check
+  patched to False so that its associative_scan path is taken);
+- ``corey-structural``: corey with ``match_forms=F1,F2,F3``, i.e. the library's own trace that the
+  structural matchers rewrite (the path before known functions);
+- ``inductor``: stock ``torch.compile`` on the same forms.
+
+Each process calls the model at l=2048 (the first call: Dynamo, corey's passes, Inductor, the
+Triton compilations and one run), then at l=1000, 3000, 4096 and 8192, and reports each call's
+wall time, the Dynamo graphs compiled so far and, for corey, each graph's time by stage. A
+process that passes ``--budget`` seconds is stopped and its remaining calls recorded as
+"not done within N s". One JSON document goes to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+LENGTHS = (2048, 1000, 3000, 4096, 8192)
+CONFIGS = (
+    ("corey", "loop"), ("corey", "assoc"), ("corey-structural", "assoc"), ("corey-structural", "loop"),
+    ("inductor", "assoc"), ("inductor", "loop"),
+)
+
+
+def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
+    """One configuration in this process; one JSON line per call on stdout."""
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    import corey_compile
+    from corey_compile.models import build_mamba
+
+    if form == "assoc":  # transformers takes associative_scan only when not exporting; torch 2.11 reads exporting
+        import transformers.models.mamba.modeling_mamba as modeling
+
+        modeling.is_torchdynamo_exporting = lambda: False
+    model = build_mamba(preset, use_associative_scan=(form == "assoc"), dtype=torch.float16 if device == "cuda" else torch.float32,
+                        device=device)
+    if backend == "inductor":
+        compiled = torch.compile(model)
+    else:
+        options = {"match_forms": ["F1", "F2", "F3"]} if backend == "corey-structural" else {}
+        compiled = torch.compile(model, backend="corey", options=options)
+    from torch._dynamo.utils import counters
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    for seqlen in lengths:
+        ids = torch.randint(1, model.config.vocab_size, (1, seqlen), device=device)
+        reports_before = len(corey_compile.all_reports())
+        sync()
+        start = time.perf_counter()
+        with torch.no_grad():
+            compiled(ids, use_cache=False)
+        sync()
+        seconds = time.perf_counter() - start
+        graphs = [{"graph": r.graph_index, "compile_id": r.compile_id, "seconds": r.seconds,
+                   "symbolic": sorted({s for v in r.symbolic.values() for s in v}),
+                   "recompile_reason": r.recompile_reason, "regions": len(r.regions),
+                   "forms": sorted({x.form for x in r.regions}), "nodes": r.nodes_before,
+                   "passes": {p.name: p.seconds for p in r.passes}}
+                  for r in corey_compile.all_reports()[reports_before:]]
+        print(json.dumps({"seqlen": seqlen, "seconds": round(seconds, 3),
+                          "graphs_total": int(counters["stats"]["unique_graphs"]), "new_graphs": graphs}), flush=True)
+
+
+def run_config(preset: str, backend: str, form: str, budget: float, device: str, lengths) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
+                   TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"), PYTHONUNBUFFERED="1")
+        start = time.perf_counter()
+        process = subprocess.Popen([sys.executable, __file__, "--job", preset, backend, form, device,
+                                    "--lengths", *map(str, lengths)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            out, err = process.communicate(timeout=budget)
+            finished = True
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+            finished = False
+    calls = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    done = {c["seqlen"] for c in calls}
+    result = {"preset": preset, "backend": backend, "form": form, "calls": calls,
+              "wall_seconds": round(time.perf_counter() - start, 1)}
+    if not finished:
+        result["not_done"] = [f"l={n}: not done within {budget:.0f} s" for n in lengths if n not in done]
+    elif process.returncode != 0:
+        result["error"] = err[-3000:]
+    print(json.dumps({k: v for k, v in result.items() if k != "calls"}
+                     | {"seconds": [(c["seqlen"], c["seconds"], c["graphs_total"]) for c in calls]}), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["130m"])
+    parser.add_argument("--configs", nargs="+", default=[f"{b}:{f}" for b, f in CONFIGS],
+                        help="backend:form pairs, from " + ", ".join(f"{b}:{f}" for b, f in CONFIGS))
+    parser.add_argument("--budget", type=float, default=120.0, help="seconds per configuration process")
+    parser.add_argument("--device", default="cuda", help="cuda (float16), or cpu (float32) to try the script out")
+    parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS), help="the first is the first call's")
+    parser.add_argument("--out")
+    parser.add_argument("--job", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.job:
+        job(*args.job, args.lengths)
+        return
+    import torch
+    import transformers
+    import triton
+
+    results = {"gpu": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+               "triton": triton.__version__, "transformers": transformers.__version__,
+               "dtype": "float16" if args.device == "cuda" else "float32", "batch": 1, "lengths": args.lengths,
+               "budget_seconds": args.budget, "runs": []}
+    for preset in args.presets:
+        for config in args.configs:
+            backend, form = config.split(":")
+            results["runs"].append(run_config(preset, backend, form, args.budget, args.device, args.lengths))
+            with open(args.out, "w") as f:  # after each run: a stopped command keeps what it measured
+                json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

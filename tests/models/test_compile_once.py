@@ -1,0 +1,157 @@
+"""Compile once per model: transformers' scan reaches corey as one call, so a new prompt length or batch
+reuses the compiled graph, and the library's loop over time is never traced for corey.
+
+Traces are counted, not timed: each trace of a known function records what it became
+(``report.known_calls``), and each Dynamo graph is one report. Runs on whichever transformers
+is importable (``make test`` runs this folder on the newest release and on 5.2, whose loop is
+inside ``MambaMixer.slow_forward``).
+"""
+import pytest
+import torch
+import transformers
+
+import corey_compile
+from corey_compile import known_functions
+from corey_compile.models import build_mamba
+from corey_compile.planning import plan as planning
+
+LAYERS = 2
+LEGACY = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 3)
+SITE = ("transformers.models.mamba.modeling_mamba.MambaMixer.slow_forward" if LEGACY
+        else "transformers.models.mamba.modeling_mamba.mamba_selective_scan")
+# Before 5.3 a forward without a cache builds one inside the graph, which Dynamo (torch 2.13) refuses
+# whatever the backend; generate() builds it outside.
+FORWARD = dict(use_cache=False) if LEGACY else {}
+EAGER = {"inner_compiler": "eager", "strict": True}
+
+
+@pytest.fixture(autouse=True)
+def _torch_path_for_the_ops(monkeypatch):
+    """These tests count compilations; the ops take their torch path rather than the Triton interpreter (the
+    kernels run in the interpreter in tests/codegen and in the other model tests)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+def _model(dtype=torch.float32):
+    return build_mamba("tiny", num_hidden_layers=LAYERS, use_associative_scan=False, dtype=dtype, seed=0)
+
+
+def _prompt(batch, seqlen):
+    return torch.randint(1, 256, (batch, seqlen), generator=torch.Generator().manual_seed(batch * 100 + seqlen))
+
+
+def _run_shapes(model, compiled, shapes):
+    """Call at each (batch, length), checking the logits against eager; the number of graphs after each call."""
+    graphs = []
+    for batch, seqlen in shapes:
+        prompt = _prompt(batch, seqlen)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(prompt, **FORWARD).logits, model(prompt, **FORWARD).logits,
+                                       rtol=1e-4, atol=1e-4)
+        graphs.append(len(corey_compile.all_reports()))
+    return graphs
+
+
+def test_new_prompt_lengths_reuse_the_graph_and_never_trace_the_loop():
+    model = _model()
+    compiled = torch.compile(model, backend="corey", options=EAGER)
+    # The first length compiles a static graph; the second makes Dynamo mark the length dynamic; from the
+    # third on the graph is reused.
+    assert _run_shapes(model, compiled, [(1, 9), (1, 13), (1, 17), (1, 30)]) == [1, 2, 2, 2]
+    first, second = corey_compile.all_reports()
+    for report in (first, second):
+        assert report.known_calls == {SITE: ["one call"] * LAYERS}  # one trace per layer, none of the loop
+        assert [r.form for r in report.regions] == ["F4 known function"] * LAYERS
+    assert not first.symbolic and first.regions[0].shape["seqlen"] == 9 and first.regions[0].chunk_size == 16
+    assert "size mismatch at index 1" in second.recompile_reason
+    length = second.regions[0].shape["seqlen"]
+    assert isinstance(length, str) and any(length in symbols for symbols in second.symbolic.values())
+    assert second.regions[0].chunk_size == 0 and "per call" in " ".join(second.regions[0].reasons)
+    assert set(second.seconds) >= {"dynamo", "passes", "inner_compiler"}
+
+
+def test_dynamic_true_compiles_one_graph_for_every_length_and_batch():
+    model = _model()
+    compiled = torch.compile(model, backend="corey", dynamic=True, options=EAGER)
+    # Batches of two and more: Dynamo specializes a size of one whatever the backend.
+    assert _run_shapes(model, compiled, [(2, 9), (2, 13), (3, 17), (5, 11)]) == [1, 1, 1, 1]
+    (report,) = corey_compile.all_reports()
+    assert {r.shape["batch"] for r in report.regions} == {r.shape["batch"] for r in report.regions[:1]}
+    assert all(isinstance(r.shape["batch"], str) and isinstance(r.shape["seqlen"], str) for r in report.regions)
+
+
+def test_the_loop_form_through_the_structural_matcher_still_compiles_per_length():
+    """Without F4 the library's loop is traced (the form corey's structural matcher finds), one graph per length."""
+    model = _model()
+    compiled = torch.compile(model, backend="corey", options={**EAGER, "match_forms": ["F1", "F2", "F3"]})
+    assert _run_shapes(model, compiled, [(1, 5), (1, 7)]) == [1, 2]
+    for report in corey_compile.all_reports():
+        assert report.known_calls == {SITE: ["traced as written: match_forms leaves out F4"] * LAYERS}
+        assert [r.form for r in report.regions] == ["F1 unrolled recurrence"] * LAYERS
+
+
+def test_identical_layers_share_one_plan_and_one_launch():
+    planning._plan.cache_clear()
+    model = _model()
+    _run_shapes(model, torch.compile(model, backend="corey", options=EAGER), [(1, 9)])
+    (report,) = corey_compile.all_reports()
+    first, second = report.regions
+    assert planning._plan.cache_info().misses == 1 and planning._plan.cache_info().hits == LAYERS - 1
+    assert second.launch == first.launch and second.chunk_size == first.chunk_size
+    assert f"same shapes, dtypes and neighbours as {first.name}: its plan and kernel" in second.reasons
+
+
+def test_generate_after_prompts_of_different_lengths_compiles_its_decode_graph_once():
+    model = _model()
+    kwargs = dict(max_new_tokens=3, do_sample=False)
+    prompts = [_prompt(1, seqlen) for seqlen in (9, 13, 17)]
+    with torch.no_grad():
+        expected = [model.generate(p, attention_mask=torch.ones_like(p), **kwargs) for p in prompts]
+        model.compile(backend="corey", options=EAGER)
+        for prompt, want in zip(prompts, expected):
+            assert torch.equal(model.generate(prompt, attention_mask=torch.ones_like(prompt), **kwargs), want)
+    reports = corey_compile.all_reports()
+    decode = [r for r in reports if r.regions and r.regions[0].shape["seqlen"] == 1]
+    prefill = [r for r in reports if r.regions and r.regions[0].shape["seqlen"] != 1]
+    assert len(decode) == 1 and len(prefill) == 2, [(r.regions[0].shape, r.recompile_reason) for r in reports]
+
+
+def test_other_backends_and_eager_run_the_library_function_as_written():
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = _model()
+    for seqlen in (5, 9):
+        torch._dynamo.reset()
+        prompt = _prompt(1, seqlen)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.compile(model, backend=counting_backend)(prompt, **FORWARD).logits,
+                                       model(prompt, **FORWARD).logits)
+    short, long = graphs
+    for gm in graphs:
+        assert not any("corey" in str(node.target) for node in gm.graph.nodes)
+    assert len(long.graph.nodes) > len(short.graph.nodes)  # the loop, unrolled: longer for a longer prompt
+    assert known_functions.take_decisions() == {}  # another backend: the stand-ins recorded nothing
+    installed = known_functions.install()
+    original, _ = installed[SITE]
+    if not LEGACY:  # Dynamo keeps the stand-in aside: the module's function is the library's own
+        import transformers.models.mamba.modeling_mamba as modeling
+
+        assert modeling.mamba_selective_scan is original
+
+
+@pytest.mark.parametrize("why", ["float64", "grad"])
+def test_arguments_it_does_not_know_are_traced_as_written(why):
+    model = _model(torch.float64 if why == "float64" else torch.float32)
+    prompt = _prompt(1, 6)
+    compiled = torch.compile(model, backend="corey", options=EAGER)
+    with torch.set_grad_enabled(why == "grad"):
+        torch.testing.assert_close(compiled(prompt, **FORWARD).logits, model(prompt, **FORWARD).logits)
+    (report,) = corey_compile.all_reports()
+    (calls,) = report.known_calls.values()
+    reason = "requires grad" if why == "grad" else "float16, bfloat16 or float32"
+    assert len(calls) == LAYERS and all(c.startswith("traced as written: ") and reason in c for c in calls)
+    assert not any(r.form == "F4 known function" for r in report.regions)
