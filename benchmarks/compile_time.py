@@ -12,6 +12,10 @@ user's first call), on random weights in float16, batch 1:
   patched to False so that its associative_scan path is taken);
 - ``corey-structural``: corey with ``match_forms=F1,F2,F3``, i.e. the library's own trace that the
   structural matchers rewrite (the path before known functions);
+- ``corey-dynamic``: corey with ``dynamic=True`` (one graph from the first call on);
+- ``corey-warm-cache``: corey again, in a new process that finds the Triton and Inductor caches
+  the ``corey`` run left (every later session of a user on the same machine);
+- ``corey-no-warmup``: corey without compiling its kernels beside Inductor (``warm_up_kernels=False``);
 - ``inductor``: stock ``torch.compile`` on the same forms.
 
 Each process calls the model at l=2048 (the first call: Dynamo, corey's passes, Inductor, the
@@ -32,8 +36,9 @@ import time
 
 LENGTHS = (2048, 1000, 3000, 4096, 8192)
 CONFIGS = (
-    ("corey", "loop"), ("corey", "assoc"), ("corey-structural", "assoc"), ("corey-structural", "loop"),
-    ("inductor", "assoc"), ("inductor", "loop"),
+    ("corey", "loop"), ("corey-warm-cache", "loop"), ("corey", "assoc"), ("corey-dynamic", "loop"),
+    ("corey-no-warmup", "loop"),
+    ("corey-structural", "assoc"), ("corey-structural", "loop"), ("inductor", "assoc"), ("inductor", "loop"),
 )
 
 
@@ -54,8 +59,9 @@ def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
     if backend == "inductor":
         compiled = torch.compile(model)
     else:
-        options = {"match_forms": ["F1", "F2", "F3"]} if backend == "corey-structural" else {}
-        compiled = torch.compile(model, backend="corey", options=options)
+        options = {"corey-structural": {"match_forms": ["F1", "F2", "F3"]},
+                   "corey-no-warmup": {"warm_up_kernels": False}}.get(backend, {})
+        compiled = torch.compile(model, backend="corey", options=options, dynamic=True if backend == "corey-dynamic" else None)
     from torch._dynamo.utils import counters
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -79,8 +85,10 @@ def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
                           "graphs_total": int(counters["stats"]["unique_graphs"]), "new_graphs": graphs}), flush=True)
 
 
-def run_config(preset: str, backend: str, form: str, budget: float, device: str, lengths) -> dict:
-    with tempfile.TemporaryDirectory() as cache:
+def run_config(preset: str, backend: str, form: str, budget: float, device: str, lengths, shared_cache: str) -> dict:
+    with tempfile.TemporaryDirectory() as fresh:
+        # "corey" fills the shared caches from empty; "corey-warm-cache" then starts with what it left there
+        cache = shared_cache if backend == "corey-warm-cache" or (backend, form) == ("corey", "loop") else fresh
         env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                    TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"), PYTHONUNBUFFERED="1")
         start = time.perf_counter()
@@ -130,9 +138,11 @@ def main() -> None:
                "dtype": "float16" if args.device == "cuda" else "float32", "batch": 1, "lengths": args.lengths,
                "budget_seconds": args.budget, "runs": []}
     for preset in args.presets:
+        shared_cache = tempfile.mkdtemp()
         for config in args.configs:
             backend, form = config.split(":")
-            results["runs"].append(run_config(preset, backend, form, args.budget, args.device, args.lengths))
+            results["runs"].append(run_config(preset, backend, form, args.budget, args.device, args.lengths,
+                                              shared_cache))
             with open(args.out, "w") as f:  # after each run: a stopped command keeps what it measured
                 json.dump(results, f, indent=1)
 

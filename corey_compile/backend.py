@@ -11,6 +11,7 @@ import torch
 import torch.fx as fx
 
 from . import known_functions
+from .codegen.warmup import start_warmup
 from .options import resolve_options
 from .passes import CompileContext, PassError, pipeline_for, run_pipeline
 from .report import CompileReport
@@ -49,6 +50,10 @@ def _say(text: str) -> None:
 def _remember(report: CompileReport) -> None:
     _REPORTS.append(report)
     del _REPORTS[:-_MAX_REPORTS]
+
+
+def _device_of(example_inputs) -> torch.device:
+    return next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
 
 
 def _requires_grad(example_inputs) -> bool:
@@ -125,8 +130,8 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
         report.decline("whole graph", "inputs require grad: corey compiles inference graphs; ran the graph unchanged")
         rewritten = gm
     else:
-        device = next((t.device for t in example_inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
-        ctx = CompileContext(options=opts, report=report, device=device, example_inputs=list(example_inputs),
+        ctx = CompileContext(options=opts, report=report, device=_device_of(example_inputs),
+                             example_inputs=list(example_inputs),
                              progress=_progress)
         start = time.perf_counter()
         try:
@@ -141,9 +146,16 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
         report.seconds["passes"] = round(time.perf_counter() - start, 4)
     report.nodes_after = len(rewritten.graph.nodes)
     _say(f"graph {report.graph_index}: inner compiler {opts.inner_compiler}")
+    warmup = start_warmup(rewritten, _device_of(example_inputs)) if opts.warm_up_kernels else None
     start = time.perf_counter()
     compiled = _inner_compile(rewritten, example_inputs, opts)
     report.seconds["inner_compiler"] = round(time.perf_counter() - start, 4)
+    if warmup is not None:
+        start = time.perf_counter()
+        report.seconds["kernel_warmup"] = round(warmup.join(), 4)  # in the background, beside the inner compiler
+        report.seconds["kernel_warmup_waited"] = round(time.perf_counter() - start, 4)
+        if warmup.error:
+            report.decline("kernel warm-up", f"{warmup.error}; the first run compiles the kernels instead")
     if recorder is not None:
         report.debug_dir = str(recorder.folder)
         recorder.finish(report)
