@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import itertools
+import pathlib
 import time
 import warnings
 from typing import Callable
@@ -98,12 +101,45 @@ def record_dynamo_facts(gm: fx.GraphModule, report: CompileReport) -> None:
         pass
 
 
+@functools.lru_cache(maxsize=1)
+def corey_cache_key() -> str:
+    """A digest of corey's op and kernel sources: what Inductor's graph cache must also key on."""
+    codegen = pathlib.Path(__file__).parent / "codegen"
+    digest = hashlib.sha256()
+    for path in sorted(codegen.rglob("*.py")):
+        digest.update(path.relative_to(codegen).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _cache_key_pass():
+    """A post-grad pass that changes nothing and whose uuid is ``corey_cache_key()``.
+
+    Inductor's FX graph cache keys on the graph and the ops' names, not on a custom op's fake
+    kernel or implementation: an entry made by an older corey would replay that corey's strides.
+    A custom pass's uuid is part of the key, so this one makes corey's sources part of it.
+    """
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class CoreyCacheKey(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            return None
+
+        def uuid(self) -> str:
+            return corey_cache_key()
+
+    return CoreyCacheKey()
+
+
 def _inner_compile(gm: fx.GraphModule, example_inputs, options):
     if options.inner_compiler == "eager":
         return gm.forward
+    from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs)
+    if inductor_config.post_grad_custom_pre_pass is not None:  # the user's own pass keys the cache its way
+        return compile_fx(gm, example_inputs)
+    with inductor_config.patch(post_grad_custom_pre_pass=_cache_key_pass()):
+        return compile_fx(gm, example_inputs)
 
 
 def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None, mode: str | None = None, **kwargs):

@@ -78,3 +78,50 @@ def test_match_forms_option_disables_a_matcher():
     fn = torch.compile(forms.loop_matmul_readout, backend="corey", options={"match_forms": ["F2"], "inner_compiler": "eager"})
     fn(**scan_inputs(l=4))
     assert corey_compile.last_report().regions == []
+
+
+def _inductor_cache_passes(monkeypatch, user_pass=None):
+    """The post-grad pre-pass Inductor sees while corey's inner compiler runs (what its graph cache keys on)."""
+    from torch._inductor import compile_fx as inductor
+    from torch._inductor import config as inductor_config
+
+    seen = []
+    real = inductor.compile_fx
+
+    def spy(gm, example_inputs, *args, **kwargs):
+        seen.append(inductor_config.post_grad_custom_pre_pass)
+        return real(gm, example_inputs, *args, **kwargs)
+
+    monkeypatch.setattr(inductor, "compile_fx", spy)
+    with inductor_config.patch(post_grad_custom_pre_pass=user_pass):
+        torch.compile(forms.loop_matmul_readout, backend="corey")(**scan_inputs(l=3))
+    return seen
+
+
+def test_inductors_graph_cache_keys_on_corey_sources(monkeypatch):
+    import hashlib
+    import pathlib
+
+    codegen = pathlib.Path(corey_compile.__file__).parent / "codegen"
+    digest = hashlib.sha256()
+    for path in sorted(codegen.rglob("*.py")):
+        digest.update(path.relative_to(codegen).as_posix().encode() + b"\0" + path.read_bytes())
+    (key_pass,) = _inductor_cache_passes(monkeypatch)
+    assert key_pass.uuid() == digest.hexdigest()  # a change to an op or a kernel is a change of key
+    graph = torch.fx.Graph()
+    graph.output(None)
+    assert key_pass(graph) is None and len(graph.nodes) == 1  # it changes nothing
+
+
+def test_a_users_own_inductor_pass_is_left_in_place(monkeypatch):
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class Mine(CustomGraphPass):
+        def __call__(self, graph):
+            return None
+
+        def uuid(self):
+            return "mine"
+
+    mine = Mine()
+    assert _inductor_cache_passes(monkeypatch, mine) == [mine]
