@@ -7,8 +7,9 @@ process before it calls the inner compiler and waits for it after: the child run
 op call of the graph (same shapes, strides, dtypes and flags: the layers of a model share one)
 once on zero-filled tensors of the sizes of the call being compiled (a symbolic size by its value
 in the example inputs), so Triton compiles exactly the specializations the first run needs, into
-its on-disk cache, where the parent's first launch finds them. Nothing the user owns is read or
-written.
+its on-disk cache, where the parent's first launch finds them. Where the length is symbolic, the
+scan also runs at a length of the other Triton specialization (divisible by 16 or not), which the
+next prompt length may need. Nothing the user owns is read or written.
 """
 from __future__ import annotations
 
@@ -25,62 +26,64 @@ import torch.fx as fx
 _OPS = {"selective_scan", "selective_state_update"}
 
 
-def _concrete(size) -> int:
-    """A size as an int: a symbolic one by its value in the example inputs (its hint)."""
+def _concrete(size, values: dict) -> int:
+    """A size as an int: a symbolic one evaluated at ``values`` (symbol -> int), else at the example inputs."""
     if isinstance(size, torch.SymInt):
-        hint = size.node.hint
-        if hint is None:
+        if size.node.maybe_as_int() is not None:
+            return size.node.maybe_as_int()
+        expr, shape_env = size.node.expr, size.node.shape_env
+        known = {sym: values[sym] if sym in values else shape_env.var_to_val.get(sym) for sym in expr.free_symbols}
+        if any(v is None for v in known.values()):
             raise ValueError("a symbolic size without an example value")
-        return int(hint)
+        return int(expr.subs(known))
     return int(size)
 
 
-def _stand_in(value, device):
-    """A zero tensor shaped, strided and typed like ``value`` (a fake tensor); other arguments as they are."""
+def _spec(value, values: dict):
+    """``value`` as JSON: a tensor by its concrete sizes, strides and dtype; other arguments as they are."""
     if isinstance(value, torch.Tensor):
-        sizes = [_concrete(s) for s in value.shape]
-        strides = [_concrete(s) for s in value.stride()]
-        return torch.empty_strided(sizes, strides, dtype=value.dtype, device=device).zero_()
-    if isinstance(value, torch.SymInt):
-        return _concrete(value)
-    return value
+        return {"sizes": [_concrete(x, values) for x in value.shape],
+                "strides": [_concrete(x, values) for x in value.stride()], "dtype": str(value.dtype).removeprefix("torch.")}
+    return _concrete(value, values) if isinstance(value, torch.SymInt) else value
 
 
-def _signature(args, kwargs) -> tuple:
-    def key(value):
-        if isinstance(value, torch.Tensor):
-            return ("tensor", tuple(_concrete(s) for s in value.shape), tuple(_concrete(s) for s in value.stride()),
-                    value.dtype)
-        return ("value", _concrete(value) if isinstance(value, torch.SymInt) else value)
-
-    return tuple(key(a) for a in args), tuple((k, key(v)) for k, v in sorted(kwargs.items()))
+def _other_alignment(args, kwargs) -> list:
+    """For a scan whose length is one symbol: that symbol at a length of the other Triton specialization
+    (Triton compiles a length divisible by 16 and one that is not separately), so that the next prompt
+    length finds its kernel compiled too. Empty otherwise."""
+    u = kwargs.get("u", args[0] if args else None)
+    length = u.shape[-1] if isinstance(u, torch.Tensor) else None
+    if not isinstance(length, torch.SymInt) or length.node.maybe_as_int() is not None:
+        return []
+    symbol = length.node.expr
+    hint = length.node.shape_env.var_to_val.get(symbol) if getattr(symbol, "is_Symbol", False) else None
+    if hint is None:
+        return []
+    hint = int(hint)
+    return [{symbol: hint - 1 if hint % 16 == 0 else (hint // 16 + 1) * 16}]
 
 
 def op_calls(gm: fx.GraphModule) -> list:
-    """(op, args, kwargs) with fake values, for each distinct corey op call in ``gm``."""
-    calls, seen = [], set()
+    """Each distinct corey op call the graph's next run makes, as JSON (op name, concrete arguments), and for a
+    scan over a symbolic length also the call at a length of the other Triton specialization."""
+    specs, seen = [], set()
     for node in gm.graph.nodes:
         if node.op != "call_function" or getattr(node.target, "namespace", None) != "corey":
             continue
         if node.target._opname not in _OPS:
             continue
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val", n.meta.get("example_value")))
-        try:
-            signature = (node.target._opname, _signature(args, kwargs))
-        except (ValueError, TypeError):
-            continue  # a size with no example value: the first run compiles this one
-        if signature not in seen:
-            seen.add(signature)
-            calls.append((node.target, args, kwargs))
-    return calls
-
-
-def _spec(value):
-    """``value`` as JSON: a tensor by its concrete sizes, strides and dtype; other arguments as they are."""
-    if isinstance(value, torch.Tensor):
-        return {"sizes": [_concrete(x) for x in value.shape], "strides": [_concrete(x) for x in value.stride()],
-                "dtype": str(value.dtype).removeprefix("torch.")}
-    return _concrete(value) if isinstance(value, torch.SymInt) else value
+        for values in [{}] + (_other_alignment(args, kwargs) if node.target._opname == "selective_scan" else []):
+            try:
+                spec = {"op": node.target._opname, "args": [_spec(a, values) for a in args],
+                        "kwargs": {k: _spec(v, values) for k, v in kwargs.items()}}
+            except (ValueError, TypeError):
+                continue  # a size with no example value: the first run compiles this one
+            key = json.dumps(spec, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                specs.append(spec)
+    return specs
 
 
 def _from_spec(spec, device):
@@ -91,30 +94,30 @@ def _from_spec(spec, device):
 
 
 class Warmup:
-    """A child process running each distinct op call once on zero tensors, so that Triton compiles the kernels
-    into its on-disk cache beside the parent's inner compiler (a thread would share the parent's interpreter
-    lock with it); the parent's first launch then loads them from the cache. ``join()`` waits for it."""
+    """Child processes, one per distinct op call, each running it once on zero tensors, so that Triton compiles
+    the kernels into its on-disk cache beside the parent's inner compiler (a thread would share the parent's
+    interpreter lock with it; one process per call compiles them side by side). The parent's first launch
+    then loads them from the cache. ``join()`` waits for them."""
 
-    def __init__(self, calls: list, device: torch.device):
+    def __init__(self, specs: list, device: torch.device):
         self.error, self.seconds = None, 0.0
-        specs = [{"op": op._opname, "args": [_spec(a) for a in args], "kwargs": {k: _spec(v) for k, v in kwargs.items()}}
-                 for op, args, kwargs in calls]
         package_root = str(pathlib.Path(__file__).resolve().parents[2])  # so the child finds corey from a checkout too
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
         self.start_time = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "corey_compile.codegen.warmup", str(device), json.dumps(specs)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        self.processes = [subprocess.Popen(
+            [sys.executable, "-m", "corey_compile.codegen.warmup", str(device), json.dumps([spec])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for spec in specs]
 
     def join(self, timeout: float = 600.0) -> float:
-        try:
-            _, err = self.process.communicate(timeout=timeout)
-            if self.process.returncode != 0:
-                self.error = (err or "").strip().splitlines()[-1:] or [f"exit status {self.process.returncode}"]
-                self.error = self.error[0]
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.error = f"still compiling after {timeout:.0f} s"
+        for process in self.processes:
+            try:
+                _, err = process.communicate(timeout=max(1.0, timeout - (time.perf_counter() - self.start_time)))
+                if process.returncode != 0 and self.error is None:
+                    lines = (err or "").strip().splitlines()
+                    self.error = lines[-1] if lines else f"exit status {process.returncode}"
+            except subprocess.TimeoutExpired:
+                process.kill()
+                self.error = f"still compiling after {timeout:.0f} s"
         self.seconds = time.perf_counter() - self.start_time
         return self.seconds
 
@@ -123,8 +126,8 @@ def start_warmup(gm: fx.GraphModule, device: torch.device) -> Warmup | None:
     """Start compiling the kernels of ``gm``'s corey ops in a child process, on a CUDA device; else None."""
     if device.type != "cuda":
         return None
-    calls = op_calls(gm)
-    return Warmup(calls, device) if calls else None
+    specs = op_calls(gm)
+    return Warmup(specs, device) if specs else None
 
 
 def _main(device: str, specs: str) -> None:
@@ -134,7 +137,8 @@ def _main(device: str, specs: str) -> None:
         for spec in json.loads(specs):
             op = getattr(torch.ops.corey, spec["op"])
             op(*[_from_spec(a, device) for a in spec["args"]], **{k: _from_spec(v, device) for k, v in spec["kwargs"].items()})
-    torch.cuda.synchronize(device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 if __name__ == "__main__":

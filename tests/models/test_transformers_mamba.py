@@ -31,8 +31,7 @@ def _prompt(batch, seqlen, vocab):
     return torch.randint(1, vocab, (batch, seqlen), generator=torch.Generator().manual_seed(seqlen))
 
 
-@pytest.mark.parametrize("forms", list(FORMS))
-@pytest.mark.parametrize("seqlen", [1, 7, 63])
+@pytest.mark.parametrize("seqlen, forms", [(1, "known"), (7, "known"), (63, "known"), (7, "structural")])
 def test_logits_match_eager(seqlen, forms):
     model = _model()
     prompt = _prompt(2, seqlen, model.config.vocab_size)

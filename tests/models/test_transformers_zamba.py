@@ -14,7 +14,8 @@ LEGACY = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 3)
 LAYERS, HEADS = 12, 2  # its tied shared attention needs two hybrid layers (4 and 10 at this period)
 
 
-@pytest.mark.parametrize("forms", [None, ["F1", "F2", "F3"]], ids=["known", "structural"])
+# Before 5.3 Zamba's loop is its own (the structural matcher's); since then, F4 or, without it, that matcher.
+@pytest.mark.parametrize("forms", [None] + ([] if LEGACY else [["F1", "F2", "F3"]]), ids=lambda f: "structural" if f else "known")
 def test_zamba_logits_match_eager_and_every_mamba_layer_is_matched(forms):
     from transformers import ZambaConfig, ZambaForCausalLM
 
