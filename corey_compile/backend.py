@@ -182,9 +182,16 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
         report.seconds["passes"] = round(time.perf_counter() - start, 4)
     report.nodes_after = len(rewritten.graph.nodes)
     _say(f"graph {report.graph_index}: inner compiler {opts.inner_compiler}")
-    warmup = start_warmup(rewritten, _device_of(example_inputs)) if opts.warm_up_kernels else None
+    # Only beside Inductor: with the eager inner compiler nothing would run while the child compiles.
+    warmup = (start_warmup(rewritten, _device_of(example_inputs))
+              if opts.warm_up_kernels and opts.inner_compiler == "inductor" else None)
     start = time.perf_counter()
-    compiled = _inner_compile(rewritten, example_inputs, opts)
+    try:
+        compiled = _inner_compile(rewritten, example_inputs, opts)
+    except BaseException:
+        if warmup is not None:
+            warmup.cancel()
+        raise
     report.seconds["inner_compiler"] = round(time.perf_counter() - start, 4)
     if warmup is not None:
         start = time.perf_counter()

@@ -100,8 +100,8 @@ OPTIONS = (
                "run the graph once on the example inputs while compiling and record the range of the values "
                "each region reads"),
     OptionSpec("warm_up_kernels", True, "COREY_WARM_UP_KERNELS", "bool",
-               "on a GPU, compile the Triton kernels of corey's ops in a thread while the inner compiler works, "
-               "rather than at the first run"),
+               "on a GPU, with Inductor, compile the prefill kernels of corey's ops in child processes while "
+               "Inductor works, rather than at the first run"),
     OptionSpec("check_invariants", False, "COREY_CHECK_INVARIANTS", "bool",
                "check the pass contract after every pass (the tests turn it on)"),
     OptionSpec("debug_dir", None, "COREY_DEBUG_DIR", "path",

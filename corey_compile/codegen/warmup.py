@@ -23,7 +23,9 @@ import time
 import torch
 import torch.fx as fx
 
-_OPS = {"selective_scan", "selective_state_update"}
+# The prefill kernel takes Triton 20-30 s; the decode step compiles in under a second, less than a child
+# process takes to start, so its first launch compiles it.
+_OPS = {"selective_scan"}
 
 
 def _concrete(size, values: dict) -> int:
@@ -73,7 +75,7 @@ def op_calls(gm: fx.GraphModule) -> list:
         if node.target._opname not in _OPS:
             continue
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val", n.meta.get("example_value")))
-        for values in [{}] + (_other_alignment(args, kwargs) if node.target._opname == "selective_scan" else []):
+        for values in [{}] + _other_alignment(args, kwargs):
             try:
                 spec = {"op": node.target._opname, "args": [_spec(a, values) for a in args],
                         "kwargs": {k: _spec(v, values) for k, v in kwargs.items()}}
@@ -107,6 +109,13 @@ class Warmup:
         self.processes = [subprocess.Popen(
             [sys.executable, "-m", "corey_compile.codegen.warmup", str(device), json.dumps([spec])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for spec in specs]
+
+    def cancel(self) -> None:
+        """Stop the children (the compilation they served failed)."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
 
     def join(self, timeout: float = 600.0) -> float:
         for process in self.processes:
