@@ -1,0 +1,105 @@
+"""Stand-ins for known library functions, on mamba-ssm's contract.
+
+mamba-ssm cannot be imported without its CUDA extension, so these tests put a module of their own at
+mamba-ssm's path, ``mamba_ssm.ops.selective_scan_interface``, holding a ``selective_scan_ref`` written
+here with mamba-ssm's signature and semantics (tests/scan_forms.py's reference spelling). corey
+recognizes a function by its module, name and parameters, so it treats it as it treats mamba-ssm's.
+"""
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import corey_compile
+from corey_compile import known_functions
+from tests.helpers import scan_inputs
+
+MODULE = "mamba_ssm.ops.selective_scan_interface"
+SITE = MODULE + ".selective_scan_ref"
+EAGER = {"inner_compiler": "eager", "strict": True}
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False):
+    dtype_in = u.dtype
+    u, delta = u.float(), delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].float()
+    if delta_softplus:
+        delta = F.softplus(delta)
+    x = A.new_zeros((u.shape[0], A.shape[0], A.shape[1]))
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    if B.dim() == 2:  # time-invariant B and C: (d, n)
+        deltaB_u = torch.einsum("bdl,dn,bdl->bdln", delta, B.float(), u)
+    else:
+        deltaB_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B.float(), u)
+    ys = []
+    for i in range(u.shape[2]):
+        x = deltaA[:, :, i] * x + deltaB_u[:, :, i]
+        ys.append(torch.einsum("bdn,dn->bd", x, C.float()) if C.dim() == 2
+                  else torch.einsum("bdn,bn->bd", x, C[:, :, i].float()))
+    y = torch.stack(ys, dim=2)
+    out = y if D is None else y + u * D[:, None]
+    if z is not None:
+        out = out * F.silu(z)
+    out = out.to(dtype_in)
+    return (out, x) if return_last_state else out
+
+
+@pytest.fixture(scope="module")
+def interface():
+    """Our module at mamba-ssm's path, with corey's stand-in installed for its function."""
+    names = ["mamba_ssm", "mamba_ssm.ops", MODULE]
+    saved = {name: sys.modules.get(name) for name in names}
+    module = types.ModuleType(MODULE)
+    module.selective_scan_ref = selective_scan_ref
+    for name in names[:-1]:
+        sys.modules[name] = types.ModuleType(name)
+    sys.modules[MODULE] = module
+    installed = known_functions.install()
+    assert SITE in installed
+    yield module
+    for name, previous in saved.items():
+        if previous is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = previous
+
+
+def _call(module):
+    def fn(u, delta, A, B, C, D, z, delta_bias):
+        return module.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, True, True)
+
+    return fn
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_mamba_ssm_reference_becomes_one_planned_scan(interface, dtype):
+    fn = _call(interface)
+    compiled = torch.compile(fn, backend="corey", options=EAGER)
+    for seqlen in (9, 13, 17):
+        inputs = scan_inputs(l=seqlen, dtype=dtype)
+        (out, last), (ref, ref_last) = compiled(**inputs), fn(**inputs)
+        tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+        assert out.dtype == ref.dtype == dtype
+        torch.testing.assert_close(out, ref, **tolerance)
+        torch.testing.assert_close(last, ref_last, rtol=1e-5, atol=1e-5)
+    reports = corey_compile.all_reports()
+    assert len(reports) == 2  # the third length reuses the second graph
+    for report in reports:
+        assert report.known_calls == {SITE: ["one call"]}
+        (region,) = report.regions
+        assert region.form == "F4 known function" and region.absorbed == ["delta_bias", "softplus", "D", "z"]
+
+
+def test_time_invariant_B_and_C_are_traced_as_written(interface):
+    fn = _call(interface)
+    inputs = scan_inputs(l=5)
+    inputs["B"], inputs["C"] = torch.randn(6, 4), torch.randn(6, 4)  # (d, n): mamba-ssm allows it, the kernel does not
+    (out, _), (ref, _) = torch.compile(fn, backend="corey", options=EAGER)(**inputs), fn(**inputs)
+    torch.testing.assert_close(out, ref)
+    (report,) = corey_compile.all_reports()
+    assert report.known_calls == {SITE: ["traced as written: B and C are not input-dependent (b, n, l)"]}
+    assert not any(r.form == "F4 known function" for r in report.regions)
