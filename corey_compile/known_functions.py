@@ -18,7 +18,7 @@ corey and whether it understands the arguments:
   it calls an untouched copy of the library's function, which Dynamo traces as
   it always did. The report says which calls were taken and why others were not.
 
-transformers before 5.3 writes its loop inside a method
+transformers before 5.15 writes its loop inside a method
 (``MambaMixer.slow_forward``), and Dynamo substitutes functions, not methods.
 For a release whose method source corey knows (``KNOWN_METHODS``), the class
 gets a method that calls the original unless Dynamo is tracing it for corey;
@@ -130,8 +130,8 @@ def _mamba_ssm_stand_in(site: str, original: Callable) -> Callable:
 
 
 def _legacy_mixer_stand_in(site: str, original: Callable) -> Callable:
-    """transformers' ``MambaMixer.slow_forward`` before 5.3 (its loop is inside the method): the same steps,
-    with the loop over time as one call. Used only where the method's source is the one corey knows."""
+    """transformers' ``MambaMixer.slow_forward`` of 4.53-4.57 and 5.0-5.3 (its loop is inside the method): the
+    same steps, with the loop over time as one call. Used only where the method's source is one corey knows."""
 
     def slow_forward(self, input_states, cache_params=None, cache_position=None, attention_mask=None):
         reason = ""
@@ -205,7 +205,9 @@ class KnownMethod:
 
 KNOWN_METHODS = (
     KnownMethod("transformers.models.mamba.modeling_mamba", "MambaMixer", "slow_forward",
-                ("19f8688be44025dc",),  # transformers 5.2
+                # The same method, annotations aside: transformers 4.53-4.57, 5.0-5.2, and 5.3 (which adds an
+                # associative_scan alternative to the same loop).
+                ("a732ba1beef7e851", "19f8688be44025dc", "97040d43954430da"),
                 _legacy_mixer_stand_in),
 )
 

@@ -8,7 +8,7 @@ inside ``MambaMixer.slow_forward``).
 """
 import pytest
 import torch
-import transformers
+import transformers.models.mamba.modeling_mamba as modeling
 
 import corey_compile
 from corey_compile import known_functions
@@ -16,12 +16,12 @@ from corey_compile.models import build_mamba
 from corey_compile.planning import plan as planning
 
 LAYERS = 2
-LEGACY = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 3)
-SITE = ("transformers.models.mamba.modeling_mamba.MambaMixer.slow_forward" if LEGACY
-        else "transformers.models.mamba.modeling_mamba.mamba_selective_scan")
-# Before 5.3 a forward without a cache builds one inside the graph, which Dynamo (torch 2.13) refuses
+# Before 5.15 the loop is inside MambaMixer.slow_forward; since then in a module-level function.
+LOOP_IN_METHOD = not hasattr(modeling, "mamba_selective_scan")
+SITE = "transformers.models.mamba.modeling_mamba." + ("MambaMixer.slow_forward" if LOOP_IN_METHOD else "mamba_selective_scan")
+# Before 5.15 a forward without a cache builds one inside the graph, which Dynamo (torch 2.13) refuses
 # whatever the backend; generate() builds it outside.
-FORWARD = dict(use_cache=False) if LEGACY else {}
+FORWARD = dict(use_cache=False) if LOOP_IN_METHOD else {}
 EAGER = {"inner_compiler": "eager", "strict": True}
 
 
@@ -137,9 +137,7 @@ def test_other_backends_and_eager_run_the_library_function_as_written():
     assert known_functions.take_decisions() == {}  # another backend: the stand-ins recorded nothing
     installed = known_functions.install()
     original, _ = installed[SITE]
-    if not LEGACY:  # Dynamo keeps the stand-in aside: the module's function is the library's own
-        import transformers.models.mamba.modeling_mamba as modeling
-
+    if not LOOP_IN_METHOD:  # Dynamo keeps the stand-in aside: the module's function is the library's own
         assert modeling.mamba_selective_scan is original
 
 

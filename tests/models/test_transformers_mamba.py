@@ -1,25 +1,28 @@
 """transformers' MambaForCausalLM compiled with corey: same logits, same greedy tokens, one region per layer.
 
 Runs against whichever transformers is importable: ``make test`` runs this file
-twice, on the newest release and on one before 5.3 (the Python-loop form).
+twice, on the newest release and on 5.2 (whose loop is inside a method).
 """
 import pytest
 import torch
-import transformers
+import transformers.models.mamba.modeling_mamba as modeling
 
 import corey_compile
+from corey_compile import known_functions
 from corey_compile.models import build_mamba
 
 LAYERS = 2
-LEGACY = tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 3)
-# "known": transformers' scan reaches corey as one call (F4, corey_compile.known_functions), the default;
+# Before 5.15 the loop is inside MambaMixer.slow_forward, and decoding is the same loop one step long,
+# from the cached state; since then the loop is a module-level function and a decode step another (F3).
+LOOP_IN_METHOD = not hasattr(modeling, "mamba_selective_scan")
+# Whether corey stands in for this release's Mamba scan (corey_compile.known_functions).
+KNOWN = any(site.startswith("transformers.models.mamba.") for site in known_functions.install())
+# "known": the default, where the scan reaches corey as one call (F4) if corey knows this release;
 # "structural": without F4 the library's loop is traced and the structural matchers find it.
 FORMS = {"known": {}, "structural": {"match_forms": ["F1", "F2", "F3"]}}
-PREFILL_FORM = {"known": "F4 known function", "structural": "F1 unrolled recurrence"}
-# Before 5.3 a decode step is the same loop, one step long, from the cached state; since then it is a
-# separate step function (F3).
-DECODE_FORM = {"known": "F4 known function" if LEGACY else "F3 state update",
-               "structural": "F1 unrolled recurrence" if LEGACY else "F3 state update"}
+PREFILL_FORM = {"known": "F4 known function" if KNOWN else "F1 unrolled recurrence",
+                "structural": "F1 unrolled recurrence"}
+DECODE_FORM = {name: form if LOOP_IN_METHOD else "F3 state update" for name, form in PREFILL_FORM.items()}
 
 
 def _model():
@@ -35,9 +38,9 @@ def _prompt(batch, seqlen, vocab):
 def test_logits_match_eager(seqlen, forms):
     model = _model()
     prompt = _prompt(2, seqlen, model.config.vocab_size)
-    # Before 5.3 a forward without a cache builds one, and Dynamo (torch 2.13) refuses that
+    # Before 5.15 a forward without a cache builds one, and Dynamo (torch 2.13) refuses that
     # cache's mark_static_address whatever the backend; generate() builds it outside the graph.
-    kwargs = dict(use_cache=False) if LEGACY else {}
+    kwargs = dict(use_cache=False) if LOOP_IN_METHOD else {}
     with torch.no_grad():
         ref = model(prompt, **kwargs).logits
         model.compile(backend="corey", options={"inner_compiler": "eager", "strict": True, **FORMS[forms]})
