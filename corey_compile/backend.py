@@ -17,6 +17,7 @@ from . import known_functions
 from .codegen.warmup import start_warmup
 from .options import resolve_options
 from .passes import CompileContext, PassError, pipeline_for, run_pipeline
+from .passes.graph_reading import meta_value
 from .report import CompileReport
 
 _REPORTS: list[CompileReport] = []
@@ -83,7 +84,7 @@ def record_dynamo_facts(gm: fx.GraphModule, report: CompileReport) -> None:
     where they are; a torch without them leaves the fields empty."""
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            symbols = _symbols(node.meta.get("example_value", node.meta.get("val")))
+            symbols = _symbols(meta_value(node))
             if symbols:
                 report.symbolic[node.name] = symbols
     try:
@@ -155,6 +156,7 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
                            pipeline=[p.name for p in pipeline_for(opts)])
     _remember(report)
     record_dynamo_facts(gm, report)
+    device = _device_of(example_inputs)
     report.known_calls = known_functions.take_decisions()
     recorder = None
     if opts.debug_dir:
@@ -166,7 +168,7 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
         report.decline("whole graph", "inputs require grad: corey compiles inference graphs; ran the graph unchanged")
         rewritten = gm
     else:
-        ctx = CompileContext(options=opts, report=report, device=_device_of(example_inputs),
+        ctx = CompileContext(options=opts, report=report, device=device,
                              example_inputs=list(example_inputs),
                              progress=_progress)
         start = time.perf_counter()
@@ -183,7 +185,7 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
     report.nodes_after = len(rewritten.graph.nodes)
     _say(f"graph {report.graph_index}: inner compiler {opts.inner_compiler}")
     # Only beside Inductor: with the eager inner compiler nothing would run while the child compiles.
-    warmup = (start_warmup(rewritten, _device_of(example_inputs))
+    warmup = (start_warmup(rewritten, device)
               if opts.warm_up_kernels and opts.inner_compiler == "inductor" else None)
     start = time.perf_counter()
     try:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from .passes.graph_reading import meta_value
+
 WIDTH, HEIGHT, GAP_X, GAP_Y, MARGIN, LEGEND = 176, 40, 16, 34, 20, 56
 MAX_NODES = 20000  # beyond this a picture is not read; the graph's code still is
 STYLE = {  # status -> (fill, stroke, dash)
@@ -51,7 +53,7 @@ def _label(node: fx.Node) -> str:
 
 
 def _detail(node: fx.Node) -> str:
-    value = node.meta.get("val", node.meta.get("example_value"))
+    value = meta_value(node)
     if isinstance(value, (tuple, list)):
         value = value[0] if value and isinstance(value[0], torch.Tensor) else None
     if isinstance(value, torch.Tensor):

@@ -23,6 +23,8 @@ import time
 import torch
 import torch.fx as fx
 
+from ..passes.graph_reading import meta_value
+
 # The prefill kernel takes Triton 20-30 s; the decode step compiles in under a second, less than a child
 # process takes to start, so its first launch compiles it.
 _OPS = {"selective_scan"}
@@ -31,8 +33,9 @@ _OPS = {"selective_scan"}
 def _concrete(size, values: dict) -> int:
     """A size as an int: a symbolic one evaluated at ``values`` (symbol -> int), else at the example inputs."""
     if isinstance(size, torch.SymInt):
-        if size.node.maybe_as_int() is not None:
-            return size.node.maybe_as_int()
+        static = size.node.maybe_as_int()
+        if static is not None:
+            return static
         expr, shape_env = size.node.expr, size.node.shape_env
         known = {sym: values[sym] if sym in values else shape_env.var_to_val.get(sym) for sym in expr.free_symbols}
         if any(v is None for v in known.values()):
@@ -74,7 +77,7 @@ def op_calls(gm: fx.GraphModule) -> list:
             continue
         if node.target._opname not in _OPS:
             continue
-        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta.get("val", n.meta.get("example_value")))
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), meta_value)
         for values in [{}] + _other_alignment(args, kwargs):
             try:
                 spec = {"op": node.target._opname, "args": [_spec(a, values) for a in args],
