@@ -98,6 +98,10 @@ def _from_spec(spec, device):
     return spec
 
 
+# What a child runs (imported, not run as ``-m``, so the module is not loaded twice).
+_CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys.argv[1:3])"
+
+
 class Warmup:
     """Child processes, one per distinct op call, each running it once on zero tensors, so that Triton compiles
     the kernels into its on-disk cache beside the parent's inner compiler (a thread would share the parent's
@@ -110,7 +114,7 @@ class Warmup:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
         self.start_time = time.perf_counter()
         self.processes = [subprocess.Popen(
-            [sys.executable, "-m", "corey_compile.codegen.warmup", str(device), json.dumps([spec])],
+            [sys.executable, "-c", _CHILD, str(device), json.dumps([spec])],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for spec in specs]
 
     def cancel(self) -> None:
@@ -152,6 +156,3 @@ def _main(device: str, specs: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
 
-
-if __name__ == "__main__":
-    _main(*sys.argv[1:3])
