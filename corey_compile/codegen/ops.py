@@ -101,9 +101,15 @@ def selective_scan(
     if uses_triton(u.device):
         if u.shape[-1] == 1:  # one step, as pre-5.3 transformers decodes: the decode kernel is cheaper
             return _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-        chunk_size = chunk_size or run_time_chunk(chunk_policy, *u.shape, u.device)
-        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size=chunk_size)
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                      chunk_size=scan_chunk(u.shape, u.device, chunk_size, chunk_policy))
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+
+
+def scan_chunk(shape, device, chunk_size: int, chunk_policy: str) -> int:
+    """The chunk a ``selective_scan`` call of u's ``shape`` (b, d, l) runs: the planned one, or where the
+    planner left it to the call (0), the one ``chunk_policy`` gives this shape."""
+    return chunk_size or run_time_chunk(chunk_policy, *shape, device)
 
 
 def _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):

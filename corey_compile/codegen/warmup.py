@@ -7,9 +7,10 @@ process before it calls the inner compiler and waits for it after: the child run
 op call of the graph (same shapes, strides, dtypes and flags: the layers of a model share one)
 once on zero-filled tensors of the sizes of the call being compiled (a symbolic size by its value
 in the example inputs), so Triton compiles exactly the specializations the first run needs, into
-its on-disk cache, where the parent's first launch finds them. Where the length is symbolic, the
-scan also runs at a length of the other Triton specialization (divisible by 16 or not), which the
-next prompt length may need. Nothing the user owns is read or written.
+its on-disk cache, where the parent's first launch finds them. Each of the scan's two kernels
+(whole chunks, partial chunk) compiles in a child of its own. Where the length is symbolic, the
+kernels of the lengths after it are compiled too (divisible by 16 or not, with a partial chunk or
+without). Nothing the user owns is read or written.
 """
 from __future__ import annotations
 
@@ -52,11 +53,27 @@ def _spec(value, values: dict):
     return _concrete(value, values) if isinstance(value, torch.SymInt) else value
 
 
-def _other_alignment(args, kwargs) -> list:
-    """For a scan whose length is one symbol: that symbol at a length of the other Triton specialization
-    (Triton compiles a length divisible by 16 and one that is not separately), so that the next prompt
-    length finds its kernel compiled too. Empty otherwise."""
-    u = kwargs.get("u", args[0] if args else None)
+def _bound(node_target, args, kwargs) -> dict:
+    """An op call's arguments by name, defaults filled in (from the op's schema)."""
+    bound = {}
+    for i, argument in enumerate(node_target._schema.arguments):
+        if i < len(args):
+            bound[argument.name] = args[i]
+        elif argument.name in kwargs:
+            bound[argument.name] = kwargs[argument.name]
+        elif argument.has_default_value():
+            bound[argument.name] = argument.default_value
+    return bound
+
+
+def _length_classes(u, chunk_of) -> list:
+    """The values of a scan's symbolic length to compile at: one per kernel the next lengths may launch.
+
+    Triton compiles a length divisible by 16 and one that is not separately, and the whole chunks
+    and the partial one after them are two kernels (``chunk.scan_kernel_parts``): around the example
+    length, a multiple of the chunk, one more partial chunk of 16 steps, and two lengths that 16 does
+    not divide. Kernels that come out the same are compiled once (``_kernel_key``). Empty where the
+    length is not one symbol with an example value."""
     length = u.shape[-1] if isinstance(u, torch.Tensor) else None
     if not isinstance(length, torch.SymInt) or length.node.maybe_as_int() is not None:
         return []
@@ -64,13 +81,34 @@ def _other_alignment(args, kwargs) -> list:
     hint = length.node.shape_env.var_to_val.get(symbol) if getattr(symbol, "is_Symbol", False) else None
     if hint is None:
         return []
-    hint = int(hint)
-    return [{symbol: hint - 1 if hint % 16 == 0 else (hint // 16 + 1) * 16}]
+    chunk = chunk_of(int(hint))
+    whole = chunk * max(1, round(int(hint) / chunk))
+    return [{symbol: int(hint)}] + [{symbol: value} for value in (whole, whole + 16, whole + 1, whole + 2)]
 
 
-def op_calls(gm: fx.GraphModule) -> list:
-    """Each distinct corey op call the graph's next run makes, as JSON (op name, concrete arguments), and for a
-    scan over a symbolic length also the call at a length of the other Triton specialization."""
+def _specialization(value):
+    """What Triton specializes an integer argument on: 1, divisible by 16, or neither."""
+    if isinstance(value, dict):
+        return {k: _specialization(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_specialization(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "one" if value == 1 else "16n" if value % 16 == 0 else "int"
+    return value
+
+
+def _kernel_key(spec: dict) -> str:
+    """Two jobs whose kernels Triton would compile alike (same chunk, part and argument specializations)."""
+    return json.dumps({**_specialization(spec), "chunk": spec.get("chunk"), "kernels": spec.get("kernels")}, sort_keys=True)
+
+
+def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> list:
+    """The warm-up's jobs, as JSON: one per distinct kernel the graph's corey op calls will compile (op name,
+    concrete arguments, and for a scan its chunk and which of its two kernels), and for a scan over a
+    symbolic length the kernels of the lengths after it too (``_length_classes``)."""
+    from .ops import scan_chunk
+    from .selective_scan.chunk import scan_kernel_parts
+
     specs, seen = [], set()
     for node in gm.graph.nodes:
         if node.op != "call_function" or getattr(node.target, "namespace", None) != "corey":
@@ -78,16 +116,28 @@ def op_calls(gm: fx.GraphModule) -> list:
         if node.target._opname not in _OPS:
             continue
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), meta_value)
-        for values in [{}] + _other_alignment(args, kwargs):
+        bound = _bound(node.target, args, kwargs)
+
+        def chunk_of(seqlen, values=None):
+            shape = [_concrete(x, values or {}) for x in bound["u"].shape[:-1]] + [seqlen]
+            return scan_chunk(shape, device, _concrete(bound["chunk_size"], {}), bound["chunk_policy"])
+
+        for values in _length_classes(bound["u"], chunk_of) or [{}]:
             try:
-                spec = {"op": node.target._opname, "args": [_spec(a, values) for a in args],
+                call = {"op": node.target._opname, "args": [_spec(a, values) for a in args],
                         "kwargs": {k: _spec(v, values) for k, v in kwargs.items()}}
+                seqlen = _concrete(bound["u"].shape[-1], values)
+                chunk = chunk_of(seqlen, values)
             except (ValueError, TypeError):
                 continue  # a size with no example value: the first run compiles this one
-            key = json.dumps(spec, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                specs.append(spec)
+            if seqlen == 1:
+                continue  # one step runs the decode kernel, which compiles in under a second
+            for part in scan_kernel_parts(seqlen, chunk):
+                spec = {**call, "chunk": chunk, "kernels": part}
+                key = _kernel_key(spec)
+                if key not in seen:
+                    seen.add(key)
+                    specs.append(spec)
     return specs
 
 
@@ -139,20 +189,26 @@ class Warmup:
 
 
 def start_warmup(gm: fx.GraphModule, device: torch.device) -> Warmup | None:
-    """Start compiling the kernels of ``gm``'s corey ops in a child process, on a CUDA device; else None."""
+    """Start compiling the kernels of ``gm``'s corey ops in child processes, on a CUDA device; else None."""
     if device.type != "cuda":
         return None
-    specs = op_calls(gm)
+    specs = op_calls(gm, device)
     return Warmup(specs, device) if specs else None
 
 
 def _main(device: str, specs: str) -> None:
-    import corey_compile.codegen.ops  # noqa: F401  (registers torch.ops.corey.*)
+    from .ops import uses_triton
 
+    if not uses_triton(torch.device(device)):
+        return  # no kernel to compile: the ops run their torch path here
+    from .selective_scan.chunk import selective_scan_chunked
+
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus", "initial_state")
     with torch.no_grad():
         for spec in json.loads(specs):
-            op = getattr(torch.ops.corey, spec["op"])
-            op(*[_from_spec(a, device) for a in spec["args"]], **{k: _from_spec(v, device) for k, v in spec["kwargs"].items()})
+            args = [_from_spec(a, device) for a in spec["args"]]
+            kwargs = {k: _from_spec(v, device) for k, v in spec["kwargs"].items()}
+            bound = _bound(getattr(torch.ops.corey, spec["op"]).default, args, kwargs)
+            selective_scan_chunked(*(bound[name] for name in names), chunk_size=spec["chunk"], kernels=spec["kernels"])
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
-

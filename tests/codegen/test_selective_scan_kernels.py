@@ -87,6 +87,29 @@ def test_prefill_optional_parts(variant):
     torch.testing.assert_close(last.double(), ref_last, rtol=6e-4, atol=2e-3)
 
 
+@pytest.mark.parametrize("seqlen, parts", [(64, ["whole"]), (9, ["tail"]), (41, ["whole", "tail"]), (0, ["tail"])])
+def test_prefill_whole_and_tail_kernels(seqlen, parts):
+    # The whole chunks and the partial one after them are separate launches: the tail starts from the state the
+    # whole chunks leave, or from the initial state where there are none. Zero steps return the initial state.
+    from corey_compile.codegen.selective_scan.chunk import scan_kernel_parts
+
+    assert scan_kernel_parts(seqlen, 16) == parts
+    inputs = _inputs(2, 5, seqlen, 4, 0, torch.float32, 1.0)
+    h0 = torch.randn(2, 5, 4)
+    out, last = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, chunk_size=16)
+    ref_out, ref_last = _reference(inputs, {}, True, h0)
+    torch.testing.assert_close(out.double(), ref_out, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last.double(), ref_last, rtol=6e-4, atol=2e-3)
+    if parts == ["whole", "tail"]:
+        # One kernel alone (how the warm-up compiles each): the whole chunks' outputs and nothing after them.
+        out = torch.full_like(inputs["u"], float("nan"))
+        selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, chunk_size=16, out=out, kernels="whole")
+        torch.testing.assert_close(out[..., :32].double(), ref_out[..., :32], rtol=6e-4, atol=2e-3)
+        assert out[..., 32:].isnan().all()
+        with pytest.raises(ValueError, match="kernels must be"):
+            selective_scan_chunked(**inputs, chunk_size=16, kernels="both")
+
+
 @pytest.mark.parametrize("delta_scale", [1e-4, 30.0], ids=["tiny_delta", "large_delta"])
 def test_prefill_extreme_deltas(delta_scale):
     inputs = _inputs(1, 4, 50, 4, 0, torch.float32, 1.0)

@@ -26,15 +26,32 @@ def _graphs_for(lengths, monkeypatch):
     return graphs
 
 
-def test_a_static_graph_warms_its_one_kernel_and_a_symbolic_one_both_alignments(monkeypatch):
+def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_lengths(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the ops' torch path: only the calls matter here
-    static, symbolic = _graphs_for([32, 20], monkeypatch)
-    (call,) = warmup.op_calls(static)  # two identical layers: one call
-    assert call["op"] == "selective_scan" and call["kwargs"]["u"]["sizes"] == [1, 128, 32]
-    lengths = [c["kwargs"]["u"]["sizes"][-1] for c in warmup.op_calls(symbolic)]
-    assert lengths == [20, 32]  # this call's length, and the next one divisible by 16
-    for c, seqlen in zip(warmup.op_calls(symbolic), lengths):
+    static, symbolic = _graphs_for([512, 300], monkeypatch)
+    (job,) = warmup.op_calls(static)  # two identical layers, and 512 steps are two whole chunks of 256: one kernel
+    assert job["op"] == "selective_scan" and job["kwargs"]["u"]["sizes"] == [1, 128, 512]
+    assert (job["chunk"], job["kernels"]) == (256, "whole")
+    jobs = warmup.op_calls(symbolic)
+    kernels = [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"]) for j in jobs]
+    # 300 steps: a whole chunk and a partial one. Then the kernels of later lengths: 256 (16 divides it, no
+    # partial chunk), 272 (16 divides it, a partial chunk; its whole-chunk kernel is 256's), 257 (neither; B's
+    # batch stride 36·l is not divisible by 16 either, unlike 300's). 258 compiles like 257.
+    assert kernels == [(300, 256, "whole"), (300, 256, "tail"), (256, 256, "whole"), (272, 256, "tail"),
+                       (257, 256, "whole"), (257, 256, "tail")]
+    for j in jobs:
         # The strides follow the length: u is delta's (b, d, l) layout, B a view of x_proj's (b, l, 36) output.
-        assert c["kwargs"]["u"]["strides"] == [128 * seqlen, seqlen, 1]
-        assert c["kwargs"]["B"]["strides"] == [36 * seqlen, 1, 36] and c["kwargs"]["B"]["sizes"] == [1, 16, seqlen]
-    warmup._main("cpu", json.dumps(warmup.op_calls(symbolic)))  # each call runs on zero tensors of those shapes
+        seqlen = j["kwargs"]["u"]["sizes"][-1]
+        assert j["kwargs"]["u"]["strides"] == [128 * seqlen, seqlen, 1]
+        assert j["kwargs"]["B"]["strides"] == [36 * seqlen, 1, 36] and j["kwargs"]["B"]["sizes"] == [1, 16, seqlen]
+    # Each job runs its kernel (here in the interpreter) on zero tensors of its shapes: the first few channels of
+    # two of them, which the interpreter runs in seconds.
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for j in jobs[:2]:
+        for name in ("u", "delta", "z"):
+            j["kwargs"][name]["sizes"][1] = 4
+        j["kwargs"]["A"]["sizes"][0] = 4
+        for name in ("D", "delta_bias"):
+            if isinstance(j["kwargs"].get(name), dict):
+                j["kwargs"][name]["sizes"][0] = 4
+    warmup._main("cpu", json.dumps(jobs[:2]))

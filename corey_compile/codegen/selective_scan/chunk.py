@@ -17,6 +17,10 @@ running sum in registers. For each state index the recurrence
    and lane 0 the state after the chunk, which is the next chunk's carry;
 3. each lane runs its steps again from that state, reading out ``C h`` as it goes.
 
+The whole chunks and the partial chunk after them (masked) are two launches of
+the kernel, compiled separately (``WHOLE``, ``TAIL``): most lengths need only
+one of the two, and the warm-up compiles the two side by side.
+
 Only ``u, delta, z, B, C`` are read and ``out`` written: nothing of shape
 ``(b, d, l, n)`` touches memory. The derivation and the measurements behind the
 defaults are in this folder's ``README.md``.
@@ -235,6 +239,57 @@ def _scan_chunk(
 
 
 @triton.jit
+def _scan_whole_chunks(
+    u_rows, dt_rows, z_rows, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries, part_steps, num_whole,
+    seqlen, mask_d, lanes, stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n, stride_B_n, stride_B_l,
+    stride_C_n, stride_C_l,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
+    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr, EVEN_D: tl.constexpr,
+    STEPS_PER_LOAD: tl.constexpr, HOIST_A: tl.constexpr, PIPELINE: tl.constexpr, WIDEN_BC_PAIRS: tl.constexpr,
+    STAGES: tl.constexpr, PTX: tl.constexpr,
+):
+    """The loop over the ``num_whole`` whole chunks; returns the carries after them.
+
+    u, delta and z of whole chunks need no bounds on the sequence, nor on the channels where the
+    block divides them. With PIPELINE the next chunk's tiles are loaded into registers before this
+    one is scanned, so that the scan hides their latency; with STAGES > 1 Triton does so for every
+    load in the loop, B and C too, through shared memory.
+    """
+    LANES: tl.constexpr = CHUNK // STEPS
+    PARTS: tl.constexpr = STEPS // STEPS_PER_LOAD
+    LOG2_STEPS_PER_LOAD: tl.constexpr = STEPS_PER_LOAD.bit_length() - 1
+    masks_whole = None
+    if not EVEN_D:
+        masks_whole = ()
+        for p in tl.static_range(PARTS):
+            masks_whole = masks_whole + (tl.broadcast_to(mask_d[:, None], (BLOCK_D, LANES * STEPS_PER_LOAD)),)
+    other_whole: tl.constexpr = None if EVEN_D else 0.0
+    if PIPELINE:
+        ahead = ()  # a sequence shorter than a chunk repeats its last step
+        for p in tl.static_range(PARTS):
+            ahead = ahead + (tl.minimum(part_steps[p], seqlen - 1),)
+        u_1, dt_1, z_1 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
+                                      masks_whole, other_whole, HAS_Z, PARTS)
+    for chunk in tl.range(0, num_whole, num_stages=STAGES):
+        if PIPELINE == 0:
+            u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, _shift_steps(part_steps, chunk * CHUNK, PARTS),
+                                    stride_u_l, stride_dt_l, stride_z_l, masks_whole, other_whole, HAS_Z, PARTS)
+        else:
+            u, dt, z = u_1, dt_1, z_1
+            # The next chunk, or the last whole chunk again near the end.
+            ahead = _shift_steps(part_steps, tl.minimum(chunk + 1, num_whole - 1) * CHUNK, PARTS)
+            u_1, dt_1, z_1 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
+                                          masks_whole, other_whole, HAS_Z, PARTS)
+        carries = _scan_chunk(u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
+                              _shift_steps(part_steps, chunk * CHUNK, PARTS), seqlen, mask_d, lanes,
+                              stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
+                              HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS,
+                              STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD,
+                              MASK_L=False, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX)
+    return carries
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     # pointers
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, h0_ptr, out_ptr, h_last_ptr,
@@ -260,6 +315,8 @@ def _selective_scan_fwd_kernel(
     WIDEN_BC_PAIRS: tl.constexpr,  # widen bfloat16 B and C two steps at a time, before the steps are split
     STAGES: tl.constexpr,  # the loop over chunks as software-pipelined by Triton: every load copied ahead into shared memory
     PTX: tl.constexpr,  # an NVIDIA GPU: inline PTX for the approximate logarithm and reciprocal
+    WHOLE: tl.constexpr,  # scan the whole chunks (the loop)
+    TAIL: tl.constexpr,  # scan the partial chunk after them, if any (masked)
 ):
     LANES: tl.constexpr = CHUNK // STEPS
     PARTS: tl.constexpr = STEPS // STEPS_PER_LOAD
@@ -308,39 +365,13 @@ def _selective_scan_fwd_kernel(
     C_rows = C_ptr + pid_b * stride_C_b + group * stride_C_g + 0 * rows
 
     num_whole = seqlen // CHUNK
-    # u, delta and z of whole chunks need no bounds on the sequence, nor on the channels where the
-    # block divides them; the tail chunk, if any, is masked. With PIPELINE the next chunk's tiles
-    # are loaded into registers before this one is scanned, so that the scan hides their latency;
-    # with STAGES > 1 Triton does so for every load in the loop, B and C too, through shared memory.
-    masks_whole = None
-    if not EVEN_D:
-        masks_whole = ()
-        for p in tl.static_range(PARTS):
-            masks_whole = masks_whole + (tl.broadcast_to(mask_d[:, None], (BLOCK_D, LANES * STEPS_PER_LOAD)),)
-    other_whole: tl.constexpr = None if EVEN_D else 0.0
-    if PIPELINE:
-        ahead = ()  # a sequence shorter than a chunk repeats its last step
-        for p in tl.static_range(PARTS):
-            ahead = ahead + (tl.minimum(part_steps[p], seqlen - 1),)
-        u_1, dt_1, z_1 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
-                                      masks_whole, other_whole, HAS_Z, PARTS)
-    for chunk in tl.range(0, num_whole, num_stages=STAGES):
-        if PIPELINE == 0:
-            u, dt, z = _load_inputs(u_rows, dt_rows, z_rows, _shift_steps(part_steps, chunk * CHUNK, PARTS),
-                                    stride_u_l, stride_dt_l, stride_z_l, masks_whole, other_whole, HAS_Z, PARTS)
-        else:
-            u, dt, z = u_1, dt_1, z_1
-            # The next chunk, or the last whole chunk again near the end.
-            ahead = _shift_steps(part_steps, tl.minimum(chunk + 1, num_whole - 1) * CHUNK, PARTS)
-            u_1, dt_1, z_1 = _load_inputs(u_rows, dt_rows, z_rows, ahead, stride_u_l, stride_dt_l, stride_z_l,
-                                          masks_whole, other_whole, HAS_Z, PARTS)
-        carries = _scan_chunk(u, dt, z, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries,
-                              _shift_steps(part_steps, chunk * CHUNK, PARTS), seqlen, mask_d, lanes,
-                              stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
-                              HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS,
-                              STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD,
-                              MASK_L=False, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX)
-    if num_whole * CHUNK < seqlen:
+    if WHOLE:
+        carries = _scan_whole_chunks(
+            u_rows, dt_rows, z_rows, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries, part_steps, num_whole,
+            seqlen, mask_d, lanes, stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n, stride_B_n, stride_B_l,
+            stride_C_n, stride_C_l, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, STEPS, EVEN_D,
+            STEPS_PER_LOAD, HOIST_A, PIPELINE, WIDEN_BC_PAIRS, STAGES, PTX)
+    if TAIL and num_whole * CHUNK < seqlen:
         tail = _shift_steps(part_steps, num_whole * CHUNK, PARTS)
         masks_tail = ()
         for p in tl.static_range(PARTS):
@@ -417,6 +448,7 @@ def selective_scan_chunked(
     stages: int | None = None,
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
+    kernels: str = "all",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the chunked Triton kernel.
 
@@ -427,6 +459,8 @@ def selective_scan_chunked(
     ``pipeline`` (0 or 1: the next chunk's u, delta and z loaded into registers), ``stages`` (1 or 2:
     Triton's software pipelining of the loop over chunks, through shared memory), ``hoist_a`` and
     ``widen_bc_pairs`` override it. ``out`` and ``last_state`` may be given to be written in place.
+    ``kernels`` "whole" or "tail" launches only that one of the two kernels (``scan_kernel_parts``),
+    leaving the results incomplete: how the warm-up compiles each in a process of its own.
     """
     batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     launch = scan_launch(batch, dim, groups, u.element_size(), B.dtype == torch.bfloat16, chunk_size,
@@ -438,17 +472,37 @@ def selective_scan_chunked(
         out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     if last_state is None:
         last_state = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
-    h0 = initial_state if initial_state is not None else last_state
     z_arg = z if z is not None else u
-    _selective_scan_fwd_kernel[launch.grid](
-        u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0, out, last_state,
-        seqlen, dim, dim // groups,
-        *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
-        *h0.stride(), *last_state.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-        DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=initial_state is not None,
-        DSTATE=dstate, BLOCK_D=launch.block_d, CHUNK=chunk_size, STEPS=launch.steps, STEPS_PER_LOAD=launch.steps_per_load,
-        EVEN_D=dim % launch.block_d == 0, PIPELINE=launch.pipeline, HOIST_A=launch.hoist_a,
-        WIDEN_BC_PAIRS=launch.widen_bc_pairs, STAGES=launch.stages, PTX=runs_ptx(u), num_warps=launch.num_warps,
-    )
+    # Two kernels: the loop over whole chunks, and the partial chunk after them, each launched only
+    # where the length has one (a sequence of zero steps launches the tail kernel, which just writes
+    # the initial state). Triton compiles them separately, and the warm-up side by side: each is
+    # half the code, and a length that is a multiple of the chunk never compiles the tail kernel.
+    parts = scan_kernel_parts(seqlen, chunk_size)
+    if kernels not in ("all", "whole", "tail"):
+        raise ValueError(f"kernels must be 'all', 'whole' or 'tail', got {kernels!r}")
+    for part in parts:
+        # The tail kernel after the whole chunks starts from the state they leave in last_state.
+        h0 = last_state if part == "tail" and "whole" in parts else initial_state
+        if kernels not in ("all", part):
+            continue
+        h0_arg = h0 if h0 is not None else last_state
+        _selective_scan_fwd_kernel[launch.grid](
+            u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0_arg,
+            out, last_state,
+            seqlen, dim, dim // groups,
+            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
+            *h0_arg.stride(), *last_state.stride(),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+            DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
+            DSTATE=dstate, BLOCK_D=launch.block_d, CHUNK=chunk_size, STEPS=launch.steps,
+            STEPS_PER_LOAD=launch.steps_per_load, EVEN_D=dim % launch.block_d == 0, PIPELINE=launch.pipeline,
+            HOIST_A=launch.hoist_a, WIDEN_BC_PAIRS=launch.widen_bc_pairs, STAGES=launch.stages, PTX=runs_ptx(u),
+            WHOLE=part == "whole", TAIL=part == "tail", num_warps=launch.num_warps,
+        )
     return out, last_state
+
+
+def scan_kernel_parts(seqlen: int, chunk_size: int) -> list[str]:
+    """Which of the prefill kernels a length launches: "whole" (the loop over whole chunks) and/or "tail"."""
+    num_whole, tail = divmod(seqlen, chunk_size)
+    return [part for part, present in (("whole", num_whole > 0), ("tail", tail > 0 or seqlen == 0)) if present]
