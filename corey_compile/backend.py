@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import hashlib
 import itertools
+import logging
 import pathlib
 import time
 import warnings
@@ -131,16 +132,58 @@ def _cache_key_pass():
     return CoreyCacheKey()
 
 
-def _inner_compile(gm: fx.GraphModule, example_inputs, options):
+# torch.compile's modes (``torch._inductor.list_mode_options``) and whether each captures CUDA graphs.
+MODES = {"default": False, "reduce-overhead": True, "max-autotune-no-cudagraphs": False, "max-autotune": True}
+
+
+def _inner_compile(gm: fx.GraphModule, example_inputs, options, mode: str | None = None):
+    """The inner compiler on corey's rewritten graph, with ``mode``'s settings and CUDA graphs where the
+    options ask for them."""
     if options.inner_compiler == "eager":
+        if options.cuda_graphs:
+            from torch._dynamo.backends.cudagraphs import cudagraphs
+
+            return cudagraphs(gm, example_inputs)
         return gm.forward
+    import torch._inductor
     from torch._inductor import config as inductor_config
     from torch._inductor.compile_fx import compile_fx
 
-    if inductor_config.post_grad_custom_pre_pass is not None:  # the user's own pass keys the cache its way
-        return compile_fx(gm, example_inputs)
-    with inductor_config.patch(post_grad_custom_pre_pass=_cache_key_pass()):
-        return compile_fx(gm, example_inputs)
+    patches = dict(torch._inductor.list_mode_options(mode)) if mode else {}
+    if options.cuda_graphs:
+        patches["triton.cudagraphs"] = True
+    if inductor_config.post_grad_custom_pre_pass is None:  # else the user's own pass keys the cache its way
+        patches["post_grad_custom_pre_pass"] = _cache_key_pass()
+    return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+class _CudaGraphSkips(logging.Handler):
+    """Collects why the inner compiler left CUDA graphs off (what it logs to torch's "cudagraphs" artifact
+    logger), for the report, while it compiles."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.reasons: list[str] = []
+        self._logger = None
+
+    def emit(self, record) -> None:
+        self.reasons.append(record.getMessage())
+
+    def __enter__(self):
+        try:
+            from torch._inductor.cudagraph_utils import cudagraphs_log
+
+            self._logger, self._disabled = cudagraphs_log, cudagraphs_log.disabled
+            cudagraphs_log.disabled = False
+            cudagraphs_log.addHandler(self)
+        except (ImportError, AttributeError):  # torch moved it: the report goes without the reason
+            self._logger = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._logger is not None:
+            self._logger.removeHandler(self)
+            self._logger.disabled = self._disabled
 
 
 def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None, mode: str | None = None, **kwargs):
@@ -150,6 +193,10 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
     Options arrive as ``torch.compile(..., options={...})`` or as keyword
     arguments; see ``corey_compile.Options`` for the list.
     """
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"corey: unknown mode {mode!r}; torch.compile's modes are {sorted(MODES)}")
+    if MODES.get(mode):
+        kwargs = {**kwargs, "cuda_graphs": True}
     opts = resolve_options({**(options or {}), **kwargs})
     report = CompileReport(graph_index=next(_GRAPH_IDS), nodes_before=len(gm.graph.nodes),
                            inner_compiler=opts.inner_compiler, options=dataclasses.asdict(opts),
@@ -189,12 +236,16 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
               if opts.warm_up_kernels and opts.inner_compiler == "inductor" else None)
     start = time.perf_counter()
     try:
-        compiled = _inner_compile(rewritten, example_inputs, opts)
+        with _CudaGraphSkips() as skips:
+            compiled = _inner_compile(rewritten, example_inputs, opts, mode)
     except BaseException:
         if warmup is not None:
             warmup.cancel()
         raise
     report.seconds["inner_compiler"] = round(time.perf_counter() - start, 4)
+    if opts.cuda_graphs:
+        report.cuda_graphs = ("off: " + "; ".join(skips.reasons) if skips.reasons
+                              else "on" if device.type == "cuda" else f"off: the graph runs on {device.type}")
     if warmup is not None:
         start = time.perf_counter()
         report.seconds["kernel_warmup"] = round(warmup.join(), 4)  # in the background, beside the inner compiler

@@ -289,6 +289,8 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
                                   else "static: a new length or batch compiles again"))
         if report.recompile_reason:
             lines.append(f"compiled again because: {report.recompile_reason}")
+        if report.cuda_graphs:
+            lines.append(f"CUDA graphs: {report.cuda_graphs}")
         if report.known_calls:
             rows = [[site, len(calls), "; ".join(sorted(set(calls)))] for site, calls in report.known_calls.items()]
             lines += ["", "known functions traced:", tabulate(rows, headers=["function", "calls", "became"])]

@@ -102,6 +102,9 @@ OPTIONS = (
     OptionSpec("warm_up_kernels", True, "COREY_WARM_UP_KERNELS", "bool",
                "on a GPU, with Inductor, compile the prefill kernels of corey's ops in child processes while "
                "Inductor works, rather than at the first run"),
+    OptionSpec("cuda_graphs", False, "COREY_CUDA_GRAPHS", "bool",
+               "capture each compiled graph in CUDA graphs, replayed on later calls (Inductor's CUDA graph "
+               "trees); mode=\"reduce-overhead\" turns it on"),
     OptionSpec("check_invariants", False, "COREY_CHECK_INVARIANTS", "bool",
                "check the pass contract after every pass (the tests turn it on)"),
     OptionSpec("debug_dir", None, "COREY_DEBUG_DIR", "path",

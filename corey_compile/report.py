@@ -73,6 +73,7 @@ class CompileReport:
     symbolic: dict = field(default_factory=dict)  # input name -> the symbols in its shape, where Dynamo made any
     recompile_reason: str = ""  # the guard that failed, when Dynamo compiled this frame again
     known_calls: dict = field(default_factory=dict)  # site -> what each call of a known function became
+    cuda_graphs: str = ""  # "" (not asked for), "on", or why the inner compiler left them off
 
     def decline(self, what: str, reason: str, pass_name: str = "") -> None:
         self.declined.append(Declined(what, reason, pass_name))

@@ -7,7 +7,7 @@ same script times any checkout put first on ``sys.path``:
     python benchmarks/probes/kernel_versions.py --corey PATH --label NAME --out FILE.json   # time one version
     python benchmarks/probes/kernel_versions.py --compare A.json B.json ...                  # the table
 
-Shapes: d=2048, n=16; prefill (b, l) = (1, 2048), (1, 8192), (8, 2048) in float16,
+Shapes: d=2048, n=16; prefill (b, l) = (1, 2048), (1, 2047), (1, 8192), (8, 2048) in float16,
 bfloat16 and float32; decode at batch 1, 16, 64 (float16). Each timing is the median
 of ``triton.testing.do_bench`` (plain call from Python) and of its CUDA-graph variant.
 """
@@ -19,7 +19,7 @@ import os
 import sys
 
 DIM, DSTATE = 2048, 16
-PREFILL = [(1, 2048), (1, 8192), (8, 2048)]
+PREFILL = [(1, 2048), (1, 2047), (1, 8192), (8, 2048)]
 DTYPES = ["float16", "bfloat16", "float32"]
 DECODE = [1, 16, 64]
 

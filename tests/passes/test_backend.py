@@ -89,13 +89,14 @@ def _inductor_cache_passes(monkeypatch, user_pass=None):
     real = inductor.compile_fx
 
     def spy(gm, example_inputs, *args, **kwargs):
-        seen.append(inductor_config.post_grad_custom_pre_pass)
+        with inductor_config.patch(kwargs.get("config_patches") or {}):  # as compile_fx applies them
+            seen.append(inductor_config.post_grad_custom_pre_pass)
         return real(gm, example_inputs, *args, **kwargs)
 
     monkeypatch.setattr(inductor, "compile_fx", spy)
     with inductor_config.patch(post_grad_custom_pre_pass=user_pass):
         torch.compile(forms.loop_matmul_readout, backend="corey")(**scan_inputs(l=3))
-    return seen
+    return seen[0]  # compile_fx calls itself again inside its config patches
 
 
 def test_inductors_graph_cache_keys_on_corey_sources(monkeypatch):
@@ -106,7 +107,7 @@ def test_inductors_graph_cache_keys_on_corey_sources(monkeypatch):
     digest = hashlib.sha256()
     for path in sorted(codegen.rglob("*.py")):
         digest.update(path.relative_to(codegen).as_posix().encode() + b"\0" + path.read_bytes())
-    (key_pass,) = _inductor_cache_passes(monkeypatch)
+    key_pass = _inductor_cache_passes(monkeypatch)
     assert key_pass.uuid() == digest.hexdigest()  # a change to an op or a kernel is a change of key
     graph = torch.fx.Graph()
     graph.output(None)
@@ -124,4 +125,39 @@ def test_a_users_own_inductor_pass_is_left_in_place(monkeypatch):
             return "mine"
 
     mine = Mine()
-    assert _inductor_cache_passes(monkeypatch, mine) == [mine]
+    assert _inductor_cache_passes(monkeypatch, mine) is mine
+
+
+def test_reduce_overhead_mode_asks_inductor_for_cuda_graphs(monkeypatch):
+    # torch.compile hands a custom backend its mode; corey passes the mode's settings to Inductor, which captures
+    # CUDA graphs on a GPU. Here, on the CPU, Inductor leaves them off and the report says why.
+    from torch._inductor import config as inductor_config
+
+    patches = []
+    real = torch._inductor.compile_fx.compile_fx
+
+    def spy(gm, example_inputs, *args, **kwargs):
+        patches.append(dict(kwargs.get("config_patches") or {}))
+        return real(gm, example_inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", spy)
+    inputs = scan_inputs(l=3)
+    out = torch.compile(forms.loop_matmul_readout, backend="corey", mode="reduce-overhead")(**inputs)
+    torch.testing.assert_close(out, forms.loop_matmul_readout(**inputs))
+    assert patches[0]["triton.cudagraphs"] is True
+    report = corey_compile.last_report()
+    assert report.options["cuda_graphs"] is True and report.cuda_graphs == "off: the graph runs on cpu"
+    assert inductor_config.triton.cudagraphs is False  # only for that compilation
+
+
+def test_cuda_graphs_with_the_eager_inner_compiler_on_the_cpu_run_uncaptured():
+    inputs = scan_inputs(l=3)
+    compiled = torch.compile(forms.loop_matmul_readout, backend="corey",
+                             options={"inner_compiler": "eager", "cuda_graphs": True})
+    torch.testing.assert_close(compiled(**inputs), forms.loop_matmul_readout(**inputs))
+    assert corey_compile.last_report().cuda_graphs.startswith("off")
+
+
+def test_an_unknown_mode_is_a_clear_error():
+    with pytest.raises(Exception, match="unknown mode 'fastest'"):
+        torch.compile(forms.loop_matmul_readout, backend="corey", mode="fastest")(**scan_inputs(l=3))
