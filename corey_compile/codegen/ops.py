@@ -62,6 +62,30 @@ def kernel_source(name: str) -> str:
     return "\n\n".join(order)
 
 
+_LIBRARY = torch.library.Library("corey", "DEF")
+
+
+def _define(mutates_args: tuple = ()):
+    """Register the decorated function as ``torch.ops.corey.<name>``, its schema read from its annotations.
+
+    The op's kernel is the function itself, for every device (``CompositeExplicitAutograd``): a call goes
+    from the dispatcher straight to it. (``torch.library.custom_op`` wraps the call in Python layers that
+    check aliasing and autograd on every call, about 65 µs of host time per call measured on an H200.)
+    ``register_fake`` gives each op the fake kernel Dynamo and Inductor trace with.
+    """
+    def register(fn):
+        name = fn.__name__
+        _LIBRARY.define(name + torch.library.infer_schema(fn, mutates_args=mutates_args),
+                        tags=(torch.Tag.pt2_compliant_tag,))
+        _LIBRARY.impl(name, fn, "CompositeExplicitAutograd")
+        return fn
+    return register
+
+
+def register_fake(name: str):
+    return torch.library.register_fake(f"corey::{name}", lib=_LIBRARY)
+
+
 def triton_interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -75,7 +99,7 @@ def uses_triton(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and triton_interpreter_active())
 
 
-@torch.library.custom_op("corey::selective_scan", mutates_args=())
+@_define()
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -125,7 +149,7 @@ def _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
     return out.unsqueeze(-1), state
 
 
-@selective_scan.register_fake
+@register_fake("selective_scan")
 def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, chunk_size=0,
       chunk_policy="occupancy"):
     if chunk_policy not in RUNTIME_CHUNK_POLICIES:
@@ -139,7 +163,7 @@ def _scan_results(u, A):
     return u.new_empty(u.shape), u.new_empty((batch, dim, A.shape[1]), dtype=torch.float32)
 
 
-@torch.library.custom_op("corey::unplanned_scan", mutates_args=())
+@_define()
 def unplanned_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -158,12 +182,12 @@ def unplanned_scan(
     return selective_scan(u, delta, A, B, C, initial_state=initial_state)
 
 
-@unplanned_scan.register_fake
+@register_fake("unplanned_scan")
 def _(u, delta, A, B, C, initial_state=None):
     return _scan_results(u, A)
 
 
-@torch.library.custom_op("corey::selective_state_update", mutates_args=("state",))
+@_define(mutates_args=("state",))
 def selective_state_update(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -185,6 +209,6 @@ def selective_state_update(
     return selective_state_update_naive(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
-@selective_state_update.register_fake
+@register_fake("selective_state_update")
 def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     return x.new_empty(x.shape)  # contiguous, as every implementation returns it

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from ...planning.launch import scan_launch
+from ..launcher import KernelLauncher
 from ..triton_math import LOG2E, runs_ptx, silu, softplus, to_float32
 
 
@@ -391,6 +392,9 @@ def _selective_scan_fwd_kernel(
         tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d * stride_hl_d + n * stride_hl_n, last, mask=mask_d)
 
 
+_launch_scan = KernelLauncher(_selective_scan_fwd_kernel)
+
+
 def check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state) -> tuple[int, int, int, int, int]:
     """Validate selective-scan arguments; return (batch, dim, seqlen, dstate, groups)."""
     if u.dim() != 3:
@@ -486,18 +490,20 @@ def selective_scan_chunked(
         if kernels not in ("all", part):
             continue
         h0_arg = h0 if h0 is not None else last_state
-        _selective_scan_fwd_kernel[launch.grid](
-            u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0_arg,
-            out, last_state,
-            seqlen, dim, dim // groups,
-            *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
-            *h0_arg.stride(), *last_state.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
-            DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
-            DSTATE=dstate, BLOCK_D=launch.block_d, CHUNK=chunk_size, STEPS=launch.steps,
-            STEPS_PER_LOAD=launch.steps_per_load, EVEN_D=dim % launch.block_d == 0, PIPELINE=launch.pipeline,
-            HOIST_A=launch.hoist_a, WIDEN_BC_PAIRS=launch.widen_bc_pairs, STAGES=launch.stages, PTX=runs_ptx(u),
-            WHOLE=part == "whole", TAIL=part == "tail", num_warps=launch.num_warps,
+        _launch_scan(
+            launch.grid,
+            (u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0_arg,
+             out, last_state,
+             seqlen, dim, dim // groups,
+             *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
+             *h0_arg.stride(), *last_state.stride()),
+            dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
+                 DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
+                 DSTATE=dstate, BLOCK_D=launch.block_d, CHUNK=chunk_size, STEPS=launch.steps,
+                 STEPS_PER_LOAD=launch.steps_per_load, EVEN_D=dim % launch.block_d == 0, PIPELINE=launch.pipeline,
+                 HOIST_A=launch.hoist_a, WIDEN_BC_PAIRS=launch.widen_bc_pairs, STAGES=launch.stages, PTX=runs_ptx(u),
+                 WHOLE=part == "whole", TAIL=part == "tail"),
+            launch.num_warps,
         )
     return out, last_state
 

@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from ...planning.launch import step_launch
+from ..launcher import KernelLauncher
 from ..triton_math import LOG2E, runs_ptx, silu, softplus
 
 
@@ -73,6 +74,9 @@ def _selective_state_update_kernel(
     tl.store(out_ptr + pid_b * stride_out_b + offs_d * stride_out_d, y.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
+_launch_step = KernelLauncher(_selective_state_update_kernel)
+
+
 def check_step_args(state, x, dt, A, B, C, D, z, dt_bias) -> tuple[int, int, int, int]:
     """Validate decode-step arguments; return (batch, dim, dstate, groups)."""
     if state.dim() != 3:
@@ -127,12 +131,14 @@ def selective_state_update_triton(
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     z_arg = z if z is not None else x
-    _selective_state_update_kernel[launch.grid](
-        state, x, dt, A, B, C, D if D is not None else x, z_arg, dt_bias if dt_bias is not None else x, out,
-        dim, dstate, dim // groups,
-        *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        HAS_GROUPS=groups > 1, BLOCK_D=launch.block_d, BLOCK_N=launch.block_n, EVEN_D=dim % launch.block_d == 0,
-        EVEN_N=dstate == launch.block_n, PTX=runs_ptx(x), num_warps=launch.num_warps,
+    _launch_step(
+        launch.grid,
+        (state, x, dt, A, B, C, D if D is not None else x, z_arg, dt_bias if dt_bias is not None else x, out,
+         dim, dstate, dim // groups,
+         *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride()),
+        dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
+             HAS_GROUPS=groups > 1, BLOCK_D=launch.block_d, BLOCK_N=launch.block_n, EVEN_D=dim % launch.block_d == 0,
+             EVEN_N=dstate == launch.block_n, PTX=runs_ptx(x)),
+        launch.num_warps,
     )
     return out
