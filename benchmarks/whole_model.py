@@ -112,6 +112,14 @@ def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_
                                   "floor_ms_per_token": round(weight_bytes / HBM_BYTES_PER_S * 1e3, 4),
                                   "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                                   "greedy_tokens": tokens}), flush=True)
+        if config.startswith("corey"):
+            import corey_compile
+
+            print(json.dumps({"dtype": dtype_name, "graphs": [
+                {"graph": r.graph_index, "regions": len(r.regions), "cuda_graphs": r.cuda_graphs,
+                 "static_inputs": len(r.static_inputs), "seconds": r.seconds} for r in corey_compile.all_reports()]}),
+                flush=True)
+            corey_compile.clear_reports()
         del model
 
 
@@ -141,7 +149,9 @@ def run_config(config: str, preset: str, args, cache: str) -> dict:
     if not finished:
         result["not_done"] = f"stopped after {args.budget:.0f} s; the measurements not listed were not done"
     elif process.returncode != 0:
-        result["error"] = err[-3000:]
+        # The traceback, not the warnings around it (Inductor's CUDA-graph notes run to pages).
+        start_at = err.rfind("Traceback (most recent call last)")
+        result["error"] = f"exit status {process.returncode}: " + (err[start_at:][-3000:] if start_at >= 0 else err[-1500:])
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
     for row in rows:
         print("  ", json.dumps({k: v for k, v in row.items() if k != "greedy_tokens"}), flush=True)

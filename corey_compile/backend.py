@@ -157,6 +157,62 @@ def _inner_compile(gm: fx.GraphModule, example_inputs, options, mode: str | None
     return compile_fx(gm, example_inputs, config_patches=patches)
 
 
+# Methods and functions that give a view of their first argument: a write to the view writes the input.
+_VIEWS = {"view", "view_as", "reshape", "transpose", "permute", "unsqueeze", "squeeze", "select", "narrow", "expand",
+          "__getitem__", "getitem", "unflatten", "flatten", "movedim", "t", "split", "chunk", "unbind", "as_strided"}
+
+
+def _written_placeholder(node):
+    """The graph input that ``node`` is, or is a view of; None if it is neither."""
+    while node is not None and node.op != "placeholder":
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if node.op not in ("call_method", "call_function") or name.split(".")[0] not in _VIEWS or not node.args:
+            return None
+        node = node.args[0] if isinstance(node.args[0], fx.Node) else None
+    return node
+
+
+def _writes(node) -> list:
+    """The arguments ``node`` writes in place: an in-place method's self, a mutable op's written arguments."""
+    if node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("__"):
+        return node.args[:1]
+    if node.op == "call_function":
+        schema = getattr(node.target, "_schema", None)
+        if schema is None and hasattr(node.target, "default"):
+            schema = getattr(node.target.default, "_schema", None)
+        if schema is not None:
+            return [node.args[i] if i < len(node.args) else node.kwargs.get(a.name)
+                    for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+        name = getattr(node.target, "__name__", "")
+        if name.endswith("_") and not name.startswith("__") and getattr(node.target, "__objclass__", None) is torch.Tensor:
+            return node.args[:1]
+    return []
+
+
+def mark_written_inputs_static(gm: fx.GraphModule) -> list[str]:
+    """Mark the graph inputs the graph writes in place as fixed-address inputs; return their names.
+
+    Inductor's CUDA graphs replay at the addresses they were recorded with, so they leave out a graph
+    that writes to an input unless the input keeps its address (parameters, buffers, tensors marked
+    with ``torch._dynamo.mark_static_address``). A Mamba cache's states are written in place on every
+    decode step and keep their address for a whole ``generate``, but transformers creates them while
+    Dynamo traces, where it does not mark them. Marked here (unguarded, as ``mark_static_address(...,
+    guard=False)`` does), a new cache with new addresses has the graph recorded again rather than run
+    with stale ones.
+    """
+    marked = []
+    for node in gm.graph.nodes:
+        for arg in _writes(node):
+            placeholder = _written_placeholder(arg) if isinstance(arg, fx.Node) else None
+            if placeholder is None:
+                continue
+            tensor_dict = placeholder.meta.setdefault("tensor_dict", {})
+            if not tensor_dict.get("_dynamo_static_input_type"):
+                tensor_dict["_dynamo_static_input_type"] = "unguarded"
+                marked.append(placeholder.name)
+    return marked
+
+
 class _CudaGraphSkips(logging.Handler):
     """Collects why the inner compiler left CUDA graphs off (what it logs to torch's "cudagraphs" artifact
     logger), for the report, while it compiles."""
@@ -167,7 +223,7 @@ class _CudaGraphSkips(logging.Handler):
         self._logger = None
 
     def emit(self, record) -> None:
-        self.reasons.append(record.getMessage())
+        self.reasons.append(record.getMessage().splitlines()[0].removesuffix(" Found from :").strip())
 
     def __enter__(self):
         try:
@@ -234,6 +290,8 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
     # Only beside Inductor: with the eager inner compiler nothing would run while the child compiles.
     warmup = (start_warmup(rewritten, device)
               if opts.warm_up_kernels and opts.inner_compiler == "inductor" else None)
+    if opts.cuda_graphs:
+        report.static_inputs = mark_written_inputs_static(rewritten)
     start = time.perf_counter()
     try:
         with _CudaGraphSkips() as skips:

@@ -74,6 +74,7 @@ class CompileReport:
     recompile_reason: str = ""  # the guard that failed, when Dynamo compiled this frame again
     known_calls: dict = field(default_factory=dict)  # site -> what each call of a known function became
     cuda_graphs: str = ""  # "" (not asked for), "on", or why the inner compiler left them off
+    static_inputs: list = field(default_factory=list)  # inputs written in place, marked as fixed-address for CUDA graphs
 
     def decline(self, what: str, reason: str, pass_name: str = "") -> None:
         self.declined.append(Declined(what, reason, pass_name))

@@ -79,16 +79,23 @@ class KernelLauncher:
         self.compiled: dict = {}
         self.direct_launches = 0  # calls that skipped kernel[grid] (the tests read it)
         self._constexpr_names = None  # the kernel's parameters after the runtime ones, in its order
+        self.why_not_direct = ""  # why the last call went through kernel[grid], for the tests and for debugging
 
     def _can_launch_directly(self, constexprs: dict, args: tuple) -> bool:
-        if _VERSION < (3, 3) or os.environ.get("TRITON_INTERPRET", "0") == "1":
-            return False
-        if self._constexpr_names is None:
-            names = list(getattr(self.kernel, "arg_names", []))[len(args):]
-            if sorted(names) != sorted(constexprs):
-                return False
-            self._constexpr_names = names
-        return not _launch_hooks_installed()
+        if _VERSION < (3, 3):
+            self.why_not_direct = f"triton {_VERSION} before 3.3"
+        elif os.environ.get("TRITON_INTERPRET", "0") == "1":
+            self.why_not_direct = "Triton's interpreter"
+        elif self._constexpr_names is None and \
+                sorted(list(getattr(self.kernel, "arg_names", []))[len(args):]) != sorted(constexprs):
+            self.why_not_direct = "the constexprs are not the kernel's parameters after the runtime ones"
+        elif _launch_hooks_installed():
+            self.why_not_direct = "a launch hook is installed"
+        else:
+            if self._constexpr_names is None:
+                self._constexpr_names = list(self.kernel.arg_names)[len(args):]
+            return True
+        return False
 
     def __call__(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int):
         if not self._can_launch_directly(constexprs, args):
@@ -103,6 +110,8 @@ class KernelLauncher:
                 if len(self.compiled) >= _MAX_SPECIALIZATIONS:
                     self.compiled.clear()
                 self.compiled[key] = (compiled.run, compiled.function, compiled.packed_metadata)
+            else:
+                self.why_not_direct = f"kernel[grid] returned {type(compiled).__name__}, not a compiled kernel"
             return compiled
         run, function, metadata = hit
         grid_y = grid[1] if len(grid) > 1 else 1

@@ -38,7 +38,8 @@ def test_a_repeated_call_launches_directly_with_the_same_results():
     first, _ = chunk.selective_scan_chunked(**aligned, delta_softplus=True, chunk_size=64)
     before = chunk._launch_scan.direct_launches
     second, _ = chunk.selective_scan_chunked(**aligned, delta_softplus=True, chunk_size=64)
-    assert chunk._launch_scan.direct_launches == before + 2  # the whole chunks and the tail, both direct
+    # the whole chunks and the tail, both direct
+    assert chunk._launch_scan.direct_launches == before + 2, chunk._launch_scan.why_not_direct
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     keys = len(chunk._launch_scan.compiled)
     odd, _ = chunk.selective_scan_chunked(**shifted, delta_softplus=True, chunk_size=64)
@@ -52,6 +53,6 @@ def test_a_repeated_call_launches_directly_with_the_same_results():
     states, outs = [state.clone(), state.clone()], []
     for s in states:
         outs.append(step.selective_state_update_triton(s, *args, dt_softplus=True))
-    assert step._launch_step.direct_launches >= 1
+    assert step._launch_step.direct_launches >= 1, step._launch_step.why_not_direct
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     torch.testing.assert_close(states[0], states[1], rtol=0, atol=0)

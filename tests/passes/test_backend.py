@@ -161,3 +161,38 @@ def test_cuda_graphs_with_the_eager_inner_compiler_on_the_cpu_run_uncaptured():
 def test_an_unknown_mode_is_a_clear_error():
     with pytest.raises(Exception, match="unknown mode 'fastest'"):
         torch.compile(forms.loop_matmul_readout, backend="corey", mode="fastest")(**scan_inputs(l=3))
+
+
+def test_inputs_written_in_place_are_marked_fixed_address_for_cuda_graphs():
+    from corey_compile.backend import mark_written_inputs_static
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def step(state, conv, x):
+        state[:, 0].copy_(x)  # a view of an input, written
+        conv.mul_(2)  # an input, written
+        return state.sum() + x.sum()  # x only read
+
+    torch.compile(step, backend=keep)(torch.zeros(2, 3), torch.ones(2), torch.ones(2))
+    (gm,) = graphs
+    assert sorted(mark_written_inputs_static(gm)) == ["l_conv_", "l_state_"]
+    assert mark_written_inputs_static(gm) == []  # marked once
+
+
+def test_generate_with_cuda_graphs_marks_the_cache_states_and_keeps_the_tokens():
+    from corey_compile.models import build_mamba
+
+    model = build_mamba("tiny", num_hidden_layers=2, seed=0)
+    prompt = torch.randint(1, 256, (1, 7), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=3, do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=0)
+    with torch.no_grad():
+        expected = model.generate(prompt, **kwargs)
+        model.compile(backend="corey", options={"inner_compiler": "eager", "cuda_graphs": True})
+        tokens = model.generate(prompt, **kwargs)
+    assert torch.equal(tokens, expected)
+    decode = [r for r in corey_compile.all_reports() if any(x.op.endswith("selective_state_update") for x in r.regions)]
+    assert decode and all(len(r.static_inputs) >= 2 for r in decode)  # each layer's conv and ssm states at least

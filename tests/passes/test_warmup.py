@@ -13,9 +13,9 @@ def _graphs_for(lengths, monkeypatch):
     graphs = []
     real = corey_compile.backend._inner_compile
 
-    def spy(gm, example_inputs, options):
+    def spy(gm, example_inputs, options, *rest):
         graphs.append(gm)
-        return real(gm, example_inputs, options)
+        return real(gm, example_inputs, options, *rest)
 
     monkeypatch.setattr(corey_compile.backend, "_inner_compile", spy)
     model = build_mamba("tiny", num_hidden_layers=2, seed=0)
