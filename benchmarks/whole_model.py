@@ -183,7 +183,7 @@ def table(results: list) -> str:
             elif r.get("part") == "decode":
                 rows.append([f"{res['config']} {res['preset']}", r["dtype"], f"decode b={r['batch']}",
                              f"{r['ms_per_token']:.3f} ms/token ({r['tokens_per_s']:.0f} tok/s)", f"{r['first_s']:.1f} s",
-                             r["peak_gib"], {True: "same", False: f"differs at {r['first_different_token']}",
+                             r["peak_gib"], {True: "same", False: f"differs at {r.get('first_different_token')}",
                                              None: ""}[r.get("tokens_as_transformers")]])
         for key in ("not_done", "error"):
             if key in res:

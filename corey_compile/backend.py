@@ -65,12 +65,30 @@ def _requires_grad(example_inputs) -> bool:
     return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
 
 
+# What Dynamo leaves on the graph module for the compilers after it: AOT autograd reads them to tell
+# parameters and fixed-address inputs from the others (which CUDA graphs must not copy) and to map
+# inputs back to their sources.
+_DYNAMO_MODULE_ATTRIBUTES = ("_param_name_to_source", "_source_to_user_stacks", "_backend_id")
+
+
 def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy whose graph the passes may rewrite; the original stays intact for the fallback."""
+    """A copy whose graph the passes may rewrite; the original stays intact for the fallback.
+
+    It keeps what Dynamo recorded beside the graph: the module's meta and attributes
+    (``_DYNAMO_MODULE_ATTRIBUTES``) and each input's source."""
     graph = fx.Graph()
-    output = graph.graph_copy(gm.graph, {})
+    copies: dict = {}
+    output = graph.graph_copy(gm.graph, copies)
     graph.output(output)
-    return fx.GraphModule(gm, graph)
+    copy = fx.GraphModule(gm, graph)
+    copy.meta = dict(gm.meta)
+    for name in _DYNAMO_MODULE_ATTRIBUTES:
+        if hasattr(gm, name):
+            setattr(copy, name, getattr(gm, name))
+    for node, new in copies.items():
+        if hasattr(node, "_dynamo_source"):
+            new._dynamo_source = node._dynamo_source
+    return copy
 
 
 def _symbols(value) -> list:

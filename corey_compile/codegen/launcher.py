@@ -33,19 +33,24 @@ except (ImportError, ValueError):  # no triton, or a version string not of the f
 _MAX_SPECIALIZATIONS = 256  # per kernel; past it the cache is emptied (a model has a handful)
 
 
+def _installed(hook) -> bool:
+    """Whether a launch-hook setting holds a hook: None, or (Triton 3.5 on) an empty ``HookChain``, holds none."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
 def _launch_hooks_installed() -> bool:
     """Whether Triton would call a launch hook (a profiler's): the direct launch would skip it."""
     try:
         from triton import knobs
 
-        if knobs.runtime.launch_enter_hook is not None or knobs.runtime.launch_exit_hook is not None:
+        if _installed(knobs.runtime.launch_enter_hook) or _installed(knobs.runtime.launch_exit_hook):
             return True
     except (ImportError, AttributeError):
         pass
     from triton.compiler.compiler import CompiledKernel
 
-    return getattr(CompiledKernel, "launch_enter_hook", None) is not None or \
-        getattr(CompiledKernel, "launch_exit_hook", None) is not None
+    return _installed(getattr(CompiledKernel, "launch_enter_hook", None)) or \
+        _installed(getattr(CompiledKernel, "launch_exit_hook", None))
 
 
 def _current_stream(device: int) -> int:

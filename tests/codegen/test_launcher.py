@@ -22,6 +22,17 @@ def test_the_key_separates_what_triton_specializes_on():
     assert specialization_key((True,)) != specialization_key((1,)) and specialization_key((None,)) != specialization_key((0,))
 
 
+def test_an_empty_hook_chain_is_no_hook():
+    from corey_compile.codegen.launcher import _installed
+
+    class Chain:  # Triton 3.5 on keeps its launch hooks in chains, empty when none is installed
+        def __init__(self, calls):
+            self.calls = calls
+
+    assert not _installed(None) and not _installed(Chain([]))
+    assert _installed(Chain([print])) and _installed(print)
+
+
 @pytest.mark.skipif(KERNEL_DEVICE != "cuda" or os.environ.get("TRITON_INTERPRET") == "1",
                     reason="the direct launch runs compiled kernels on a GPU")
 def test_a_repeated_call_launches_directly_with_the_same_results():

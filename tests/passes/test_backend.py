@@ -196,3 +196,24 @@ def test_generate_with_cuda_graphs_marks_the_cache_states_and_keeps_the_tokens()
     assert torch.equal(tokens, expected)
     decode = [r for r in corey_compile.all_reports() if any(x.op.endswith("selective_state_update") for x in r.regions)]
     assert decode and all(len(r.static_inputs) >= 2 for r in decode)  # each layer's conv and ssm states at least
+
+
+def test_the_rewritable_copy_keeps_what_dynamo_recorded_for_the_compilers_after_it():
+    # AOT autograd tells parameters and fixed-address inputs (which CUDA graphs must not copy) from the rest by
+    # these; a copy without them had every input treated as one to copy.
+    from corey_compile.backend import copy_graph_module
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    linear = torch.nn.Linear(3, 3)
+    torch.compile(lambda x: linear(x).sum(), backend=keep)(torch.ones(2, 3))
+    (gm,) = graphs
+    copy = copy_graph_module(gm)
+    assert copy.meta["dynamo_compile_id"] == gm.meta["dynamo_compile_id"]
+    assert copy._param_name_to_source is gm._param_name_to_source
+    sources = [n._dynamo_source for n in gm.graph.nodes if n.op == "placeholder"]
+    assert [n._dynamo_source for n in copy.graph.nodes if n.op == "placeholder"] == sources and len(sources) == 3
