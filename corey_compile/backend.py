@@ -6,6 +6,7 @@ import functools
 import hashlib
 import itertools
 import logging
+import operator
 import pathlib
 import time
 import warnings
@@ -154,11 +155,11 @@ def _cache_key_pass():
 MODES = {"default": False, "reduce-overhead": True, "max-autotune-no-cudagraphs": False, "max-autotune": True}
 
 
-def _inner_compile(gm: fx.GraphModule, example_inputs, options, mode: str | None = None):
-    """The inner compiler on corey's rewritten graph, with ``mode``'s settings and CUDA graphs where the
-    options ask for them."""
+def _inner_compile(gm: fx.GraphModule, example_inputs, options, mode: str | None = None, cuda_graphs: bool = False):
+    """The inner compiler on corey's rewritten graph, with ``mode``'s settings, capturing CUDA graphs
+    where ``cuda_graphs``."""
     if options.inner_compiler == "eager":
-        if options.cuda_graphs:
+        if cuda_graphs:
             from torch._dynamo.backends.cudagraphs import cudagraphs
 
             return cudagraphs(gm, example_inputs)
@@ -168,8 +169,7 @@ def _inner_compile(gm: fx.GraphModule, example_inputs, options, mode: str | None
     from torch._inductor.compile_fx import compile_fx
 
     patches = dict(torch._inductor.list_mode_options(mode)) if mode else {}
-    if options.cuda_graphs:
-        patches["triton.cudagraphs"] = True
+    patches["triton.cudagraphs"] = cuda_graphs
     if inductor_config.post_grad_custom_pre_pass is None:  # else the user's own pass keys the cache its way
         patches["post_grad_custom_pre_pass"] = _cache_key_pass()
     return compile_fx(gm, example_inputs, config_patches=patches)
@@ -205,6 +205,25 @@ def _writes(node) -> list:
         if name.endswith("_") and not name.startswith("__") and getattr(node.target, "__objclass__", None) is torch.Tensor:
             return node.args[:1]
     return []
+
+
+_SCANS = ("selective_scan", "unplanned_scan")
+
+
+def hands_scan_state_out(gm: fx.GraphModule) -> bool:
+    """Whether a scan's final state leaves the graph's scans: a prefill that fills a cache.
+
+    A CUDA graph's outputs live in its memory pool and are overwritten by its next replay, so a state
+    the model keeps in its cache (read by the decode steps after it) must not be one. Such a graph
+    runs uncaptured; the decode steps, which write the cache in place, are captured.
+    """
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and getattr(node.target, "namespace", None) == "corey" \
+                and getattr(node.target, "_opname", None) in _SCANS:
+            for user in node.users:
+                if user.target is operator.getitem and user.args[1] == 1 and user.users:
+                    return True
+    return False
 
 
 def mark_written_inputs_static(gm: fx.GraphModule) -> list[str]:
@@ -308,18 +327,22 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
     # Only beside Inductor: with the eager inner compiler nothing would run while the child compiles.
     warmup = (start_warmup(rewritten, device)
               if opts.warm_up_kernels and opts.inner_compiler == "inductor" else None)
-    if opts.cuda_graphs:
+    capture = opts.cuda_graphs and not hands_scan_state_out(rewritten)
+    if capture:
         report.static_inputs = mark_written_inputs_static(rewritten)
     start = time.perf_counter()
     try:
         with _CudaGraphSkips() as skips:
-            compiled = _inner_compile(rewritten, example_inputs, opts, mode)
+            compiled = _inner_compile(rewritten, example_inputs, opts, mode, capture)
     except BaseException:
         if warmup is not None:
             warmup.cancel()
         raise
     report.seconds["inner_compiler"] = round(time.perf_counter() - start, 4)
-    if opts.cuda_graphs:
+    if opts.cuda_graphs and not capture:
+        report.cuda_graphs = ("off: the graph hands a scan's final state out (a cache the model keeps), and a CUDA "
+                              "graph's outputs are overwritten by its next replay")
+    elif opts.cuda_graphs:
         report.cuda_graphs = ("off: " + "; ".join(skips.reasons) if skips.reasons
                               else "on" if device.type == "cuda" else f"off: the graph runs on {device.type}")
     if warmup is not None:

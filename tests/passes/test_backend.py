@@ -142,12 +142,23 @@ def test_reduce_overhead_mode_asks_inductor_for_cuda_graphs(monkeypatch):
 
     monkeypatch.setattr(torch._inductor.compile_fx, "compile_fx", spy)
     inputs = scan_inputs(l=3)
-    out = torch.compile(forms.loop_matmul_readout, backend="corey", mode="reduce-overhead")(**inputs)
-    torch.testing.assert_close(out, forms.loop_matmul_readout(**inputs))
+
+    def output_only(**kwargs):  # the scan's final state stays inside
+        return forms.loop_matmul_readout(**kwargs)[0]
+
+    out = torch.compile(output_only, backend="corey", mode="reduce-overhead")(**inputs)
+    torch.testing.assert_close(out, output_only(**inputs))
     assert patches[0]["triton.cudagraphs"] is True
     report = corey_compile.last_report()
     assert report.options["cuda_graphs"] is True and report.cuda_graphs == "off: the graph runs on cpu"
     assert inductor_config.triton.cudagraphs is False  # only for that compilation
+
+    # A graph that hands the final state out (a prefill filling a cache) is compiled without capture.
+    patches.clear()
+    torch._dynamo.reset()
+    torch.compile(forms.loop_matmul_readout, backend="corey", mode="reduce-overhead")(**inputs)
+    assert patches[0]["triton.cudagraphs"] is False
+    assert corey_compile.last_report().cuda_graphs.startswith("off: the graph hands a scan's final state out")
 
 
 def test_cuda_graphs_with_the_eager_inner_compiler_on_the_cpu_run_uncaptured():
@@ -196,6 +207,10 @@ def test_generate_with_cuda_graphs_marks_the_cache_states_and_keeps_the_tokens()
     assert torch.equal(tokens, expected)
     decode = [r for r in corey_compile.all_reports() if any(x.op.endswith("selective_state_update") for x in r.regions)]
     assert decode and all(len(r.static_inputs) >= 2 for r in decode)  # each layer's conv and ssm states at least
+    # The prompt's graph hands the scans' final states to the cache: it runs uncaptured, so that the states the
+    # decode steps read are not a CUDA graph's outputs, overwritten by its next replay.
+    prefill = [r for r in corey_compile.all_reports() if r not in decode]
+    assert prefill and all(r.cuda_graphs.startswith("off: the graph hands a scan's final state out") for r in prefill)
 
 
 def test_the_rewritable_copy_keeps_what_dynamo_recorded_for_the_compilers_after_it():
