@@ -8,10 +8,9 @@ new one goes through ``kernel[grid]``, which compiles (or loads) the kernel and 
 launcher keeps it under a key of its own, and later calls with the same key hand the arguments
 straight to the compiled kernel's launcher.
 
-The key holds everything Triton specializes a kernel on, per argument: a tensor's dtype and
-whether its address is 16-byte aligned; an integer's being 1, its divisibility by 16 and the
-width it needs; the constexprs and ``num_warps``; the device. It is at least as fine as Triton's
-own, so two calls with one key would have got the same kernel from Triton.
+The key holds what Triton specializes a kernel on, or something finer: each tensor's dtype and
+address modulo 16, the integer arguments' values, the constexprs and ``num_warps``, the device.
+Two calls with one key would have got the same kernel from Triton.
 
 The direct launch follows the calling convention of Triton 3.3 and later (every argument,
 constexprs included, after the launch parameters). Before 3.3, under the interpreter and while a
@@ -58,26 +57,17 @@ def _current_stream(device: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device)
 
 
-def specialization_key(args: tuple) -> tuple:
-    """What Triton specializes a kernel on, for each runtime argument (``args`` in the kernel's order)."""
-    key = []
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            key.append((arg.dtype, arg.data_ptr() % 16 == 0))
-        elif isinstance(arg, bool) or arg is None or isinstance(arg, float):
-            key.append((type(arg), arg is None))
-        elif isinstance(arg, int):
-            width = 32 if -2**31 <= arg < 2**31 else 64 if -2**63 <= arg < 2**63 else 65
-            key.append((arg == 1, arg % 16 == 0, width))
-        else:
-            key.append((type(arg), arg))
-    return tuple(key)
+def launch_key(tensors: tuple, ints: tuple) -> tuple:
+    """A key at least as fine as Triton's specialization of these runtime arguments: each tensor's dtype
+    and address modulo 16, and the integers themselves (Triton looks at whether each is 1, divisible by
+    16 and fits 32 bits; keeping the values costs one more entry per distinct shape and no Python loop)."""
+    return tuple([t.dtype for t in tensors]), tuple([t.data_ptr() & 15 for t in tensors]), ints
 
 
 class KernelLauncher:
-    """``launcher(grid, args, constexprs, num_warps)`` launches ``kernel`` as ``kernel[grid](*args,
-    **constexprs, num_warps=num_warps)`` does. ``args`` are the kernel's leading (runtime) parameters in
-    order, ``constexprs`` all the others by name."""
+    """``launcher(grid, tensors, ints, constexprs, num_warps)`` launches ``kernel`` as ``kernel[grid](*tensors,
+    *ints, **constexprs, num_warps=num_warps)`` does. The kernel's leading parameters are ``tensors`` then
+    ``ints`` (its runtime parameters, in order); ``constexprs`` are all the others, by name."""
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -102,12 +92,13 @@ class KernelLauncher:
             return True
         return False
 
-    def __call__(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int):
+    def __call__(self, grid: tuple, tensors: tuple, ints: tuple, constexprs: dict, num_warps: int):
+        args = tensors + ints
         if not self._can_launch_directly(constexprs, args):
             return self.kernel[grid](*args, **constexprs, num_warps=num_warps)
         device = torch.cuda.current_device()
-        constants = tuple(constexprs[name] for name in self._constexpr_names)
-        key = (device, num_warps, constants, specialization_key(args))
+        constants = tuple([constexprs[name] for name in self._constexpr_names])
+        key = (device, num_warps, constants, launch_key(tensors, ints))
         hit = self.compiled.get(key)
         if hit is None:
             compiled = self.kernel[grid](*args, **constexprs, num_warps=num_warps)

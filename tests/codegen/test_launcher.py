@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from corey_compile.codegen.launcher import specialization_key
+from corey_compile.codegen.launcher import launch_key
 
 KERNEL_DEVICE = os.environ.get("COREY_KERNEL_TEST_DEVICE", "cpu")
 
@@ -13,13 +13,11 @@ KERNEL_DEVICE = os.environ.get("COREY_KERNEL_TEST_DEVICE", "cpu")
 def test_the_key_separates_what_triton_specializes_on():
     storage = torch.zeros(64)
     aligned, shifted = storage[:8], storage[1:9]  # 4 bytes past a 16-byte boundary
-    assert specialization_key((aligned,)) != specialization_key((shifted,))
-    assert specialization_key((aligned,)) == specialization_key((storage[4:12],))  # 16 bytes on: aligned again
-    assert specialization_key((aligned,)) != specialization_key((aligned.half(),))
-    keys = {specialization_key((n,)) for n in (1, 16, 32, 17, -1, 2**31, 2**31 + 1)}
-    assert len(keys) == 5  # 1; divisible by 16 (16 and 32 alike); neither (17 and -1 alike); either in 64 bits
-    assert specialization_key((16,)) == specialization_key((32,)) and specialization_key((17,)) == specialization_key((-1,))
-    assert specialization_key((True,)) != specialization_key((1,)) and specialization_key((None,)) != specialization_key((0,))
+    assert launch_key((aligned,), ()) != launch_key((shifted,), ())
+    assert launch_key((aligned,), ()) == launch_key((storage[4:12],), ())  # 16 bytes on: aligned again
+    assert launch_key((aligned,), ()) != launch_key((aligned.half(),), ())
+    # Integers by value: finer than Triton's (1, divisible by 16, 32 or 64 bits), never coarser.
+    assert launch_key((), (16, 1)) == launch_key((), (16, 1)) and launch_key((), (16, 1)) != launch_key((), (32, 1))
 
 
 def test_an_empty_hook_chain_is_no_hook():

@@ -493,8 +493,8 @@ def selective_scan_chunked(
         _launch_scan(
             launch.grid,
             (u, delta, A, B, C, D if D is not None else u, z_arg, delta_bias if delta_bias is not None else u, h0_arg,
-             out, last_state,
-             seqlen, dim, dim // groups,
+             out, last_state),
+            (seqlen, dim, dim // groups,
              *u.stride(), *delta.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride(),
              *h0_arg.stride(), *last_state.stride()),
             dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,

@@ -133,8 +133,8 @@ def selective_state_update_triton(
     z_arg = z if z is not None else x
     _launch_step(
         launch.grid,
-        (state, x, dt, A, B, C, D if D is not None else x, z_arg, dt_bias if dt_bias is not None else x, out,
-         dim, dstate, dim // groups,
+        (state, x, dt, A, B, C, D if D is not None else x, z_arg, dt_bias if dt_bias is not None else x, out),
+        (dim, dstate, dim // groups,
          *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride()),
         dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
              HAS_GROUPS=groups > 1, BLOCK_D=launch.block_d, BLOCK_N=launch.block_n, EVEN_D=dim % launch.block_d == 0,
