@@ -313,10 +313,12 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
             measured = [r for r in report.regions if r.measurements]
             if measured:
                 rows = [[r.name, role, m["numel"], m["nonfinite"], f"{m.get('min', float('nan')):.4g}",
-                         f"{m.get('max', float('nan')):.4g}", f"{m.get('rms', float('nan')):.4g}"]
+                         f"{m.get('max', float('nan')):.4g}", f"{m.get('rms', float('nan')):.4g}",
+                         f"{m.get('entropy', float('nan')):.3f}", f"{m.get('entropy_ratio', float('nan')):.3f}"]
                         for r in measured for role, m in r.measurements.items()]
                 lines += ["", "measured on the example inputs:", tabulate(
-                    rows, headers=["region", "operand", "values", "non-finite", "min", "max", "rms"])]
+                    rows, headers=["region", "operand", "values", "non-finite", "min", "max", "rms", "H (nats)",
+                                   "H / log K"])]
         else:
             lines += ["", "regions: none"]
         if report.declined:

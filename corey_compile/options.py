@@ -25,8 +25,8 @@ def _match_forms() -> tuple:
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """One option. ``kind``: "choice" (one of ``choices``), "bool", "power_of_two", "forms" (a subset of
-    the pipeline's match forms) or "path" (a folder, or None)."""
+    """One option. ``kind``: "choice" (one of ``choices``), "bool", "power_of_two", "int" (at least
+    ``choices[0]``), "forms" (a subset of the pipeline's match forms) or "path" (a folder, or None)."""
 
     name: str
     default: object
@@ -42,6 +42,8 @@ class OptionSpec:
         """The valid values in words, for help and error messages."""
         if self.kind in ("choice", "forms"):
             return ", ".join(self.valid_values())
+        if self.kind == "int":
+            return f"an integer from {self.choices[0]}"
         return {"bool": "true or false", "power_of_two": "a power of two", "path": "a folder"}[self.kind]
 
     def parse(self, text: str):
@@ -51,11 +53,11 @@ class OptionSpec:
             if lowered not in _TRUE + _FALSE:
                 raise ValueError(f"corey option {self.name}={text!r}: must be true or false")
             return lowered in _TRUE
-        if self.kind == "power_of_two":
+        if self.kind in ("power_of_two", "int"):
             try:
                 return int(text)
             except ValueError:
-                raise ValueError(f"corey option {self.name}={text!r}: must be a power of two, such as 64") from None
+                raise ValueError(f"corey option {self.name}={text!r}: must be {self.describe()}") from None
         if self.kind == "forms":
             return tuple(f.strip() for f in text.split(",") if f.strip())
         if self.kind == "path":
@@ -71,6 +73,8 @@ class OptionSpec:
         if self.kind == "power_of_two" and (isinstance(value, bool) or not isinstance(value, int) or value < 1
                                             or value & (value - 1)):
             raise ValueError(f"corey option {self.name}={value!r}: must be a power of two, such as 64")
+        if self.kind == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < self.choices[0]):
+            raise ValueError(f"corey option {self.name}={value!r}: must be {self.describe()}")
         if self.kind == "forms":
             value = self.valid_values() if value is None else ((value,) if isinstance(value, str) else tuple(value))
             unknown = sorted(set(value) - set(self.valid_values()))
@@ -88,17 +92,26 @@ OPTIONS = (
                "re-raise a failing pass instead of running the graph as the model wrote it"),
     OptionSpec("chunk_policy", "occupancy", "COREY_CHUNK_POLICY", "choice",
                "how the prefill chunk is chosen: occupancy (from the channels per multiprocessor, capped by the "
-               "sequence length), seqlen (from the sequence length alone) or fixed (chunk_size everywhere)",
+               "sequence length), seqlen (from the sequence length alone), fixed (chunk_size everywhere) or "
+               "entropy (from the entropy of u measured on the example inputs)",
                CHUNK_POLICIES),
     OptionSpec("chunk_size", 64, "COREY_CHUNK_SIZE", "power_of_two", "the chunk of the fixed policy"),
+    OptionSpec("entropy_bins", 256, "COREY_ENTROPY_BINS", "int",
+               "bins of the fixed-width histograms whose entropy the measuring pass records", (2,)),
+    OptionSpec("entropy_sample", 1, "COREY_ENTROPY_SAMPLE", "int",
+               "the histograms take every entropy_sample-th value (1: all)", (1,)),
+    OptionSpec("entropy_chunk_min", 32, "COREY_ENTROPY_CHUNK_MIN", "power_of_two",
+               "C_min of the entropy policy's chunk rule"),
+    OptionSpec("entropy_chunk_max", 512, "COREY_ENTROPY_CHUNK_MAX", "power_of_two",
+               "C_max of the entropy policy's chunk rule (the kernel's longest chunk, 256, caps it)"),
     OptionSpec("fusion", "all", "COREY_FUSION", "choice",
                "which neighbours of a scan its kernel absorbs: all (delta bias, softplus, D skip, gate) or none",
                FUSION_POLICIES),
     OptionSpec("match_forms", None, "COREY_MATCH_FORMS", "forms",
                "the scan forms the matchers look for (comma-separated in text; default: every form)", _match_forms),
     OptionSpec("measure", False, "COREY_MEASURE", "bool",
-               "run the graph once on the example inputs while compiling and record the range of the values "
-               "each region reads"),
+               "run the graph once on the example inputs while compiling and record the range and histogram "
+               "entropy of the values each region reads (the entropy policy does so whatever this says)"),
     OptionSpec("warm_up_kernels", True, "COREY_WARM_UP_KERNELS", "bool",
                "on a GPU, with Inductor, compile the prefill kernels of corey's ops in child processes while "
                "Inductor works, rather than at the first run"),
@@ -116,6 +129,9 @@ SPECS = {spec.name: spec for spec in OPTIONS}
 def _validate(self) -> None:
     for spec in OPTIONS:
         object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
+    if self.entropy_chunk_min > self.entropy_chunk_max:
+        raise ValueError(f"corey options entropy_chunk_min={self.entropy_chunk_min} and entropy_chunk_max="
+                         f"{self.entropy_chunk_max}: the minimum must not exceed the maximum")
 
 
 Options = dataclasses.make_dataclass(

@@ -1,9 +1,11 @@
 """Measure the values that flow into each region, by running the graph once on the example inputs.
 
-Runs only when the ``measure`` option is on (no policy in force reads
-measurements yet). The graph runs on copies of every input it may write in
+Runs when the ``measure`` option is on or the ``entropy`` chunk policy reads
+what it measures. The graph runs on copies of every input it may write in
 place, never on the user's tensors, and returns the region operands beside
-its own outputs. Non-finite values are counted and left out of the ranges.
+its own outputs. Each operand gets its range and the entropy of its
+fixed-width histogram (``planning.entropy``; options ``entropy_bins`` and
+``entropy_sample``). Non-finite values are counted and left out.
 """
 from __future__ import annotations
 
@@ -12,19 +14,24 @@ import time
 import torch
 import torch.fx as fx
 
+from ..planning.entropy import histogram_entropy
 from .graph_reading import written_inputs
 
 MEASURED_OPERANDS = ("u", "delta", "B", "C")  # delta as the scan reads it: after any bias and softplus
 
 
-def summarize(values: torch.Tensor) -> dict:
-    """Count, non-finite count, and min, max, mean and root mean square of the finite values (float64)."""
+def summarize(values: torch.Tensor, bins: int = 256, sample: int = 1) -> dict:
+    """Count, non-finite count, min, max, mean and root mean square of the finite values (float64), and the
+    entropy of their ``bins``-bin histogram over every ``sample``-th value (nats, and its ratio to log bins)."""
     flat = values.detach().reshape(-1).to(torch.float64)
     finite = flat[torch.isfinite(flat)]
     summary = {"numel": flat.numel(), "nonfinite": int(flat.numel() - finite.numel())}
     if finite.numel():
         summary.update(min=finite.min().item(), max=finite.max().item(), mean=finite.mean().item(),
                        rms=finite.square().mean().sqrt().item())
+    histogram = histogram_entropy(values, bins=bins, sample=sample)
+    summary.update(entropy=histogram["entropy"], entropy_ratio=histogram["normalized"], entropy_bins=bins,
+                   entropy_sampled=histogram["sampled"])
     return summary
 
 
@@ -39,7 +46,7 @@ def capture_module(gm: fx.GraphModule, nodes: list) -> fx.GraphModule:
 def measure_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     if not ctx.regions:
         return gm
-    if not ctx.options.measure:
+    if not ctx.options.measure and ctx.options.chunk_policy != "entropy":
         ctx.decide("skipped: the measure option is off and no policy in force reads measurements")
         return gm
     start = time.perf_counter()
@@ -50,10 +57,12 @@ def measure_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
               for node, x in zip(placeholders, ctx.example_inputs)]
     with torch.no_grad():
         _, values = capture_module(gm, nodes)(*inputs)
+    bins, sample = ctx.options.entropy_bins, ctx.options.entropy_sample
     for i, region in enumerate(ctx.regions):
-        region.measurements = {role: summarize(values[i * len(MEASURED_OPERANDS) + k])
+        region.measurements = {role: summarize(values[i * len(MEASURED_OPERANDS) + k], bins, sample)
                                for k, role in enumerate(MEASURED_OPERANDS)}
     copied = sorted(n.name for n in written)
-    ctx.decide(f"ran the graph once on the example inputs in {time.perf_counter() - start:.3f} s"
-               + (f", on copies of {copied}" if copied else ""))
+    ctx.decide(f"ran the graph once on the example inputs and took {bins}-bin histograms of "
+               + ("every value" if sample == 1 else f"every {sample}th value")
+               + f" in {time.perf_counter() - start:.3f} s" + (f", on copies of {copied}" if copied else ""))
     return gm

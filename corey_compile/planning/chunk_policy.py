@@ -9,7 +9,7 @@ import functools
 
 from .launch import STEPS_PER_LANE, WARP_SIZE, next_power_of_2
 
-CHUNK_POLICIES = ("occupancy", "seqlen", "fixed")
+CHUNK_POLICIES = ("occupancy", "seqlen", "fixed", "entropy")  # entropy: planning/entropy.py, read by plan.py
 RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen")  # the policies that read the shape: the op can apply them per call
 NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
 MIN_CHUNK, MAX_CHUNK = 16, 256
@@ -55,6 +55,8 @@ def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed
                 f"occupancy policy: b·d={batch * dim} channels on {sms} SMs, l={seqlen}")
     if policy == "seqlen":
         return seqlen_chunk(seqlen), f"seqlen policy: l={seqlen}"
+    if policy == "entropy":
+        raise ValueError("the entropy policy reads measurements: plan.plan_region applies it")
     raise ValueError(f"unknown chunk policy {policy!r}: valid policies are {CHUNK_POLICIES}")
 
 

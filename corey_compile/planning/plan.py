@@ -4,7 +4,8 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass, field, replace
 
-from .chunk_policy import RUNTIME_CHUNK_POLICIES, choose_chunk
+from .chunk_policy import MAX_CHUNK, MIN_CHUNK, RUNTIME_CHUNK_POLICIES, choose_chunk
+from .entropy import DEFAULT_CHUNK_RANGE, entropy_chunk
 from .fusion import choose_absorbed
 from .launch import scan_launch, step_launch
 
@@ -53,16 +54,30 @@ class Plan:
         return {**asdict(self), "absorbed": self.absorbed}
 
 
-def plan_region(facts: RegionFacts, *, chunk_policy: str, chunk_size: int, fusion: str, sms: int) -> Plan:
+def plan_region(facts: RegionFacts, *, chunk_policy: str, chunk_size: int, fusion: str, sms: int,
+                entropy_range: tuple = DEFAULT_CHUNK_RANGE) -> Plan:
     """The plan of a region with these facts: identical layers are planned once (a copy of the cached plan),
-    except where measurements were taken, which a policy may read."""
-    plan = (_plan.__wrapped__ if facts.measurements else _plan)(facts, chunk_policy, chunk_size, fusion, sms)
+    except where measurements were taken, which a policy may read. ``entropy_range`` is (C_min, C_max)
+    of the entropy policy."""
+    plan = (_plan.__wrapped__ if facts.measurements else _plan)(facts, chunk_policy, chunk_size, fusion, sms,
+                                                                tuple(entropy_range))
     return replace(plan, launch=dict(plan.launch), absorb_producers=list(plan.absorb_producers),
                    absorb_consumers=list(plan.absorb_consumers), reasons=list(plan.reasons))
 
 
+def _entropy_plan_chunk(facts: RegionFacts, entropy_range: tuple) -> tuple:
+    """(chunk, why) of the entropy policy from the entropy of u measured on the example inputs; (None, why)
+    where there is no measurement to read."""
+    measured = facts.measurements.get("u", {})
+    if "entropy_ratio" not in measured:
+        return None, "entropy policy: u was not measured"
+    chunk, why = entropy_chunk(measured["entropy_ratio"], entropy_range, (MIN_CHUNK, MAX_CHUNK))
+    return chunk, f"{why} (H = {measured['entropy']:.3f} nats of u over {measured['entropy_bins']} bins)"
+
+
 @functools.lru_cache(maxsize=256)
-def _plan(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str, sms: int) -> Plan:
+def _plan(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str, sms: int,
+          entropy_range: tuple = DEFAULT_CHUNK_RANGE) -> Plan:
     producers, consumers, fusion_reason = choose_absorbed(fusion, list(facts.producers), list(facts.consumers))
     symbolic = [name for name in ("batch", "dim", "seqlen", "dstate") if getattr(facts, name) is None]
     said = ", ".join(symbolic) + (" are" if len(symbolic) > 1 else " is")
@@ -72,15 +87,25 @@ def _plan(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str, s
                         [f"one decode step: no chunk; {said} symbolic: the launch is chosen per call", fusion_reason])
         launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)
         return Plan(None, STEP_KERNEL, launch.as_dict(), producers, consumers, ["one decode step: no chunk", fusion_reason])
+    fallback = ""  # why the entropy policy could not decide, where it could not
+    if chunk_policy == "entropy":
+        chunk, chunk_reason = _entropy_plan_chunk(facts, entropy_range)
+        if chunk is None:  # nothing measured (no example values): the default policy instead
+            chunk_policy, fallback = "occupancy", chunk_reason + "; the occupancy policy instead: "
+        elif symbolic:
+            return Plan(chunk, SCAN_KERNEL, {}, producers, consumers,
+                        [f"{chunk_reason}; {said} symbolic: the launch is chosen per call", fusion_reason])
     if symbolic:
         if chunk_policy in RUNTIME_CHUNK_POLICIES:
             return Plan(0, SCAN_KERNEL, {}, producers, consumers,
-                        [f"{said} symbolic: the {chunk_policy} policy chooses the chunk and launch per call",
+                        [f"{fallback}{said} symbolic: the {chunk_policy} policy chooses the chunk and launch per call",
                          fusion_reason])
         return Plan(chunk_size, SCAN_KERNEL, {}, producers, consumers,
                     [f"fixed policy: chunk_size={chunk_size}; {said} symbolic: the launch is chosen per call",
                      fusion_reason])
-    chunk, chunk_reason = choose_chunk(chunk_policy, facts.batch, facts.dim, facts.seqlen, sms, chunk_size)
+    if chunk_policy != "entropy":
+        chunk, chunk_reason = choose_chunk(chunk_policy, facts.batch, facts.dim, facts.seqlen, sms, chunk_size)
+        chunk_reason = fallback + chunk_reason
     if facts.seqlen == 1:  # the op sends a one-step scan to the decode kernel
         launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)
         return Plan(chunk, STEP_KERNEL, launch.as_dict(), producers, consumers,
