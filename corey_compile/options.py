@@ -105,7 +105,8 @@ OPTIONS = (
     OptionSpec("entropy_chunk_max", 512, "COREY_ENTROPY_CHUNK_MAX", "power_of_two",
                "C_max of the entropy policy's chunk rule (the kernel's longest chunk, 256, caps it)"),
     OptionSpec("fusion", "all", "COREY_FUSION", "choice",
-               "which neighbours of a scan its kernel absorbs: all (delta bias, softplus, D skip, gate) or none",
+               "which neighbours of a scan its kernel absorbs: all (delta bias, softplus, D skip, gate), none, or "
+               "cost-model (those that give the fewest DRAM bytes by planning/traffic.py)",
                FUSION_POLICIES),
     OptionSpec("match_forms", None, "COREY_MATCH_FORMS", "forms",
                "the scan forms the matchers look for (comma-separated in text; default: every form)", _match_forms),

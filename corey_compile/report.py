@@ -38,6 +38,7 @@ class RegionRecord:
     reasons: list = field(default_factory=list)  # why the plan is what it is
     measurements: dict = field(default_factory=dict)
     nodes_replaced: int = 0
+    traffic: dict = field(default_factory=dict)  # the plan's DRAM bytes (planning/traffic.py)
 
 
 def chunk_text(chunk_size: int | None) -> str:

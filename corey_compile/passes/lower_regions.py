@@ -232,6 +232,6 @@ def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
             dtype=str(meta_value(region.u.node).dtype).removeprefix("torch."),
             absorbable=[n.name for n in region.producers + region.consumers], absorbed=absorbed,
             chunk_size=region.plan.chunk_size, kernel=region.plan.kernel, launch=region.plan.launch, reasons=list(region.plan.reasons),
-            measurements=dict(region.measurements), nodes_replaced=erased))
+            measurements=dict(region.measurements), nodes_replaced=erased, traffic=dict(region.plan.traffic)))
         ctx.decide(f"{region.name}: {op} replaces {erased} nodes")
     return gm

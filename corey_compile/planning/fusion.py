@@ -8,11 +8,16 @@ a prefix length per chain.
 """
 from __future__ import annotations
 
-FUSION_POLICIES = ("all", "none")
+FUSION_POLICIES = ("all", "none", "cost-model")
 
 
-def choose_absorbed(policy: str, producers: list, consumers: list) -> tuple[list, list, str]:
-    """(producers absorbed, consumers absorbed, why) under ``policy``, one of FUSION_POLICIES."""
+def choose_absorbed(policy: str, producers: list, consumers: list, kind: str = "scan") -> tuple[list, list, str]:
+    """(producers absorbed, consumers absorbed, why) under ``policy``, one of FUSION_POLICIES: every
+    neighbour, none, or the prefixes with the fewest DRAM bytes (``traffic.fewest_bytes``)."""
+    if policy == "cost-model":
+        from .traffic import fewest_bytes
+
+        return fewest_bytes(kind, list(producers), list(consumers))
     if policy == "all":
         return list(producers), list(consumers), "fusion policy all: every neighbour the kernel implements"
     if policy == "none":

@@ -45,6 +45,7 @@ class Plan:
     absorb_producers: list
     absorb_consumers: list
     reasons: list
+    traffic: dict = field(default_factory=dict)  # DRAM bytes: expression, value at the region's sizes, parts
 
     @property
     def absorbed(self) -> list:
@@ -62,7 +63,23 @@ def plan_region(facts: RegionFacts, *, chunk_policy: str, chunk_size: int, fusio
     plan = (_plan.__wrapped__ if facts.measurements else _plan)(facts, chunk_policy, chunk_size, fusion, sms,
                                                                 tuple(entropy_range))
     return replace(plan, launch=dict(plan.launch), absorb_producers=list(plan.absorb_producers),
-                   absorb_consumers=list(plan.absorb_consumers), reasons=list(plan.reasons))
+                   absorb_consumers=list(plan.absorb_consumers), reasons=list(plan.reasons),
+                   traffic=dict(plan.traffic))
+
+
+def _with_traffic(plan: Plan, facts: RegionFacts) -> Plan:
+    """``plan`` with its DRAM traffic (``traffic.plan_traffic``) at the region's sizes, and a sentence for it."""
+    from .traffic import evaluate, plan_traffic
+
+    parts = plan_traffic(facts.kind, facts.producers, facts.consumers, plan.absorb_producers, plan.absorb_consumers)
+    total = sum(parts.values())
+    sizes = {"b": facts.batch, "d": facts.dim, "l": facts.seqlen if facts.kind == "scan" else 1, "n": facts.dstate,
+             "g": facts.groups, "s": ELEMENT_SIZES.get(facts.dtype)}
+    value = evaluate(total, sizes)
+    plan.traffic = {"expression": str(total), "bytes": value, "parts": {k: str(v) for k, v in parts.items()}}
+    plan.reasons.append(f"DRAM traffic {value / 1e6:.3f} MB: {total}" if value is not None
+                        else f"DRAM traffic {total} (a size is symbolic)")
+    return plan
 
 
 def _entropy_plan_chunk(facts: RegionFacts, entropy_range: tuple) -> tuple:
@@ -78,7 +95,13 @@ def _entropy_plan_chunk(facts: RegionFacts, entropy_range: tuple) -> tuple:
 @functools.lru_cache(maxsize=256)
 def _plan(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str, sms: int,
           entropy_range: tuple = DEFAULT_CHUNK_RANGE) -> Plan:
-    producers, consumers, fusion_reason = choose_absorbed(fusion, list(facts.producers), list(facts.consumers))
+    return _with_traffic(_decide(facts, chunk_policy, chunk_size, fusion, sms, entropy_range), facts)
+
+
+def _decide(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str, sms: int,
+            entropy_range: tuple) -> Plan:
+    producers, consumers, fusion_reason = choose_absorbed(fusion, list(facts.producers), list(facts.consumers),
+                                                          facts.kind)
     symbolic = [name for name in ("batch", "dim", "seqlen", "dstate") if getattr(facts, name) is None]
     said = ", ".join(symbolic) + (" are" if len(symbolic) > 1 else " is")
     if facts.kind == "step":

@@ -89,3 +89,23 @@ def test_a_model_compiled_under_the_entropy_policy_gives_the_same_logits(monkeyp
         assert u["entropy_bins"] == 64 and 0 < u["entropy_ratio"] <= 1
         assert any(reason.startswith("entropy policy: H/log K") for reason in region.reasons)
         assert region.chunk_size == entropy_chunk(u["entropy_ratio"], (32, 512), (16, 256))[0]
+
+
+def test_dram_traffic_of_a_plan_matches_a_hand_count():
+    # b=1, d=64, l=128, n=16, one group, float16. The kernel reads u, delta (2·16384 B), B and C (2·4096), A
+    # (4096) and writes out (16384) and the last state (4096): 65536 B. Absorbing the delta bias and D adds their
+    # vectors (256 each), the gate z (16384). Left alone, softplus reads and writes delta (32768), the bias too
+    # (+256), D reads y and u and writes (49152 + 256), the gate reads y and z and writes (49152).
+    facts = RegionFacts("scan", 1, 64, 128, 16, 1, "float16", "float16", producers=("softplus", "delta_bias"),
+                        consumers=("D", "z"))
+    fused = plan_region(facts, chunk_policy="fixed", chunk_size=64, fusion="all", sms=132)
+    assert fused.traffic["bytes"] == 65536 + 256 + 256 + 16384
+    alone = plan_region(facts, chunk_policy="fixed", chunk_size=64, fusion="none", sms=132)
+    assert alone.traffic["bytes"] == 65536 + 32768 + 33024 + 49408 + 49152
+    assert alone.traffic["parts"]["z as its own kernel"] == "3*b*d*l*s"
+    cheapest = plan_region(facts, chunk_policy="fixed", chunk_size=64, fusion="cost-model", sms=132)
+    assert cheapest.absorbed == ["softplus", "delta_bias", "D", "z"] and cheapest.traffic == fused.traffic
+    assert cheapest.reasons[1].startswith("fusion policy cost-model: the fewest DRAM bytes at every shape")
+    symbolic = plan_region(RegionFacts("scan", 1, 64, None, 16, 1, "float16", "float16"), chunk_policy="occupancy",
+                           chunk_size=64, fusion="all", sms=132)
+    assert symbolic.traffic["bytes"] is None and "l" in symbolic.traffic["expression"]
