@@ -266,9 +266,11 @@ class _CudaGraphSkips(logging.Handler):
         try:
             from torch._inductor.cudagraph_utils import cudagraphs_log
 
-            self._logger, self._disabled = cudagraphs_log, cudagraphs_log.disabled
-            cudagraphs_log.disabled = False
-            cudagraphs_log.addHandler(self)
+            logger = cudagraphs_log
+            self._logger, self._saved = logger, (logger.disabled, logger.propagate)
+            if logger.disabled:  # torch's logs leave it off: on for the report only, printing nothing
+                logger.disabled, logger.propagate = False, False
+            logger.addHandler(self)
         except (ImportError, AttributeError):  # torch moved it: the report goes without the reason
             self._logger = None
         return self
@@ -276,7 +278,7 @@ class _CudaGraphSkips(logging.Handler):
     def __exit__(self, *exc) -> None:
         if self._logger is not None:
             self._logger.removeHandler(self)
-            self._logger.disabled = self._disabled
+            self._logger.disabled, self._logger.propagate = self._saved
 
 
 def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = None, mode: str | None = None, **kwargs):
