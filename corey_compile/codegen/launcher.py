@@ -29,7 +29,7 @@ try:
 except (ImportError, ValueError):  # no triton, or a version string not of the form we know
     _VERSION = (0, 0)
 
-_MAX_SPECIALIZATIONS = 256  # per kernel; past it the cache is emptied (a model has a handful)
+_MAX_SPECIALIZATIONS = 256  # entries per kernel (one per distinct shape of its calls); past it the cache is emptied
 
 
 def _installed(hook) -> bool:

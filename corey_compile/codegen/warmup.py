@@ -48,8 +48,11 @@ def _concrete(size, values: dict) -> int:
 def _spec(value, values: dict):
     """``value`` as JSON: a tensor by its concrete sizes, strides and dtype; other arguments as they are."""
     if isinstance(value, torch.Tensor):
+        offset = _concrete(value.storage_offset(), values)
         return {"sizes": [_concrete(x, values) for x in value.shape],
-                "strides": [_concrete(x, values) for x in value.stride()], "dtype": str(value.dtype).removeprefix("torch.")}
+                "strides": [_concrete(x, values) for x in value.stride()], "dtype": str(value.dtype).removeprefix("torch."),
+                # where the view starts in its storage: Triton specializes on a 16-byte-aligned address
+                "offset": offset, "aligned": offset * value.element_size() % 16 == 0}
     return _concrete(value, values) if isinstance(value, torch.SymInt) else value
 
 
@@ -88,8 +91,8 @@ def _length_classes(u, chunk_of) -> list:
 
 def _specialization(value):
     """What Triton specializes an integer argument on: 1, divisible by 16, or neither."""
-    if isinstance(value, dict):
-        return {k: _specialization(v) for k, v in value.items()}
+    if isinstance(value, dict):  # a tensor's offset counts through its alignment alone
+        return {k: _specialization(v) for k, v in value.items() if k != "offset"}
     if isinstance(value, list):
         return [_specialization(v) for v in value]
     if isinstance(value, int) and not isinstance(value, bool):
@@ -142,9 +145,12 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
 
 
 def _from_spec(spec, device):
+    """A zero tensor of the spec's sizes, strides, dtype and offset in its storage; other arguments as they are."""
     if isinstance(spec, dict):
         dtype = getattr(torch, spec["dtype"])
-        return torch.empty_strided(spec["sizes"], spec["strides"], dtype=dtype, device=device).zero_()
+        extent = 1 + sum((size - 1) * stride for size, stride in zip(spec["sizes"], spec["strides"]) if size > 0)
+        storage = torch.zeros(spec.get("offset", 0) + extent, dtype=dtype, device=device)
+        return storage.as_strided(spec["sizes"], spec["strides"], spec.get("offset", 0))
     return spec
 
 

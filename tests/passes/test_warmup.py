@@ -44,6 +44,15 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
         seqlen = j["kwargs"]["u"]["sizes"][-1]
         assert j["kwargs"]["u"]["strides"] == [128 * seqlen, seqlen, 1]
         assert j["kwargs"]["B"]["strides"] == [36 * seqlen, 1, 36] and j["kwargs"]["B"]["sizes"] == [1, 16, seqlen]
+        # B and C are views of x_proj's float32 output after its 4 dt_rank columns: B starts 16 bytes into it, C
+        # 80 bytes (both 16-byte aligned); the jobs' tensors start there too.
+        assert (j["kwargs"]["B"]["offset"], j["kwargs"]["B"]["aligned"]) == (4, True)
+        assert (j["kwargs"]["C"]["offset"], j["kwargs"]["C"]["aligned"]) == (20, True)
+    shifted = warmup._from_spec({"sizes": [2, 3], "strides": [1, 2], "dtype": "float16", "offset": 3}, "cpu")
+    assert shifted.storage_offset() == 3 and shifted.stride() == (1, 2) and not shifted.any()
+    key = warmup._kernel_key
+    assert key({"t": {"offset": 4, "aligned": True}}) == key({"t": {"offset": 8, "aligned": True}})
+    assert key({"t": {"offset": 4, "aligned": True}}) != key({"t": {"offset": 2, "aligned": False}})
     # Each job runs its kernel (here in the interpreter) on zero tensors of its shapes: the first few channels of
     # two of them, which the interpreter runs in seconds.
     monkeypatch.setenv("TRITON_INTERPRET", "1")
