@@ -92,8 +92,9 @@ OPTIONS = (
                "re-raise a failing pass instead of running the graph as the model wrote it"),
     OptionSpec("chunk_policy", "occupancy", "COREY_CHUNK_POLICY", "choice",
                "how the prefill chunk is chosen: occupancy (from the channels per multiprocessor, capped by the "
-               "sequence length), seqlen (from the sequence length alone), fixed (chunk_size everywhere) or "
-               "entropy (from the entropy of u measured on the example inputs)",
+               "sequence length), seqlen (from the sequence length alone), fixed (chunk_size everywhere), "
+               "entropy (from the entropy of u measured on the example inputs) or autotune (each candidate timed "
+               "at the first call of a shape on the GPU, the fastest kept on disk)",
                CHUNK_POLICIES),
     OptionSpec("chunk_size", 64, "COREY_CHUNK_SIZE", "power_of_two", "the chunk of the fixed policy"),
     OptionSpec("entropy_bins", 256, "COREY_ENTROPY_BINS", "int",

@@ -125,6 +125,11 @@ def selective_scan(
     if uses_triton(u.device):
         if u.shape[-1] == 1:  # one step, as pre-5.3 transformers decodes: the decode kernel is cheaper
             return _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        if not chunk_size and chunk_policy == "autotune":
+            from .autotune import autotuned_chunk
+
+            chunk_size = autotuned_chunk(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                         fallback=lambda: scan_chunk(u.shape, u.device, 0, "occupancy"))
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                       chunk_size=scan_chunk(u.shape, u.device, chunk_size, chunk_policy))
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
@@ -132,8 +137,10 @@ def selective_scan(
 
 def scan_chunk(shape, device, chunk_size: int, chunk_policy: str) -> int:
     """The chunk a ``selective_scan`` call of u's ``shape`` (b, d, l) runs: the planned one, or where the
-    planner left it to the call (0), the one ``chunk_policy`` gives this shape."""
-    return chunk_size or run_time_chunk(chunk_policy, *shape, device)
+    planner left it to the call (0), the one ``chunk_policy`` gives this shape. For ``autotune``, which
+    times the call's own inputs, the occupancy policy's: what the warm-up compiles ahead."""
+    policy = "occupancy" if chunk_policy == "autotune" else chunk_policy
+    return chunk_size or run_time_chunk(policy, *shape, device)
 
 
 def _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):

@@ -9,8 +9,8 @@ import functools
 
 from .launch import STEPS_PER_LANE, WARP_SIZE, next_power_of_2
 
-CHUNK_POLICIES = ("occupancy", "seqlen", "fixed", "entropy")  # entropy: planning/entropy.py, read by plan.py
-RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen")  # the policies that read the shape: the op can apply them per call
+CHUNK_POLICIES = ("occupancy", "seqlen", "fixed", "entropy", "autotune")  # entropy: planning/entropy.py; autotune: codegen/autotune.py
+RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen", "autotune")  # the policies the op can apply per call
 NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
 MIN_CHUNK, MAX_CHUNK = 16, 256
 # The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
@@ -57,6 +57,8 @@ def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed
         return seqlen_chunk(seqlen), f"seqlen policy: l={seqlen}"
     if policy == "entropy":
         raise ValueError("the entropy policy reads measurements: plan.plan_region applies it")
+    if policy == "autotune":
+        raise ValueError("the autotune policy times the kernel on a call's inputs: the op applies it")
     raise ValueError(f"unknown chunk policy {policy!r}: valid policies are {CHUNK_POLICIES}")
 
 
@@ -64,6 +66,7 @@ def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed
 def run_time_chunk(policy: str, batch: int, dim: int, seqlen: int, device) -> int:
     """The chunk ``policy`` gives one call's shape: how an op whose length or batch was symbolic at
     compile time chooses (cached, so repeated shapes cost a dictionary lookup)."""
-    if policy not in RUNTIME_CHUNK_POLICIES:
-        raise ValueError(f"chunk policy {policy!r} cannot be applied at run time: choose one of {RUNTIME_CHUNK_POLICIES}")
+    if policy not in RUNTIME_CHUNK_POLICIES or policy == "autotune":
+        raise ValueError(f"chunk policy {policy!r} cannot be applied at run time from a shape alone: choose one of "
+                         f"{tuple(p for p in RUNTIME_CHUNK_POLICIES if p != 'autotune')}")
     return choose_chunk(policy, batch, dim, seqlen, sm_count(device), 0)[0]

@@ -110,6 +110,10 @@ def _decide(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str,
                         [f"one decode step: no chunk; {said} symbolic: the launch is chosen per call", fusion_reason])
         launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)
         return Plan(None, STEP_KERNEL, launch.as_dict(), producers, consumers, ["one decode step: no chunk", fusion_reason])
+    if chunk_policy == "autotune":
+        return Plan(0, SCAN_KERNEL, {}, producers, consumers,
+                    ["autotune policy: the op times the candidate chunks at the first call of each shape and keeps the "
+                     "fastest, on disk too (codegen/autotune.py)", fusion_reason])
     fallback = ""  # why the entropy policy could not decide, where it could not
     if chunk_policy == "entropy":
         chunk, chunk_reason = _entropy_plan_chunk(facts, entropy_range)
