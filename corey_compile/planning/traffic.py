@@ -9,6 +9,7 @@ Inductor may still fuse two such neighbours with each other, which this upper bo
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import sympy
@@ -25,6 +26,13 @@ _ABSORBED = {"softplus": 0, "delta_bias": d * F32, "D": d * F32, "z": _SEQUENCE}
 
 def plan_traffic(kind: str, producers, consumers, absorbed_producers, absorbed_consumers) -> dict:
     """{part: bytes expression} of a plan: the corey kernel, then each neighbour left as its own kernel."""
+    return dict(_plan_traffic(kind, tuple(producers), tuple(consumers), tuple(absorbed_producers),
+                              tuple(absorbed_consumers)))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_traffic(kind: str, producers: tuple, consumers: tuple, absorbed_producers: tuple,
+                  absorbed_consumers: tuple) -> tuple:
     length = l if kind == "scan" else 1
     state = b * d * n * F32 * (1 if kind == "scan" else 2)  # the last state written; a step reads it too
     kernel = (2 * b * d * length * s  # u, delta
@@ -34,18 +42,24 @@ def plan_traffic(kind: str, producers, consumers, absorbed_producers, absorbed_c
               + state)
     absorbed = list(absorbed_producers) + list(absorbed_consumers)
     kernel += sum((_ABSORBED.get(name, 0) for name in absorbed), sympy.Integer(0))
-    parts = {"corey kernel": kernel.subs(l, length)}
+    parts = [("corey kernel", kernel.subs(l, length))]
     for name in [p for p in producers if p not in absorbed] + [c for c in consumers if c not in absorbed]:
-        parts[f"{name} as its own kernel"] = _ALONE.get(name, 2 * _SEQUENCE).subs(l, length)
-    return parts
+        parts.append((f"{name} as its own kernel", _ALONE.get(name, 2 * _SEQUENCE).subs(l, length)))
+    return tuple(parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(expression):
+    """The expression as a plain Python function of (b, d, l, n, g, s): sympy's substitution is slow."""
+    return sympy.lambdify((b, d, l, n, g, s), expression, modules="math")
 
 
 def evaluate(expression, sizes: dict):
     """The expression at ``sizes`` (symbol name -> int), or None where a size is unknown."""
-    if any(sizes.get(name) is None for name in ("b", "d", "l", "n", "g", "s")):
+    values = [sizes.get(name) for name in ("b", "d", "l", "n", "g", "s")]
+    if any(v is None for v in values):
         return None
-    return int(expression.subs({b: sizes["b"], d: sizes["d"], l: sizes["l"], n: sizes["n"], g: sizes["g"],
-                                s: sizes["s"]}))
+    return int(_compiled(expression)(*values))
 
 
 def fewest_bytes(kind: str, producers: list, consumers: list) -> tuple[list, list, str]:
