@@ -1,12 +1,14 @@
 """transformers' Mamba on a GPU, compiled with corey (default options), against eager: logits and greedy tokens.
 
 The model is configured for transformers' associative_scan form; with corey's defaults its
-scan function reaches corey as one call (F4) whichever form transformers would take.
+scan function reaches corey as one call (F4) whichever form transformers would take. Each
+check runs with corey's defaults and again with ``mode="reduce-overhead"`` (CUDA graphs).
 
 Usage: python benchmarks/gpu_equivalence.py --out results.json
 """
 import argparse
 import json
+import os
 import time
 
 import torch
@@ -31,7 +33,7 @@ def exporting_flag_is_wrong() -> bool:
     return probe(torch.zeros(1)).item() == 1
 
 
-def check(dtype, layers=2, seqlen=63, new_tokens=16, preset="tiny"):
+def check(dtype, layers=2, seqlen=63, new_tokens=16, preset="tiny", mode=None):
     torch._dynamo.reset()  # each check compiles afresh, below Dynamo's recompile limit for Mamba's forward
     model = build_mamba(preset, num_hidden_layers=layers, device="cuda", dtype=dtype)
     prompt = torch.randint(1, model.config.vocab_size, (2, seqlen), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
@@ -40,7 +42,11 @@ def check(dtype, layers=2, seqlen=63, new_tokens=16, preset="tiny"):
         ref_logits = model(prompt).logits.float()
         ref_tokens = model.generate(prompt, **kwargs)
         corey_compile.clear_reports()
-        model.compile(backend="corey", options={"strict": True})
+        if mode is None:
+            model.compile(backend="corey", options={"strict": True})
+        else:  # torch.compile takes mode or options, not both: strict through its environment variable
+            os.environ["COREY_STRICT"] = "1"
+            model.compile(backend="corey", mode=mode)
         start = time.perf_counter()
         logits = model(prompt).logits.float()
         compile_s = time.perf_counter() - start
@@ -53,9 +59,12 @@ def check(dtype, layers=2, seqlen=63, new_tokens=16, preset="tiny"):
             top2 = model.forward(ref_tokens[rows, :pos]).logits[:, -1].float().topk(2).values
             divergence = {"new_token": pos - seqlen, "rows": rows.tolist(),
                           "eager_top2_margin": (top2[:, 0] - top2[:, 1]).min().item()}
+        if mode is not None:
+            os.environ.pop("COREY_STRICT", None)
     reports = corey_compile.all_reports()
     return {
-        "dtype": str(dtype), "preset": preset, "layers": layers, "seqlen": seqlen,
+        "dtype": str(dtype), "preset": preset, "layers": layers, "seqlen": seqlen, "mode": mode,
+        "cuda_graphs": [r.cuda_graphs for r in reports],
         "max_abs_logit_diff": (logits - ref_logits).abs().max().item(),
         "logit_scale": ref_logits.abs().max().item(),
         "greedy_identical": bool(torch.equal(tokens, ref_tokens)), "first_divergence": divergence,
@@ -78,8 +87,9 @@ def main():
         modeling_mamba.is_torchdynamo_exporting = lambda: False
         results["patched"] = "transformers' is_torchdynamo_exporting read True under torch.compile; patched to False"
         print(results["patched"], flush=True)
-    for dtype in (torch.float32, torch.float16):
-        entry = check(dtype)
+    for dtype, mode in ((torch.float32, None), (torch.float16, None), (torch.float32, "reduce-overhead"),
+                        (torch.float16, "reduce-overhead")):
+        entry = check(dtype, mode=mode)
         results["checks"].append(entry)
         print(json.dumps({k: v for k, v in entry.items() if k != "graphs"}), flush=True)
         for g in entry["graphs"]:
