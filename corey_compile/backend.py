@@ -19,7 +19,7 @@ from . import known_functions
 from .codegen.warmup import start_warmup
 from .options import resolve_options
 from .passes import CompileContext, PassError, pipeline_for, run_pipeline
-from .passes.graph_reading import meta_value
+from .passes.graph_reading import meta_value, written_by
 from .report import CompileReport
 
 _REPORTS: list[CompileReport] = []
@@ -190,23 +190,6 @@ def _written_placeholder(node):
     return node
 
 
-def _writes(node) -> list:
-    """The arguments ``node`` writes in place: an in-place method's self, a mutable op's written arguments."""
-    if node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("__"):
-        return node.args[:1]
-    if node.op == "call_function":
-        schema = getattr(node.target, "_schema", None)
-        if schema is None and hasattr(node.target, "default"):
-            schema = getattr(node.target.default, "_schema", None)
-        if schema is not None:
-            return [node.args[i] if i < len(node.args) else node.kwargs.get(a.name)
-                    for i, a in enumerate(schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
-        name = getattr(node.target, "__name__", "")
-        if name.endswith("_") and not name.startswith("__") and getattr(node.target, "__objclass__", None) is torch.Tensor:
-            return node.args[:1]
-    return []
-
-
 _SCANS = ("selective_scan", "unplanned_scan")
 
 
@@ -229,6 +212,10 @@ def hands_scan_state_out(gm: fx.GraphModule) -> bool:
 def mark_written_inputs_static(gm: fx.GraphModule) -> list[str]:
     """Mark the graph inputs the graph writes in place as fixed-address inputs; return their names.
 
+    The writes are ``graph_reading.written_by``'s; unlike ``graph_reading.written_inputs`` (which
+    copies conservatively), only an input itself or a view of it counts: marking an input that
+    changes address every call would have its graph recorded again every call.
+
     Inductor's CUDA graphs replay at the addresses they were recorded with, so they leave out a graph
     that writes to an input unless the input keeps its address (parameters, buffers, tensors marked
     with ``torch._dynamo.mark_static_address``). A Mamba cache's states are written in place on every
@@ -239,8 +226,8 @@ def mark_written_inputs_static(gm: fx.GraphModule) -> list[str]:
     """
     marked = []
     for node in gm.graph.nodes:
-        for arg in _writes(node):
-            placeholder = _written_placeholder(arg) if isinstance(arg, fx.Node) else None
+        for arg in written_by(node):
+            placeholder = _written_placeholder(arg)
             if placeholder is None:
                 continue
             tensor_dict = placeholder.meta.setdefault("tensor_dict", {})
