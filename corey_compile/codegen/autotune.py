@@ -11,6 +11,7 @@ captured (timing would be recorded into it), the occupancy policy decides instea
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -29,8 +30,9 @@ def cache_path() -> pathlib.Path:
     return pathlib.Path(os.environ.get("COREY_CACHE_DIR") or pathlib.Path.home() / ".cache" / "corey") / FILE_NAME
 
 
+@functools.lru_cache(maxsize=None)
 def device_signature(device: torch.device) -> str:
-    """The GPU and the versions whose change makes a timing stale."""
+    """The GPU and the versions whose change makes a timing stale (once per device: every autotuned call asks)."""
     import triton
 
     from ..backend import corey_cache_key

@@ -159,10 +159,10 @@ _CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys
 
 
 class Warmup:
-    """Child processes, one per distinct op call, each running it once on zero tensors, so that Triton compiles
-    the kernels into its on-disk cache beside the parent's inner compiler (a thread would share the parent's
-    interpreter lock with it; one process per call compiles them side by side). The parent's first launch
-    then loads them from the cache. ``join()`` waits for them."""
+    """Child processes, one per distinct kernel (``op_calls``), each launching it once on zero tensors, so that
+    Triton compiles the kernels into its on-disk cache beside the parent's inner compiler (a thread would share
+    the parent's interpreter lock with it; one process per kernel compiles them side by side). The parent's
+    first launch then loads them from the cache. ``join()`` waits for them."""
 
     def __init__(self, specs: list, device: torch.device):
         self.error, self.seconds = None, 0.0
