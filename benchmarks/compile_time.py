@@ -29,10 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
+
+from jobs import run_job  # benchmarks/, the script's own folder, is on sys.path
 
 LENGTHS = (2048, 1000, 3000, 4096, 8192)
 CONFIGS = (
@@ -92,23 +93,14 @@ def run_config(preset: str, backend: str, form: str, budget: float, device: str,
         env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                    TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"), PYTHONUNBUFFERED="1")
         start = time.perf_counter()
-        process = subprocess.Popen([sys.executable, __file__, "--job", preset, backend, form, device,
-                                    "--lengths", *map(str, lengths)], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=env)
-        try:
-            out, err = process.communicate(timeout=budget)
-            finished = True
-        except subprocess.TimeoutExpired:
-            process.kill()
-            out, err = process.communicate()
-            finished = False
-    calls = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        calls, err, finished, returncode = run_job([sys.executable, __file__, "--job", preset, backend, form, device,
+                                                    "--lengths", *map(str, lengths)], env, budget)
     done = {c["seqlen"] for c in calls}
     result = {"preset": preset, "backend": backend, "form": form, "calls": calls,
               "wall_seconds": round(time.perf_counter() - start, 1)}
     if not finished:
         result["not_done"] = [f"l={n}: not done within {budget:.0f} s" for n in lengths if n not in done]
-    elif process.returncode != 0:
+    elif returncode != 0:
         result["error"] = err[-3000:]
     print(json.dumps({k: v for k, v in result.items() if k != "calls"}
                      | {"seconds": [(c["seqlen"], c["seconds"], c["graphs_total"]) for c in calls]}), flush=True)

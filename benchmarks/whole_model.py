@@ -28,10 +28,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from jobs import run_job  # benchmarks/, the script's own folder, is on sys.path
 
 CONFIGS = ("transformers", "mamba-ssm", "corey", "corey-cudagraphs", "inductor")
 PROMPT = 32  # the prompt of the decode measurement
@@ -136,22 +137,14 @@ def run_config(config: str, preset: str, args, cache: str) -> dict:
                "--decode-batches", *map(str, args.decode_batches), "--new-tokens", str(args.new_tokens),
                "--reps", str(reps)]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        out, err = process.communicate(timeout=args.budget)
-        finished = True
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        finished = False
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    rows, err, finished, returncode = run_job(command, env, args.budget)
     result = {"config": config, "preset": preset, "rows": rows, "wall_s": round(time.perf_counter() - start, 1)}
     if not finished:
         result["not_done"] = f"stopped after {args.budget:.0f} s; the measurements not listed were not done"
-    elif process.returncode != 0:
+    elif returncode != 0:
         # The traceback, not the warnings around it (Inductor's CUDA-graph notes run to pages).
         start_at = err.rfind("Traceback (most recent call last)")
-        result["error"] = f"exit status {process.returncode}: " + (err[start_at:][-3000:] if start_at >= 0 else err[-1500:])
+        result["error"] = f"exit status {returncode}: " + (err[start_at:][-3000:] if start_at >= 0 else err[-1500:])
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
     for row in rows:
         print("  ", json.dumps({k: v for k, v in row.items() if k != "greedy_tokens"}), flush=True)
