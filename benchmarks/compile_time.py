@@ -135,8 +135,9 @@ def main() -> None:
             backend, form = config.split(":")
             results["runs"].append(run_config(preset, backend, form, args.budget, args.device, args.lengths,
                                               shared_cache))
-            with open(args.out, "w") as f:  # after each run: a stopped command keeps what it measured
-                json.dump(results, f, indent=1)
+            if args.out:  # after each run: a stopped command keeps what it measured
+                with open(args.out, "w") as f:
+                    json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
