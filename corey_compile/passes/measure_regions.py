@@ -29,7 +29,7 @@ def summarize(values: torch.Tensor, bins: int = 256, sample: int = 1) -> dict:
     if finite.numel():
         summary.update(min=finite.min().item(), max=finite.max().item(), mean=finite.mean().item(),
                        rms=finite.square().mean().sqrt().item())
-    histogram = histogram_entropy(values, bins=bins, sample=sample)
+    histogram = histogram_entropy(flat, bins=bins, sample=sample)  # already float64: not converted again
     summary.update(entropy=histogram["entropy"], entropy_ratio=histogram["normalized"], entropy_bins=bins,
                    entropy_sampled=histogram["sampled"])
     return summary
