@@ -120,6 +120,10 @@ OPTIONS = (
     OptionSpec("cuda_graphs", False, "COREY_CUDA_GRAPHS", "bool",
                "capture each compiled graph in CUDA graphs, replayed on later calls (Inductor's CUDA graph "
                "trees); mode=\"reduce-overhead\" turns it on"),
+    OptionSpec("token_reductions", True, "COREY_TOKEN_REDUCTIONS", "bool",
+               "with Inductor, write matrix products with one row (weights up to 32 MiB) and depthwise conv1d read "
+               "at their last position as products and sums, which Inductor fuses with their neighbours rather "
+               "than calling cuBLAS or cuDNN once each (decode steps)"),
     OptionSpec("check_invariants", False, "COREY_CHECK_INVARIANTS", "bool",
                "check the pass contract after every pass (the tests turn it on)"),
     OptionSpec("debug_dir", None, "COREY_DEBUG_DIR", "path",

@@ -110,6 +110,57 @@ def test_prefill_whole_and_tail_kernels(seqlen, parts):
             selective_scan_chunked(**inputs, chunk_size=16, kernels="both")
 
 
+@pytest.mark.parametrize("seqlen", [64, 41])
+def test_prefill_long_offsets_path(seqlen):
+    # The 64-bit address arithmetic that rows of 2**31 elements get, forced at a small shape: same answers,
+    # on a (b, l, d) layout too, where the step stride is the one that grows.
+    inputs = _inputs(2, 5, seqlen, 4, 0, torch.float32, 1.0)
+    for name in ("u", "delta", "z"):
+        inputs[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
+    h0 = torch.randn(2, 5, 4)
+    out, last = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, chunk_size=16, long_offsets=True)
+    ref_out, ref_last = _reference(inputs, {}, True, h0)
+    torch.testing.assert_close(out.double(), ref_out, rtol=6e-4, atol=2e-3)
+    torch.testing.assert_close(last.double(), ref_last, rtol=6e-4, atol=2e-3)
+
+
+def test_long_offsets_are_chosen_per_batch_row():
+    from corey_compile.codegen.selective_scan.chunk import needs_long_offsets
+
+    meta = dict(device="meta", dtype=torch.float16)
+    assert not needs_long_offsets(torch.empty(8, 2048, 2**17, **meta))  # 2**31 elements, but 2**28 per row
+    assert not needs_long_offsets(torch.empty(1, 2048, 2**20, **meta))  # the last element is 2**31 - 1
+    assert needs_long_offsets(torch.empty(1, 2048, 2**20 + 1, **meta))
+    assert needs_long_offsets(torch.empty(1, 2**20 + 1, 2048, **meta).transpose(1, 2))
+
+
+@pytest.mark.skipif(KERNEL_DEVICE != "cuda", reason="needs about 20 GB of GPU memory")
+def test_prefill_past_2_31_elements():
+    # b·d·l > 2**31 in one batch row: the channels at the far end of the row agree exactly with the same
+    # channels scanned on their own (a small copy, whose 32-bit offsets the other tests check).
+    b, d, l, n = 1, 2048, 2**20 + 80, 16
+    if torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("needs about 20 GB of GPU memory")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    u = torch.randn(b, d, l, device="cuda", dtype=torch.float16, generator=gen)
+    delta = torch.rand(b, d, l, device="cuda", dtype=torch.float16, generator=gen).mul_(0.1)
+    z = torch.randn(b, d, l, device="cuda", dtype=torch.float16, generator=gen)
+    A = -torch.rand(d, n, device="cuda") - 0.1
+    B = torch.randn(b, n, l, device="cuda", dtype=torch.float16, generator=gen)
+    C = torch.randn(b, n, l, device="cuda", dtype=torch.float16, generator=gen)
+    D = torch.randn(d, device="cuda")
+    assert b * d * l > 2**31
+    launch = dict(chunk_size=128, block_d=8, num_warps=4)  # one launch for both, so the arithmetic is the same
+    out, last = selective_scan_chunked(u, delta, A, B, C, D, z, delta_softplus=False, **launch)
+    for rows in (slice(0, 8), slice(d - 8, d)):
+        part = [t[:, rows].contiguous() for t in (u, delta, z)]
+        out_part, last_part = selective_scan_chunked(part[0], part[1], A[rows], B, C, D[rows], part[2],
+                                                     delta_softplus=False, **launch)
+        assert torch.equal(out[:, rows], out_part)
+        assert torch.equal(last[:, rows], last_part)
+    assert torch.isfinite(out[:, -8:, -100:].float()).all()
+
+
 @pytest.mark.parametrize("delta_scale", [1e-4, 30.0], ids=["tiny_delta", "large_delta"])
 def test_prefill_extreme_deltas(delta_scale):
     inputs = _inputs(1, 4, 50, 4, 0, torch.float32, 1.0)

@@ -318,6 +318,7 @@ def _selective_scan_fwd_kernel(
     PTX: tl.constexpr,  # an NVIDIA GPU: inline PTX for the approximate logarithm and reciprocal
     WHOLE: tl.constexpr,  # scan the whole chunks (the loop)
     TAIL: tl.constexpr,  # scan the partial chunk after them, if any (masked)
+    LONG_OFFSETS: tl.constexpr,  # a batch row spans 2**31 elements or more: channel and step offsets in 64 bits
 ):
     LANES: tl.constexpr = CHUNK // STEPS
     PARTS: tl.constexpr = STEPS // STEPS_PER_LOAD
@@ -333,6 +334,8 @@ def _selective_scan_fwd_kernel(
     # tiles stay two-dimensional until loaded, so that every tile gets the same layout (one 16-byte
     # load per lane, lanes along the columns); they are viewed as (BLOCK_D, LANES, STEPS_PER_LOAD) after.
     columns = tl.arange(0, LANES * STEPS_PER_LOAD)  # lane-major: lane c // STEPS_PER_LOAD, step c % STEPS_PER_LOAD
+    if LONG_OFFSETS:
+        columns = columns.to(tl.int64)  # so every step index, and its product with a stride, is 64-bit
     part_steps = ()
     for p in tl.static_range(PARTS):
         part_steps = part_steps + (
@@ -356,6 +359,10 @@ def _selective_scan_fwd_kernel(
         carries = carries + (tl.broadcast_to(h0_n[:, None], (BLOCK_D, LANES)),)
 
     rows = offs_d[:, None]  # (BLOCK_D, 1)
+    if LONG_OFFSETS:
+        # The batch offset is 64-bit already (pid_b); within a row, channel * stride can pass 2**31.
+        # 32-bit offsets elsewhere: the common case keeps its cheaper address arithmetic.
+        rows = rows.to(tl.int64)
     u_rows = u_ptr + pid_b * stride_u_b + rows * stride_u_d
     dt_rows = delta_ptr + pid_b * stride_dt_b + rows * stride_dt_d
     z_rows = z_ptr + pid_b * stride_z_b + rows * stride_z_d
@@ -453,6 +460,7 @@ def selective_scan_chunked(
     out: torch.Tensor | None = None,
     last_state: torch.Tensor | None = None,
     kernels: str = "all",
+    long_offsets: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the chunked Triton kernel.
 
@@ -465,6 +473,8 @@ def selective_scan_chunked(
     ``widen_bc_pairs`` override it. ``out`` and ``last_state`` may be given to be written in place.
     ``kernels`` "whole" or "tail" launches only that one of the two kernels (``scan_kernel_parts``),
     leaving the results incomplete: how the warm-up compiles each in a process of its own.
+    ``long_offsets`` forces the 64-bit address arithmetic that rows of 2**31 elements or more get
+    (``needs_long_offsets``); tests use it to run that path at small shapes.
     """
     batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     launch = scan_launch(batch, dim, groups, u.element_size(), B.dtype == torch.bfloat16, chunk_size,
@@ -477,6 +487,8 @@ def selective_scan_chunked(
     if last_state is None:
         last_state = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)
     z_arg = z if z is not None else u
+    if long_offsets is None:
+        long_offsets = needs_long_offsets(u, delta, B, C, z_arg, out)
     # Two kernels: the loop over whole chunks, and the partial chunk after them, each launched only
     # where the length has one (a sequence of zero steps launches the tail kernel, which just writes
     # the initial state). Triton compiles them separately, and the warm-up side by side: each is
@@ -502,10 +514,23 @@ def selective_scan_chunked(
                  DSTATE=dstate, BLOCK_D=launch.block_d, CHUNK=chunk_size, STEPS=launch.steps,
                  STEPS_PER_LOAD=launch.steps_per_load, EVEN_D=dim % launch.block_d == 0, PIPELINE=launch.pipeline,
                  HOIST_A=launch.hoist_a, WIDEN_BC_PAIRS=launch.widen_bc_pairs, STAGES=launch.stages, PTX=runs_ptx(u),
-                 WHOLE=part == "whole", TAIL=part == "tail"),
+                 WHOLE=part == "whole", TAIL=part == "tail", LONG_OFFSETS=bool(long_offsets)),
             launch.num_warps,
         )
     return out, last_state
+
+
+INT32_LIMIT = 2**31
+
+
+def needs_long_offsets(*tensors: torch.Tensor) -> bool:
+    """Whether an element of a batch row lies 2**31 elements or more from the row's start in any tensor.
+
+    The kernel's batch offset is 64-bit; everything within a row is 32-bit unless this holds, where a
+    32-bit product such as channel * channel stride would wrap (b=1, d=2048, l=2**20 is one element short).
+    """
+    return any(sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:]) if size > 0) >= INT32_LIMIT
+               for t in tensors)
 
 
 def scan_kernel_parts(seqlen: int, chunk_size: int) -> list[str]:
