@@ -93,8 +93,10 @@ OPTIONS = (
     OptionSpec("chunk_policy", "occupancy", "COREY_CHUNK_POLICY", "choice",
                "how the prefill chunk is chosen: occupancy (from the channels per multiprocessor, capped by the "
                "sequence length), seqlen (from the sequence length alone), fixed (chunk_size everywhere), "
-               "entropy (from the entropy of u measured on the example inputs) or autotune (each candidate timed "
-               "at the first call of a shape on the GPU, the fastest kept on disk)",
+               "entropy (from the entropy of u measured on the example inputs, by COREY's rule), entropy-guarded "
+               "(the same, but chunk_size wherever the rule lands within two powers of two of it), "
+               "entropy-runtime (the rule on a sampled histogram of u at every call) or autotune (each candidate "
+               "timed at the first call of a shape on the GPU, the fastest kept on disk)",
                CHUNK_POLICIES),
     OptionSpec("chunk_size", 64, "COREY_CHUNK_SIZE", "power_of_two", "the chunk of the fixed policy"),
     OptionSpec("entropy_bins", 256, "COREY_ENTROPY_BINS", "int",
@@ -106,14 +108,19 @@ OPTIONS = (
     OptionSpec("entropy_chunk_max", 512, "COREY_ENTROPY_CHUNK_MAX", "power_of_two",
                "C_max of the entropy policy's chunk rule (the kernel's longest chunk, 256, caps it)"),
     OptionSpec("fusion", "all", "COREY_FUSION", "choice",
-               "which neighbours of a scan its kernel absorbs: all (delta bias, softplus, D skip, gate), none, or "
-               "cost-model (those that give the fewest DRAM bytes by planning/traffic.py)",
+               "which neighbours of a scan its kernel absorbs: all (delta bias, softplus, D skip, gate), none, "
+               "cost-model (those that give the fewest DRAM bytes by planning/traffic.py), fixed-depth (groups of "
+               "fusion_depth ops around the scan) or entropy (COREY's greedy score of entropy, arithmetic "
+               "intensity and traffic)",
                FUSION_POLICIES),
+    OptionSpec("fusion_depth", 3, "COREY_FUSION_DEPTH", "int",
+               "the group size of the fixed-depth fusion policy, the scan included", (1,)),
     OptionSpec("match_forms", None, "COREY_MATCH_FORMS", "forms",
                "the scan forms the matchers look for (comma-separated in text; default: every form)", _match_forms),
     OptionSpec("measure", False, "COREY_MEASURE", "bool",
                "run the graph once on the example inputs while compiling and record the range and histogram "
-               "entropy of the values each region reads (the entropy policy does so whatever this says)"),
+               "entropy of the values each region reads (the entropy and entropy-guarded chunk policies and the entropy "
+               "fusion policy do so whatever this says)"),
     OptionSpec("warm_up_kernels", True, "COREY_WARM_UP_KERNELS", "bool",
                "on a GPU, with Inductor, compile the prefill kernels of corey's ops in child processes while "
                "Inductor works, rather than at the first run"),

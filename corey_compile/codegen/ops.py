@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from ..planning.chunk_policy import RUNTIME_CHUNK_POLICIES, run_time_chunk
+from ..planning.chunk_policy import RUNTIME_CHUNK_POLICIES, is_run_time_policy, run_time_chunk
+from ..planning.entropy import RUNTIME_PREFIX, runtime_chunk
 from .selective_scan.naive import selective_scan_naive, selective_state_update_naive
 
 try:
@@ -125,6 +126,8 @@ def selective_scan(
     if uses_triton(u.device):
         if u.shape[-1] == 1:  # one step, as pre-5.3 transformers decodes: the decode kernel is cheaper
             return _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        if not chunk_size and chunk_policy.startswith(RUNTIME_PREFIX) and not _capturing(u.device):
+            chunk_size = runtime_chunk(u, chunk_policy)  # a histogram of u on every call; not while capturing
         if not chunk_size and chunk_policy == "autotune":
             from .autotune import autotuned_chunk
 
@@ -135,11 +138,16 @@ def selective_scan(
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 
 
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def scan_chunk(shape, device, chunk_size: int, chunk_policy: str) -> int:
     """The chunk a ``selective_scan`` call of u's ``shape`` (b, d, l) runs: the planned one, or where the
     planner left it to the call (0), the one ``chunk_policy`` gives this shape. For ``autotune``, which
-    times the call's own inputs, the occupancy policy's: what the warm-up compiles ahead."""
-    policy = "occupancy" if chunk_policy == "autotune" else chunk_policy
+    times the call's own inputs, and the run-time entropy policy, which reads them, the occupancy
+    policy's: what the warm-up compiles ahead, and what a call under CUDA graph capture runs."""
+    policy = "occupancy" if chunk_policy == "autotune" or chunk_policy.startswith(RUNTIME_PREFIX) else chunk_policy
     return chunk_size or run_time_chunk(policy, *shape, device)
 
 
@@ -159,8 +167,9 @@ def _one_step_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
 @register_fake("selective_scan")
 def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None, chunk_size=0,
       chunk_policy="occupancy"):
-    if chunk_policy not in RUNTIME_CHUNK_POLICIES:
-        raise ValueError(f"chunk_policy {chunk_policy!r}: the op chooses at run time by one of {RUNTIME_CHUNK_POLICIES}")
+    if not is_run_time_policy(chunk_policy):
+        raise ValueError(f"chunk_policy {chunk_policy!r}: the op chooses at run time by one of {RUNTIME_CHUNK_POLICIES} "
+                         f"or {RUNTIME_PREFIX}:BINS:SAMPLE:C_MIN:C_MAX")
     return _scan_results(u, A)
 
 

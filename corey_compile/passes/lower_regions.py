@@ -13,6 +13,7 @@ import torch.fx as fx
 
 from ..codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
 from ..planning import RUNTIME_CHUNK_POLICIES
+from ..planning.entropy import runtime_policy
 from ..report import RegionRecord
 from .graph_reading import Operand, meta_value, op_name
 from .regions import BD, BDL, BDN, BN, BNL, DN, Region
@@ -216,7 +217,11 @@ def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     """Replace each planned region with its op; record it in the report."""
     graph, fake_mode = gm.graph, fake_mode_of(gm)
     # Where the plan leaves the chunk to each call (chunk 0: a symbolic length or batch), the op applies this policy.
-    run_time_policy = ctx.options.chunk_policy if ctx.options.chunk_policy in RUNTIME_CHUNK_POLICIES else "occupancy"
+    options = ctx.options
+    run_time_policy = options.chunk_policy if options.chunk_policy in RUNTIME_CHUNK_POLICIES else "occupancy"
+    if options.chunk_policy == "entropy-runtime":  # its settings travel in the policy's string
+        run_time_policy = runtime_policy(options.entropy_bins, options.entropy_sample,
+                                         (options.entropy_chunk_min, options.entropy_chunk_max))
     for region in ctx.regions:
         args = absorbed_arguments(region)
         before = set(graph.nodes)

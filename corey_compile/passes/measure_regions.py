@@ -43,10 +43,16 @@ def capture_module(gm: fx.GraphModule, nodes: list) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
+def reads_measurements(options) -> bool:
+    """Whether the measuring pass runs: asked for, or a policy in force reads what it measures."""
+    return (options.measure or options.chunk_policy in ("entropy", "entropy-guarded")
+            or options.fusion == "entropy")
+
+
 def measure_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     if not ctx.regions:
         return gm
-    if not ctx.options.measure and ctx.options.chunk_policy != "entropy":
+    if not reads_measurements(ctx.options):
         ctx.decide("skipped: the measure option is off and no policy in force reads measurements")
         return gm
     start = time.perf_counter()

@@ -18,7 +18,7 @@ def plan_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     for region in ctx.regions:
         facts = region.facts()
         region.plan = plan_region(facts, chunk_policy=options.chunk_policy, chunk_size=options.chunk_size,
-                                  fusion=options.fusion, sms=sms,
+                                  fusion=options.fusion, sms=sms, fusion_depth=options.fusion_depth,
                                   entropy_range=(options.entropy_chunk_min, options.entropy_chunk_max))
         same = first_with.setdefault(facts, region.name)
         if same != region.name:

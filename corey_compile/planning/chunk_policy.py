@@ -9,8 +9,15 @@ import functools
 
 from .launch import STEPS_PER_LANE, WARP_SIZE, next_power_of_2
 
-CHUNK_POLICIES = ("occupancy", "seqlen", "fixed", "entropy", "autotune")  # entropy: planning/entropy.py; autotune: codegen/autotune.py
-RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen", "autotune")  # the policies the op can apply per call
+# entropy, entropy-guarded and entropy-runtime: planning/entropy.py; autotune: codegen/autotune.py
+CHUNK_POLICIES = ("occupancy", "seqlen", "fixed", "entropy", "entropy-guarded", "entropy-runtime", "autotune")
+RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen", "autotune")  # the policies the op can apply per call from a name
+
+
+def is_run_time_policy(policy: str) -> bool:
+    """Whether the op can apply ``policy`` per call: a name above, or the run-time entropy policy's string
+    (``entropy.runtime_policy``), which carries its settings."""
+    return policy in RUNTIME_CHUNK_POLICIES or policy.startswith("entropy-runtime:")
 NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
 MIN_CHUNK, MAX_CHUNK = 16, 256
 # The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
@@ -55,8 +62,10 @@ def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed
                 f"occupancy policy: b·d={batch * dim} channels on {sms} SMs, l={seqlen}")
     if policy == "seqlen":
         return seqlen_chunk(seqlen), f"seqlen policy: l={seqlen}"
-    if policy == "entropy":
-        raise ValueError("the entropy policy reads measurements: plan.plan_region applies it")
+    if policy in ("entropy", "entropy-guarded"):
+        raise ValueError(f"the {policy} policy reads measurements: plan.plan_region applies it")
+    if policy == "entropy-runtime":
+        raise ValueError("the entropy-runtime policy reads each call's u: the op applies it")
     if policy == "autotune":
         raise ValueError("the autotune policy times the kernel on a call's inputs: the op applies it")
     raise ValueError(f"unknown chunk policy {policy!r}: valid policies are {CHUNK_POLICIES}")

@@ -76,3 +76,53 @@ def entropy_chunk(normalized_entropy: float, chunk_range: tuple = DEFAULT_CHUNK_
     if chunk != chosen:
         why += f" → {chunk}, the kernel's {'longest' if chunk < chosen else 'shortest'} chunk"
     return chunk, why
+
+
+def guarded_chunk(rule_chunk: int, static_chunk: int, buckets: int = 2) -> tuple[int, str]:
+    """The paper's guarded variant: the static chunk wherever the rule's choice lies within ``buckets``
+    powers of two of it (the rule is trusted only where it disagrees strongly), else the rule's."""
+    distance = abs(rule_chunk.bit_length() - static_chunk.bit_length())
+    if distance <= buckets:
+        return static_chunk, (f"guarded: {rule_chunk} is within {buckets} powers of two of the static chunk "
+                              f"{static_chunk}, which is kept")
+    return rule_chunk, f"guarded: {rule_chunk} is {distance} powers of two from the static chunk {static_chunk}"
+
+
+RUNTIME_PREFIX = "entropy-runtime"
+
+
+def runtime_policy(bins: int, sample: int, chunk_range: tuple) -> str:
+    """The op's ``chunk_policy`` string of the run-time entropy policy, its settings spelled out in it."""
+    return f"{RUNTIME_PREFIX}:{bins}:{sample}:{chunk_range[0]}:{chunk_range[1]}"
+
+
+def parse_runtime_policy(policy: str) -> tuple[int, int, tuple] | None:
+    """(bins, sample, (C_min, C_max)) of a ``runtime_policy`` string; None for any other policy."""
+    if not policy.startswith(RUNTIME_PREFIX + ":"):
+        return None
+    try:
+        bins, sample, low, high = (int(x) for x in policy[len(RUNTIME_PREFIX) + 1:].split(":"))
+    except ValueError:
+        raise ValueError(f"chunk_policy {policy!r}: expected {RUNTIME_PREFIX}:BINS:SAMPLE:C_MIN:C_MAX") from None
+    if bins < 2 or sample < 1 or not 0 < low <= high:
+        raise ValueError(f"chunk_policy {policy!r}: needs BINS >= 2, SAMPLE >= 1 and 0 < C_MIN <= C_MAX")
+    return bins, sample, (low, high)
+
+
+def runtime_chunk(u: torch.Tensor, policy: str, supported: tuple = (16, 256)) -> int:
+    """The chunk of the run-time entropy policy for this call: a histogram of every ``sample``-th value of u,
+    taken on u's device, then the rule. Costs a synchronization with the device on every call (the
+    overhead the paper measures), so it cannot run inside a CUDA graph capture."""
+    bins, sample, chunk_range = parse_runtime_policy(policy)
+    flat = u.detach().reshape(-1)[::sample].float()
+    flat = flat[torch.isfinite(flat)]
+    if flat.numel() == 0:
+        return entropy_chunk(0.0, chunk_range, supported)[0]
+    low, high = torch.aminmax(flat)
+    low, high = low.item(), high.item()
+    if high <= low:
+        return entropy_chunk(0.0, chunk_range, supported)[0]
+    counts = torch.histc(flat, bins=bins, min=low, max=high)
+    p = counts[counts > 0] / counts.sum()
+    ratio = float(-(p * p.log()).sum()) / math.log(bins)
+    return entropy_chunk(ratio, chunk_range, supported)[0]

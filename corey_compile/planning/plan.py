@@ -5,7 +5,7 @@ import functools
 from dataclasses import asdict, dataclass, field, replace
 
 from .chunk_policy import MAX_CHUNK, MIN_CHUNK, RUNTIME_CHUNK_POLICIES, choose_chunk
-from .entropy import DEFAULT_CHUNK_RANGE, entropy_chunk
+from .entropy import DEFAULT_CHUNK_RANGE, entropy_chunk, guarded_chunk
 from .fusion import choose_absorbed
 from .launch import scan_launch, step_launch
 
@@ -56,12 +56,12 @@ class Plan:
 
 
 def plan_region(facts: RegionFacts, *, chunk_policy: str, chunk_size: int, fusion: str, sms: int,
-                entropy_range: tuple = DEFAULT_CHUNK_RANGE) -> Plan:
+                entropy_range: tuple = DEFAULT_CHUNK_RANGE, fusion_depth: int = 3) -> Plan:
     """The plan of a region with these facts: identical layers are planned once (a copy of the cached plan),
     except where measurements were taken, which a policy may read. ``entropy_range`` is (C_min, C_max)
-    of the entropy policy."""
+    of the entropy policies; ``fusion_depth`` the group size of the fixed-depth fusion policy."""
     plan = (_plan.__wrapped__ if facts.measurements else _plan)(facts, chunk_policy, chunk_size, fusion, sms,
-                                                                tuple(entropy_range))
+                                                                tuple(entropy_range), fusion_depth)
     return replace(plan, launch=dict(plan.launch), absorb_producers=list(plan.absorb_producers),
                    absorb_consumers=list(plan.absorb_consumers), reasons=list(plan.reasons),
                    traffic=dict(plan.traffic))
@@ -73,9 +73,7 @@ def _with_traffic(plan: Plan, facts: RegionFacts) -> Plan:
 
     parts = plan_traffic(facts.kind, facts.producers, facts.consumers, plan.absorb_producers, plan.absorb_consumers)
     total = sum(parts.values())
-    sizes = {"b": facts.batch, "d": facts.dim, "l": facts.seqlen if facts.kind == "scan" else 1, "n": facts.dstate,
-             "g": facts.groups, "s": ELEMENT_SIZES.get(facts.dtype)}
-    value = evaluate(total, sizes)
+    value = evaluate(total, _sizes(facts))
     plan.traffic = {"expression": str(total), "bytes": value, "parts": {k: str(v) for k, v in parts.items()}}
     plan.reasons.append(f"DRAM traffic {value / 1e6:.3f} MB: {total}" if value is not None
                         else f"DRAM traffic {total} (a size is symbolic)")
@@ -94,14 +92,20 @@ def _entropy_plan_chunk(facts: RegionFacts, entropy_range: tuple) -> tuple:
 
 @functools.lru_cache(maxsize=256)
 def _plan(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str, sms: int,
-          entropy_range: tuple = DEFAULT_CHUNK_RANGE) -> Plan:
-    return _with_traffic(_decide(facts, chunk_policy, chunk_size, fusion, sms, entropy_range), facts)
+          entropy_range: tuple = DEFAULT_CHUNK_RANGE, fusion_depth: int = 3) -> Plan:
+    return _with_traffic(_decide(facts, chunk_policy, chunk_size, fusion, sms, entropy_range, fusion_depth), facts)
+
+
+def _sizes(facts: RegionFacts) -> dict:
+    return {"b": facts.batch, "d": facts.dim, "l": facts.seqlen if facts.kind == "scan" else 1, "n": facts.dstate,
+            "g": facts.groups, "s": ELEMENT_SIZES.get(facts.dtype)}
 
 
 def _decide(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str, sms: int,
-            entropy_range: tuple) -> Plan:
+            entropy_range: tuple, fusion_depth: int = 3) -> Plan:
     producers, consumers, fusion_reason = choose_absorbed(fusion, list(facts.producers), list(facts.consumers),
-                                                          facts.kind)
+                                                          facts.kind, measurements=facts.measurements,
+                                                          depth=fusion_depth, sizes=_sizes(facts))
     symbolic = [name for name in ("batch", "dim", "seqlen", "dstate") if getattr(facts, name) is None]
     said = ", ".join(symbolic) + (" are" if len(symbolic) > 1 else " is")
     if facts.kind == "step":
@@ -114,9 +118,17 @@ def _decide(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str,
         return Plan(0, SCAN_KERNEL, {}, producers, consumers,
                     ["autotune policy: the op times the candidate chunks at the first call of each shape and keeps the "
                      "fastest, on disk too (codegen/autotune.py)", fusion_reason])
+    if chunk_policy == "entropy-runtime":
+        return Plan(0, SCAN_KERNEL, {}, producers, consumers,
+                    ["entropy-runtime policy: the op takes a sampled histogram of u on every call and applies the "
+                     "entropy rule (a synchronization per call; under CUDA graph capture, the occupancy policy)",
+                     fusion_reason])
     fallback = ""  # why the entropy policy could not decide, where it could not
-    if chunk_policy == "entropy":
+    if chunk_policy in ("entropy", "entropy-guarded"):
         chunk, chunk_reason = _entropy_plan_chunk(facts, entropy_range)
+        if chunk is not None and chunk_policy == "entropy-guarded":
+            chunk, guard = guarded_chunk(chunk, chunk_size)
+            chunk_reason = f"{chunk_reason}; {guard}"
         if chunk is None:  # nothing measured (no example values): the default policy instead
             chunk_policy, fallback = "occupancy", chunk_reason + "; the occupancy policy instead: "
         elif symbolic:
@@ -130,7 +142,7 @@ def _decide(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str,
         return Plan(chunk_size, SCAN_KERNEL, {}, producers, consumers,
                     [f"fixed policy: chunk_size={chunk_size}; {said} symbolic: the launch is chosen per call",
                      fusion_reason])
-    if chunk_policy != "entropy":
+    if chunk_policy not in ("entropy", "entropy-guarded"):
         chunk, chunk_reason = choose_chunk(chunk_policy, facts.batch, facts.dim, facts.seqlen, sms, chunk_size)
         chunk_reason = fallback + chunk_reason
     if facts.seqlen == 1:  # the op sends a one-step scan to the decode kernel
