@@ -24,10 +24,10 @@ import time
 
 import torch
 import triton
-import triton.language as tl
 from tabulate import tabulate
 
 from corey_compile.planning import occupancy_chunk, sm_count
+from floors import copy_bandwidth, exp_rate  # benchmarks/, the script's own folder, is on sys.path
 from corey_compile.codegen.selective_scan.chunk import selective_scan_chunked
 from corey_compile.codegen.selective_scan.naive import selective_scan_naive
 from corey_compile.codegen.selective_scan.step import selective_state_update_triton
@@ -78,32 +78,6 @@ def make_inputs(batch, seqlen, dtype, device="cuda"):
                 A=-torch.exp(rand(DIM, DSTATE) * 0.5), B=rand(batch, DSTATE, seqlen).to(dtype),
                 C=rand(batch, DSTATE, seqlen).to(dtype), D=rand(DIM), z=rand(batch, DIM, seqlen).to(dtype),
                 delta_bias=rand(DIM) * 0.1)
-
-
-def copy_bandwidth() -> float:
-    src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    us = bench(lambda: dst.copy_(src))
-    return 2 * src.numel() / (us * 1e-6)  # bytes read + written per second
-
-
-@triton.jit
-def _exp_rate_kernel(x_ptr, out_ptr, ITERS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + offs)
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for _ in range(ITERS):
-        x = tl.exp2(x * -0.999)
-        acc += x
-    tl.store(out_ptr + offs, acc)
-
-
-def exp_rate() -> float:
-    n, iters = 132 * 2048 * 8, 256
-    x = torch.rand(n, device="cuda")
-    out = torch.empty_like(x)
-    us = bench(lambda: _exp_rate_kernel[(n // 1024,)](x, out, ITERS=iters, BLOCK=1024))
-    return n * iters / (us * 1e-6)
 
 
 def floor_us(batch, seqlen, dtype, bandwidth, exps_per_s):

@@ -32,9 +32,10 @@ import time
 
 import torch
 import triton
-import triton.language as tl
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from floors import copy_bandwidth, exp_rate  # noqa: E402  (benchmarks/, the script's own folder, is on sys.path)
 
 DSTATE = 16
 WIDTHS = (1536, 2048, 4096, 5120)  # d_inner of the 370m, 130m, 1.4b and 2.8b presets
@@ -86,34 +87,6 @@ def warm_one(job) -> str:
         return "ok"
     except Exception as exc:  # noqa: BLE001 - the timing loop reports the failure itself
         return f"{type(exc).__name__}: {str(exc)[:160]}"
-
-
-def copy_bandwidth() -> float:
-    """Bytes read and written per second by a 512 MiB device copy, timed as plain calls.
-
-    Timed by CUDA-graph replay, the same copy gave 2.71 TB/s on the H200 in this script's first run, where
-    plain calls have measured 4.2 TB/s: the floor takes plain calls."""
-    src = torch.empty(512 * 2**20, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / (do_bench(lambda: dst.copy_(src)) * 1e-6)
-
-
-@triton.jit
-def _exp_rate_kernel(x_ptr, out_ptr, ITERS: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    x = tl.load(x_ptr + offs)
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for _ in range(ITERS):
-        x = tl.exp2(x * -0.999)
-        acc += x
-    tl.store(out_ptr + offs, acc)
-
-
-def exp_rate() -> float:
-    n, iters = 132 * 2048 * 8, 256
-    x = torch.rand(n, device="cuda")
-    out = torch.empty_like(x)
-    return n * iters / (do_bench_graph(lambda: _exp_rate_kernel[(n // 1024,)](x, out, ITERS=iters, BLOCK=1024)) * 1e-6)
 
 
 def rel_err(got, want) -> float:

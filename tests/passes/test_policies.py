@@ -106,17 +106,23 @@ def _prefill_regions():
             if region.op == "corey::selective_scan"]
 
 
+def _answers_match(options, eager_outputs) -> list:
+    """Compile under ``options`` on the ops' torch path; check logits and greedy tokens; return the prefill regions."""
+    corey_compile.clear_reports()
+    logits, tokens = _model_outputs(options)
+    torch.testing.assert_close(logits, eager_outputs[0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(tokens, eager_outputs[1])
+    regions = _prefill_regions()
+    assert regions
+    return regions
+
+
 @pytest.mark.parametrize("policy", [p for p in CHUNK_POLICIES if p != "autotune"])
 def test_every_chunk_policy_gives_the_models_answers(policy, eager_outputs, monkeypatch):
     # Through the whole pipeline and the ops' torch path (each chunk's kernel is checked against the reference in
     # tests/codegen; autotune times kernels on a GPU: tests/codegen/test_autotune.py).
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    corey_compile.clear_reports()
-    logits, tokens = _model_outputs({"chunk_policy": policy})
-    torch.testing.assert_close(logits, eager_outputs[0], rtol=1e-4, atol=1e-4)
-    assert torch.equal(tokens, eager_outputs[1])
-    regions = _prefill_regions()
-    assert regions
+    regions = _answers_match({"chunk_policy": policy}, eager_outputs)
     if policy in ("entropy", "entropy-guarded"):
         assert all("entropy policy: H/log K" in region.reasons[0] for region in regions)
     if policy == "entropy-runtime":
@@ -144,12 +150,7 @@ def test_every_fusion_plan_gives_the_models_answers(fusion, eager_outputs, monke
     # The neighbours a plan leaves out stay in the graph as the model wrote them, around the prefill and the decode
     # ops alike: the logits and the greedy tokens of generate are the eager model's.
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    corey_compile.clear_reports()
-    logits, tokens = _model_outputs({"fusion": fusion})
-    torch.testing.assert_close(logits, eager_outputs[0], rtol=1e-4, atol=1e-4)
-    assert torch.equal(tokens, eager_outputs[1])
-    regions = _prefill_regions()
-    assert regions
+    regions = _answers_match({"fusion": fusion}, eager_outputs)
     if fusion == "none":
         assert all(region.absorbed == [] for region in regions)
     if fusion == "all":
