@@ -128,7 +128,7 @@ OPTIONS = (
                "capture each compiled graph in CUDA graphs, replayed on later calls (Inductor's CUDA graph "
                "trees); mode=\"reduce-overhead\" turns it on"),
     OptionSpec("token_reductions", True, "COREY_TOKEN_REDUCTIONS", "bool",
-               "with Inductor, write matrix products with one row (weights up to 32 MiB) and depthwise conv1d read "
+               "with Inductor on a CUDA GPU, write matrix products with one row (weights up to 32 MiB) and depthwise conv1d read "
                "at their last position as products and sums, which Inductor fuses with their neighbours rather "
                "than calling cuBLAS or cuDNN once each (decode steps)"),
     OptionSpec("check_invariants", False, "COREY_CHECK_INVARIANTS", "bool",

@@ -22,8 +22,9 @@ the arithmetic cuBLAS and cuDNN use for half precision; only the order of the su
 result is stored in the activation's dtype, so the slices the decode op reads (the gate, B, C) are
 views of it rather than copies of a float32 buffer (measured: three fewer kernels per layer).
 
-The pass runs with Inductor as the inner compiler and the option ``token_reductions`` on; with the
-eager inner compiler a product-and-sum is slower than the library call it replaces.
+The pass runs with Inductor as the inner compiler, the option ``token_reductions`` on, and on graphs
+whose tensors are on a CUDA GPU, where it was measured (``DEVICES``); with the eager inner compiler a
+product-and-sum is slower than the library call it replaces.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from .graph_reading import live_users, meta_value
 from .lower_regions import fake_mode_of, set_fake_values
 
 MAX_WEIGHT_BYTES = 32 * 2**20
+DEVICES = ("cuda",)  # where the rewrite was measured faster than the library calls (the tests add "cpu")
 _LINEAR = {torch._C._nn.linear, F.linear}
 _MATMUL = {operator.matmul, torch.matmul}
 _CONV1D = {torch.conv1d, F.conv1d}
@@ -58,6 +60,7 @@ def _argument(node: fx.Node, position: int, name: str, default=None):
 
 def _same_dtype(node, dtype: torch.dtype) -> bool:
     return _static_shape(meta_value(node)) is not None and meta_value(node).dtype == dtype
+
 
 
 def _one_row(shape: tuple, trailing: int) -> bool:
@@ -150,13 +153,17 @@ def rewrite_token_ops(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         ctx.decide(f"off: the inner compiler is {options.inner_compiler}, which would run a product and a sum "
                    "where the model had one library call")
         return gm
+    devices = {v.device.type for v in (meta_value(n) for n in gm.graph.nodes) if isinstance(v, torch.Tensor)}
+    if not devices or not devices <= set(DEVICES):
+        ctx.decide(f"off: the graph runs on {', '.join(sorted(devices)) or 'no tensors'}; the rewrite is measured on "
+                   f"{', '.join(DEVICES)} only")
+        return gm
     graph, fake_mode = gm.graph, fake_mode_of(gm)
     counts = {"linear": 0, "matmul": 0, "conv1d": 0}
     for node in list(graph.nodes):
         if node.op != "call_function" or not live_users(node):
             continue
         before = set(graph.nodes)
-        replacements = None
         if node.target in _LINEAR:
             kind, out = "linear", _rewrite_linear(graph, node)
             replacements = [(node, out)] if out is not None else None
@@ -167,12 +174,9 @@ def rewrite_token_ops(gm: fx.GraphModule, ctx) -> fx.GraphModule:
             kind, replacements = "conv1d", _rewrite_conv1d(graph, node)
         else:
             continue
-        created = [n for n in graph.nodes if n not in before]
-        if replacements is None:
-            for extra in reversed(created):  # a rewrite that gave up after inserting nodes leaves none behind
-                graph.erase_node(extra)
+        if replacements is None:  # the rewrites decline before they insert anything
             continue
-        set_fake_values(created, fake_mode)
+        set_fake_values([n for n in graph.nodes if n not in before], fake_mode)
         for old, new in replacements:
             old.replace_all_uses_with(new)
             if old is not node:

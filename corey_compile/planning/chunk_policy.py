@@ -12,17 +12,17 @@ from .launch import STEPS_PER_LANE, WARP_SIZE, next_power_of_2
 # entropy, entropy-guarded and entropy-runtime: planning/entropy.py; autotune: codegen/autotune.py
 CHUNK_POLICIES = ("occupancy", "seqlen", "fixed", "entropy", "entropy-guarded", "entropy-runtime", "autotune")
 RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen", "autotune")  # the policies the op can apply per call from a name
+NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
+MIN_CHUNK, MAX_CHUNK = 16, 256
+# The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
+# partial chunk); long ones take the tile that keeps the most work in flight.
+SEQLEN_CHUNKS = ((16, 16), (64, 32), (float("inf"), 64))
 
 
 def is_run_time_policy(policy: str) -> bool:
     """Whether the op can apply ``policy`` per call: a name above, or the run-time entropy policy's string
     (``entropy.runtime_policy``), which carries its settings."""
     return policy in RUNTIME_CHUNK_POLICIES or policy.startswith("entropy-runtime:")
-NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
-MIN_CHUNK, MAX_CHUNK = 16, 256
-# The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
-# partial chunk); long ones take the tile that keeps the most work in flight.
-SEQLEN_CHUNKS = ((16, 16), (64, 32), (float("inf"), 64))
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,6 @@
 """rewrite_token_ops: one-row products and last-position depthwise convolutions become products and sums."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +8,15 @@ import torch.nn.functional as F
 import corey_compile
 from corey_compile.models import build_mamba
 from tests.helpers import compile_capturing, targets
+
+token_ops = importlib.import_module("corey_compile.passes.rewrite_token_ops")  # the module, not the pass function
+
+
+@pytest.fixture(autouse=True)
+def _on_the_cpu_too(request, monkeypatch):
+    # The pass runs on CUDA graphs only (where it was measured); the tests run its rewrites on the CPU.
+    if "gpu_only" not in request.node.name:
+        monkeypatch.setattr(token_ops, "DEVICES", ("cuda", "cpu"))
 
 
 def _decisions(report) -> list:
@@ -84,6 +95,13 @@ def test_half_precision_products_through_inductor_round_once(dtype):
     want = F.linear(x.float(), weight.float(), bias.float())
     ulp = torch.finfo(dtype).eps * want.abs().clamp_min(1.0)
     assert ((out.float() - want).abs() <= 2 * ulp).all()
+
+
+def test_cpu_graphs_are_left_to_the_library_gpu_only():
+    weight = torch.randn(12, 8)
+    found, decisions = _rewritten(lambda x: F.linear(x, weight), torch.randn(1, 8))
+    assert any("linear" in t for t in found)
+    assert decisions == ["off: the graph runs on cpu; the rewrite is measured on cuda only"]
 
 
 def test_off_by_option_and_with_the_eager_inner_compiler():
