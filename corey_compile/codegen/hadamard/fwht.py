@@ -1,0 +1,73 @@
+"""The normalized Hadamard transform of each row, n = m·2^k, as one Triton kernel.
+
+H_n = H_m ⊗ H_P (P = 2^k, ``matrices.factor``), so a row viewed as m blocks of P values is
+transformed in two steps, both in registers: the m blocks are mixed by H_m (m² tile products,
+m ≤ 20 for the preset widths), then each block by the fast Walsh–Hadamard butterflies of H_P
+(log2 P stages of sums and differences of pairs i, i + h). The result is scaled by 1/√n once and
+stored in the input's dtype; the arithmetic is float32.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .matrices import factor, hadamard_matrix, small_hadamard  # noqa: F401  (hadamard_matrix: the reference)
+
+
+@triton.jit
+def _butterflies(x, ROWS: tl.constexpr, P: tl.constexpr, LOG2_P: tl.constexpr):
+    """x (ROWS, P) -> x H_Pᵀ (Sylvester), by LOG2_P stages of pairs (i, i + h)."""
+    for stage in tl.static_range(LOG2_P):
+        h: tl.constexpr = 1 << stage
+        blocks = tl.reshape(x, (ROWS, P // (2 * h), 2, h))
+        pairs = tl.permute(blocks, (0, 1, 3, 2))  # (ROWS, P / 2h, h, 2): the pair on the last axis
+        a, b = tl.split(pairs)
+        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (ROWS, P))
+    return x
+
+
+@triton.jit
+def _hadamard_kernel(x_ptr, h_ptr, out_ptr, rows, stride_x, stride_out, scale,
+                     M: tl.constexpr, P: tl.constexpr, LOG2_P: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    cols = tl.arange(0, P)
+    mask = (row < rows)[:, None]
+    x_rows = x_ptr + row.to(tl.int64)[:, None] * stride_x + cols[None, :]
+    out_rows = out_ptr + row.to(tl.int64)[:, None] * stride_out + cols[None, :]
+    blocks = ()
+    for j in tl.static_range(M):
+        blocks = blocks + (tl.load(x_rows + j * P, mask=mask, other=0.0).to(tl.float32),)
+    for i in tl.static_range(M):
+        if M == 1:
+            y = blocks[0]
+        else:
+            y = tl.zeros((BLOCK_ROWS, P), dtype=tl.float32)
+            for j in tl.static_range(M):
+                y += tl.load(h_ptr + i * M + j) * blocks[j]
+        y = _butterflies(y, BLOCK_ROWS, P, LOG2_P) * scale
+        tl.store(out_rows + i * P, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.lru_cache(maxsize=64)
+def _small_matrix(m: int, device: torch.device) -> torch.Tensor:
+    return small_hadamard(m).to(device=device, dtype=torch.float32).contiguous()
+
+
+def hadamard_transform(x: torch.Tensor, block_rows: int | None = None, num_warps: int = 4) -> torch.Tensor:
+    """x (..., n) -> x H_nᵀ / √n in x's dtype (``matrices.hadamard_matrix``); NoHadamard for an n without one."""
+    n = x.shape[-1]
+    m, power = factor(n)
+    flat = x.reshape(-1, n)
+    if flat.stride(-1) != 1:
+        flat = flat.contiguous()
+    out = torch.empty_like(flat)
+    rows = flat.shape[0]
+    if block_rows is None:  # rows per program: about 4096 values in registers, a power of two
+        block_rows = 1 << (max(1, min(16, 4096 // n)).bit_length() - 1)
+    _hadamard_kernel[(triton.cdiv(rows, block_rows),)](
+        flat, _small_matrix(m, x.device), out, rows, flat.stride(0), out.stride(0), 1.0 / n**0.5,
+        M=m, P=power, LOG2_P=power.bit_length() - 1, BLOCK_ROWS=block_rows, num_warps=num_warps)
+    return out.reshape(x.shape)
