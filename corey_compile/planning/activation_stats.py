@@ -1,0 +1,49 @@
+"""What a rotation does to an activation: peakedness, tails, entropy, and the error of low-bit fake quantization.
+
+Plain torch. ``activation_metrics`` summarizes one activation (the last dimension is the channels, every
+other dimension indexes tokens); ``rotation_metrics`` does so before and after a rotation ``x Q``. The
+quantizers are symmetric and round to nearest: per tensor (one scale, max |x| / (2^(bits-1) - 1)) and
+per token (one scale per row). Errors are relative, ‖x - q(x)‖ / ‖x‖, computed in float64.
+"""
+from __future__ import annotations
+
+import torch
+
+from .entropy import histogram_entropy
+
+
+def fake_quantize(x: torch.Tensor, bits: int, per_token: bool) -> torch.Tensor:
+    """Symmetric round-to-nearest quantization to ``bits`` bits and back, per tensor or per token (row)."""
+    levels = 2 ** (bits - 1) - 1
+    peak = x.abs().amax(dim=-1, keepdim=True) if per_token else x.abs().amax()
+    scale = torch.where(peak > 0, peak / levels, torch.ones_like(peak))
+    return (x / scale).round().clamp(-levels, levels) * scale
+
+
+def _relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
+    norm = x.norm()
+    return float((x - approx).norm() / norm) if norm > 0 else 0.0
+
+
+def activation_metrics(x: torch.Tensor, bins: int = 256) -> dict:
+    """max|x| / RMS, kurtosis (Pearson's: 3 for a Gaussian), H / log K of a ``bins``-bin histogram, and the
+    relative error of int8 and int4 fake quantization per tensor and per token."""
+    x = x.detach().to(torch.float64).reshape(-1, x.shape[-1])
+    centered = x - x.mean()
+    variance = centered.pow(2).mean()
+    metrics = {
+        "max_over_rms": float(x.abs().max() / x.pow(2).mean().sqrt()) if x.numel() else 0.0,
+        "kurtosis": float(centered.pow(4).mean() / variance.pow(2)) if variance > 0 else 0.0,
+        "entropy_ratio": histogram_entropy(x, bins=bins)["normalized"],
+    }
+    for bits in (8, 4):
+        for per_token in (False, True):
+            key = f"int{bits}_{'token' if per_token else 'tensor'}_error"
+            metrics[key] = _relative_error(x, fake_quantize(x, bits, per_token))
+    return metrics
+
+
+def rotation_metrics(x: torch.Tensor, q: torch.Tensor, bins: int = 256) -> dict:
+    """``activation_metrics`` of x and of x Q (Q orthogonal, float64), side by side."""
+    rotated = x.detach().to(torch.float64) @ q.to(torch.float64)
+    return {"before": activation_metrics(x, bins), "after": activation_metrics(rotated, bins)}
