@@ -131,6 +131,12 @@ OPTIONS = (
                "with Inductor on a CUDA GPU, write matrix products with one row (weights up to 32 MiB) and depthwise conv1d read "
                "at their last position as products and sums, which Inductor fuses with their neighbours rather "
                "than calling cuBLAS or cuDNN once each (decode steps)"),
+    OptionSpec("hadamard", False, "COREY_HADAMARD", "bool",
+               "rotate the residual stream by a normalized Hadamard matrix folded into the weights (norm weights "
+               "into the projections after them), with an online Hadamard transform before each out_proj; the "
+               "function is unchanged up to rounding, the folded weights are frozen copies"),
+    OptionSpec("hadamard_seed", 0, "COREY_HADAMARD_SEED", "int",
+               "random signs of the Hadamard rotation from this seed (0: none)", (0,)),
     OptionSpec("check_invariants", False, "COREY_CHECK_INVARIANTS", "bool",
                "check the pass contract after every pass (the tests turn it on)"),
     OptionSpec("debug_dir", None, "COREY_DEBUG_DIR", "path",

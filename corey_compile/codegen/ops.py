@@ -228,3 +228,22 @@ def selective_state_update(
 @register_fake("selective_state_update")
 def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     return x.new_empty(x.shape)  # contiguous, as every implementation returns it
+
+
+@_define()
+def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
+    """Each row's normalized Hadamard transform, x (..., n) -> x H_nᵀ / √n in x's dtype (``hadamard/``).
+
+    The Triton kernel on CUDA (or the interpreter); elsewhere the dense product in float64, rounded once.
+    """
+    from .hadamard.fwht import hadamard_transform as triton_transform
+    from .hadamard.naive import hadamard_transform_naive
+
+    if uses_triton(x.device):
+        return triton_transform(x)
+    return hadamard_transform_naive(x).to(x.dtype)
+
+
+@register_fake("hadamard_transform")
+def _(x):
+    return x.new_empty(x.shape)

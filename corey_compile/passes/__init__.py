@@ -1,6 +1,7 @@
 """The compiler's stages, as one ordered list of passes over an FX graph.
 
-    match_* (record regions) → measure_regions → plan_regions → lower_regions → rewrite_token_ops
+    match_* (record regions) → measure_regions → plan_regions → lower_regions → fold_hadamard
+    → rewrite_token_ops
 
 Contract (README.md beside this file): ``pass_fn(gm, ctx) -> gm``; a pass
 records its decisions and declines through ``ctx``; matchers rewrite nothing;
@@ -22,6 +23,7 @@ from .invariants import check_invariants, graph_state
 from .lower_regions import lower_regions
 from .measure_regions import measure_regions
 from .plan_regions import plan_regions
+from .fold_hadamard import fold_hadamard
 from .regions import match_pass
 from .rewrite_token_ops import rewrite_token_ops
 
@@ -48,6 +50,8 @@ PIPELINE = (
     Pass("measure_regions", measure_regions, None, "run the graph on the example inputs; summarize what each region reads"),
     Pass("plan_regions", plan_regions, None, "choose each region's chunk, launch and absorbed neighbours"),
     Pass("lower_regions", lower_regions, None, "replace each region with its corey:: op"),
+    Pass("fold_hadamard", fold_hadamard, None,
+         "rotate the residual stream by a normalized Hadamard matrix folded into the weights (option hadamard)"),
     Pass("rewrite_token_ops", rewrite_token_ops, None,
          "write one-row products and last-position depthwise convolutions as products and sums Inductor fuses"),
 )

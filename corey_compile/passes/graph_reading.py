@@ -42,7 +42,8 @@ _FUNCTION_NAMES = {
     torch.transpose: "transpose", torch.permute: "permute", torch.unsqueeze: "unsqueeze",
     torch.squeeze: "squeeze", torch.movedim: "movedim", torch.select: "select",
     torch.sigmoid: "sigmoid", torch.clone: "clone", torch.select_copy: "select_copy",
-    torch.einsum: "einsum", torch.functional.einsum: "einsum",
+    torch.einsum: "einsum", torch.functional.einsum: "einsum", torch.rsqrt: "rsqrt", torch.pow: "pow",
+    operator.pow: "pow", torch.mean: "mean",
     # In place on a tensor (``y += x``): read as the operation, and ``written_by`` knows they write.
     operator.iadd: "add", operator.imul: "mul",
 }

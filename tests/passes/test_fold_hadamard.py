@@ -1,0 +1,90 @@
+"""fold_hadamard: a rotated residual stream, folded into the weights, gives the model's answers; the user's weights
+are untouched; widths without a construction and graphs that may be differentiated are declined with the reason."""
+import pytest
+import torch
+from transformers import MambaConfig, MambaForCausalLM
+
+import corey_compile
+
+
+def _model(hidden: int, layers: int = 1):
+    torch.manual_seed(0)
+    config = MambaConfig(vocab_size=128, hidden_size=hidden, state_size=8, num_hidden_layers=layers,
+                         intermediate_size=2 * hidden, time_step_rank=8, pad_token_id=0, eos_token_id=0,
+                         bos_token_id=0)
+    return MambaForCausalLM(config).eval()
+
+
+def _answers(model, options=None):
+    torch._dynamo.reset()
+    corey_compile.clear_reports()
+    if options is not None:
+        model.compile(backend="corey", options={"check_invariants": True, **options})
+    ids = torch.randint(1, 128, (1, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits
+        tokens = model.generate(ids, max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids),
+                                pad_token_id=0)
+    return logits, tokens
+
+
+def _fold_records():
+    decisions = [d for r in corey_compile.all_reports() for p in r.passes if p.name == "fold_hadamard"
+                 for d in p.decisions]
+    declines = [d for r in corey_compile.all_reports() for d in r.declined if d.pass_name == "fold_hadamard"]
+    return decisions, declines
+
+
+@pytest.mark.parametrize("hidden, inner", [(64, "eager"), (48, "eager"), (40, "eager"), (32, "inductor")],
+                         ids=["2^6", "12·2^2", "40·2^0", "2^5-inductor"])
+def test_a_rotated_model_gives_the_models_answers(hidden, inner):
+    # 48 = 12·4 and 40 = 20·2 (d_inner 96 = 12·8 and 80 = 20·4): Paley's matrices in Kronecker products.
+    want = _answers(_model(hidden))
+    model = _model(hidden)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logits, tokens = _answers(model, {"hadamard": True, "inner_compiler": inner, "hadamard_seed": 7})
+    torch.testing.assert_close(logits, want[0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(tokens, want[1])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's weights, unchanged
+    decisions, declines = _fold_records()
+    assert not declines
+    # Every graph (the prompt, the decode step) rotated: the layer's norm folded into in_proj, the final one into the
+    # LM head; the embedding, in_proj, out_proj and the LM head folded; one online transform before out_proj.
+    assert len(decisions) >= 2 and all(f"residual stream of width {hidden} rotated" in d for d in decisions)
+    assert all("2 norm weights and 4 weights folded, 1 online transforms before out_proj" in d for d in decisions)
+
+
+def test_the_online_transform_is_in_the_graph():
+    from tests.helpers import compile_capturing, targets
+    from corey_compile.passes.fold_hadamard import fold_hadamard  # noqa: F401
+
+    model = _model(64, layers=2)
+    compiled, captured = compile_capturing(lambda ids: model(ids, use_cache=False).logits, hadamard=True)
+    ids = torch.randint(1, 128, (1, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids), model(ids, use_cache=False).logits, rtol=1e-4, atol=1e-4)
+    gm, _ = captured[-1]
+    assert targets(gm).count("corey.hadamard_transform.default") == 2
+
+
+def test_a_width_without_a_hadamard_matrix_is_declined_and_still_right():
+    want = _answers(_model(6))
+    logits, tokens = _answers(_model(6), {"hadamard": True, "inner_compiler": "eager"})
+    torch.testing.assert_close(logits, want[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(tokens, want[1])
+    _, declines = _fold_records()
+    assert declines and all("no Hadamard matrix of order 6 exists" in d.reason for d in declines)
+
+
+def test_a_graph_that_may_be_differentiated_is_declined():
+    # The backend runs such graphs unchanged before any pass (inference only); the pass declines them too.
+    from tests.helpers import compile_capturing
+
+    model = _model(64)
+    ids = torch.randint(1, 128, (1, 12), generator=torch.Generator().manual_seed(3))
+    torch._dynamo.reset()
+    compiled, captured = compile_capturing(lambda x: model(x, use_cache=False).logits, hadamard=True)
+    torch.testing.assert_close(compiled(ids), model(ids, use_cache=False).logits, rtol=1e-5, atol=1e-5)
+    _, report = captured[-1]
+    reasons = [d.reason for d in report.declined if d.pass_name == "fold_hadamard"]
+    assert reasons == ["the graph may be differentiated, and folded weights are frozen copies"]
