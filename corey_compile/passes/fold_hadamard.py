@@ -62,7 +62,8 @@ def _norm_weight_of(node: fx.Node, normalized: fx.Node):
     a, b = node.args[:2]
     weight = b if a is normalized else a if b is normalized else None
     value = meta_value(weight) if isinstance(weight, fx.Node) else None
-    return weight if _placeholder(weight) and value is not None and value.dim() == 1 else None
+    width = meta_value(normalized).shape[-1]
+    return weight if _placeholder(weight) and value is not None and tuple(value.shape) == (width,) else None
 
 
 class _Stream:
@@ -116,11 +117,12 @@ class _Stream:
         raise Decline(f"{user.name} ({user.target}) reads the residual stream; corey cannot rotate through it")
 
     def _projection_behind(self, node) -> fx.Node | None:
-        while isinstance(node, fx.Node) and _is_cast(node):
+        """The projection whose output (through casts) ``node`` is, read by nothing but the stream's add."""
+        while isinstance(node, fx.Node) and _is_cast(node) and len(live_users(node.args[0])) == 1:
             node = node.args[0]
         if isinstance(node, fx.Node) and node.op == "call_function" and node.target in _LINEAR:
             weight = _linear_parts(node)[1]
-            if _placeholder(weight) and meta_value(weight).shape[0] == self.width:
+            if _placeholder(weight) and meta_value(weight).shape[0] == self.width and len(live_users(node)) == 1:
                 return node
         return None
 
@@ -133,7 +135,7 @@ class _Stream:
     def _norm(self, node: fx.Node, mul: fx.Node) -> list:
         """``x * rsqrt(mean(x²) + eps)`` then ``w * ...``: the weight is folded, the rest commutes with Q."""
         other = mul.args[1] if mul.args[0] is node else mul.args[0]
-        if op_name(other) != "rsqrt":
+        if not self._is_inverse_rms(other):
             raise Decline(f"{mul.name} multiplies the stream by {getattr(other, 'name', other)}, not by its RMS")
         normalized, weighted = mul, None
         users = live_users(normalized)
@@ -149,6 +151,18 @@ class _Stream:
             raise Decline(f"{mul.name}: a norm without a weight")
         self.norms.append((_norm_weight_of(weighted, normalized), weighted, normalized, self._readers(weighted)))
         return []
+
+    def _is_inverse_rms(self, node) -> bool:
+        """``rsqrt(mean(s², -1) + eps)`` of a stream node s: the one per-token scale a rotation leaves unchanged."""
+        if op_name(node) != "rsqrt" or op_name(node.args[0]) != "add":
+            return False
+        terms = node.args[0].args[:2]
+        mean = next((t for t in terms if op_name(t) == "mean"), None)
+        eps = next((t for t in terms if t is not mean), None)
+        if mean is None or not isinstance(eps, (int, float)) or mean.args[1:2] not in ((-1,), ([-1],)):
+            return False
+        square = mean.args[0]
+        return op_name(square) == "pow" and square.args[1:] == (2,) and square.args[0] in self.nodes
 
     def _readers(self, node: fx.Node) -> list:
         """The projections reading a normalized stream, through casts and token slices."""

@@ -88,3 +88,20 @@ def test_a_graph_that_may_be_differentiated_is_declined():
     _, report = captured[-1]
     reasons = [d.reason for d in report.declined if d.pass_name == "fold_hadamard"]
     assert reasons == ["the graph may be differentiated, and folded weights are frozen copies"]
+
+
+def test_a_graph_that_returns_the_stream_is_declined():
+    # output_hidden_states hands the residual stream (and the last, normalized one) to the user: a rotation would
+    # change what they get.
+    from tests.helpers import compile_capturing
+
+    model = _model(64)
+    ids = torch.randint(1, 128, (1, 12), generator=torch.Generator().manual_seed(4))
+    compiled, captured = compile_capturing(
+        lambda x: model(x, use_cache=False, output_hidden_states=True).hidden_states[-1], hadamard=True)
+    with torch.no_grad():
+        want = model(ids, use_cache=False, output_hidden_states=True).hidden_states[-1]
+        torch.testing.assert_close(compiled(ids), want, rtol=1e-5, atol=1e-5)
+    _, report = captured[-1]
+    reasons = [d.reason for d in report.declined if d.pass_name == "fold_hadamard"]
+    assert reasons and ("returns the residual stream" in reasons[0] or reasons[0].startswith("output reads"))
