@@ -218,7 +218,9 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
 
     def constant(name: str, value: torch.Tensor, like: fx.Node) -> fx.Node:
         target = f"_corey_hadamard_{name}"
-        gm.register_buffer(target, value.to(meta_value(like).dtype).detach().clone(), persistent=False)
+        like_value = meta_value(like)
+        gm.register_buffer(target, value.to(device=like_value.device, dtype=like_value.dtype).detach().clone(),
+                           persistent=False)
         sources = getattr(gm, "_param_name_to_source", None)
         if sources is not None:  # AOT looks every buffer of a Dynamo graph up in Dynamo's record of its sources
             from torch._dynamo.source import ConstantSource
@@ -233,6 +235,7 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         value = getattr(gm, node.target) if node.op == "get_attr" else ctx.example_inputs[placeholders.index(node)]
         return value.detach().to(torch.float64)
 
+    q = q.to(real(stream.table).device)  # the products run where the weights are (float64 on a GPU is quick)
     first = next(n for n in graph.nodes if n.op != "placeholder")
     with graph.inserting_before(first):
         table = constant("embedding", real(stream.table) @ q, stream.table)
@@ -255,7 +258,7 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         value = q.T @ real(original)
         width, why = _online_input(projection)
         if width is not None:
-            value = value @ (hadamard_matrix(width).T / width**0.5)
+            value = value @ (hadamard_matrix(width).T.to(value.device) / width**0.5)
             with graph.inserting_before(projection):
                 rotated = graph.call_function(torch.ops.corey.hadamard_transform.default, (x,))
             set_fake_values([rotated], fake_mode)
