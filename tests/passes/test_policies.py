@@ -106,12 +106,13 @@ def _prefill_regions():
             if region.op == "corey::selective_scan"]
 
 
-def _answers_match(options, eager_outputs) -> list:
-    """Compile under ``options`` on the ops' torch path; check logits and greedy tokens; return the prefill regions."""
+def _answers_match(options, eager_outputs, generate=True) -> list:
+    """Compile under ``options`` on the ops' torch path; check logits (and greedy tokens); return the prefill regions."""
     corey_compile.clear_reports()
-    logits, tokens = _model_outputs(options)
+    logits, tokens = _model_outputs(options, generate=generate)
     torch.testing.assert_close(logits, eager_outputs[0], rtol=1e-4, atol=1e-4)
-    assert torch.equal(tokens, eager_outputs[1])
+    if generate:
+        assert torch.equal(tokens, eager_outputs[1])
     regions = _prefill_regions()
     assert regions
     return regions
@@ -120,9 +121,10 @@ def _answers_match(options, eager_outputs) -> list:
 @pytest.mark.parametrize("policy", [p for p in CHUNK_POLICIES if p != "autotune"])
 def test_every_chunk_policy_gives_the_models_answers(policy, eager_outputs, monkeypatch):
     # Through the whole pipeline and the ops' torch path (each chunk's kernel is checked against the reference in
-    # tests/codegen; autotune times kernels on a GPU: tests/codegen/test_autotune.py).
+    # tests/codegen; autotune times kernels on a GPU: tests/codegen/test_autotune.py). A chunk is a prefill's
+    # alone, so the prompt's logits say it all; the decode step's greedy tokens are checked per fusion plan below.
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    regions = _answers_match({"chunk_policy": policy}, eager_outputs)
+    regions = _answers_match({"chunk_policy": policy}, eager_outputs, generate=False)
     if policy in ("entropy", "entropy-guarded"):
         assert all("entropy policy: H/log K" in region.reasons[0] for region in regions)
     if policy == "entropy-runtime":
