@@ -128,9 +128,9 @@ OPTIONS = (
                "capture each compiled graph in CUDA graphs, replayed on later calls (Inductor's CUDA graph "
                "trees); mode=\"reduce-overhead\" turns it on"),
     OptionSpec("token_reductions", True, "COREY_TOKEN_REDUCTIONS", "bool",
-               "with Inductor on a CUDA GPU, write matrix products with one row (weights up to 32 MiB) and depthwise conv1d read "
-               "at their last position as products and sums, which Inductor fuses with their neighbours rather "
-               "than calling cuBLAS or cuDNN once each (decode steps)"),
+               "with Inductor on a CUDA GPU, write matrix products with one row (weights up to 32 MiB) and "
+               "depthwise conv1d read at their last position as products and sums, which Inductor fuses with "
+               "their neighbours rather than calling cuBLAS or cuDNN once each (decode steps)"),
     OptionSpec("hadamard", False, "COREY_HADAMARD", "bool",
                "rotate the residual stream by a normalized Hadamard matrix folded into the weights (norm weights "
                "into the projections after them), with an online Hadamard transform before each out_proj; the "

@@ -114,15 +114,5 @@ def runtime_chunk(u: torch.Tensor, policy: str, supported: tuple = (16, 256)) ->
     taken on u's device, then the rule. Costs a synchronization with the device on every call (the
     overhead the paper measures), so it cannot run inside a CUDA graph capture."""
     bins, sample, chunk_range = parse_runtime_policy(policy)
-    flat = u.detach().reshape(-1)[::sample].float()
-    flat = flat[torch.isfinite(flat)]
-    if flat.numel() == 0:
-        return entropy_chunk(0.0, chunk_range, supported)[0]
-    low, high = torch.aminmax(flat)
-    low, high = low.item(), high.item()
-    if high <= low:
-        return entropy_chunk(0.0, chunk_range, supported)[0]
-    counts = torch.histc(flat, bins=bins, min=low, max=high)
-    p = counts[counts > 0] / counts.sum()
-    ratio = float(-(p * p.log()).sum()) / math.log(bins)
+    ratio = histogram_entropy(u, bins=bins, sample=sample)["normalized"]
     return entropy_chunk(ratio, chunk_range, supported)[0]
