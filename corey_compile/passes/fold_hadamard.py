@@ -137,7 +137,7 @@ class _Stream:
         other = mul.args[1] if mul.args[0] is node else mul.args[0]
         if not self._is_inverse_rms(other):
             raise Decline(f"{mul.name} multiplies the stream by {getattr(other, 'name', other)}, not by its RMS")
-        normalized, weighted = mul, None
+        normalized, weighted, norm_weight = mul, None, None
         users = live_users(normalized)
         while len(users) == 1 and _is_cast(users[0]):
             normalized = users[0]
@@ -146,10 +146,10 @@ class _Stream:
             weight = _norm_weight_of(user, normalized)
             if weight is None or weighted is not None:
                 raise Decline(f"{user.name} reads a normalized stream; only its weight and projections can")
-            weighted = user
+            weighted, norm_weight = user, weight
         if weighted is None:
             raise Decline(f"{mul.name}: a norm without a weight")
-        self.norms.append((_norm_weight_of(weighted, normalized), weighted, normalized, self._readers(weighted)))
+        self.norms.append((norm_weight, weighted, normalized, self._readers(weighted)))
         return []
 
     def _is_inverse_rms(self, node) -> bool:
