@@ -11,7 +11,10 @@ from the preset's config:
 - ``mamba-ssm``: the same with mamba-ssm and causal-conv1d importable (``--peer-path``, from
   ``benchmarks/peers/build_mamba_stack.py``): transformers then calls their CUDA kernels;
 - ``corey``: ``model.compile(backend="corey")``;
-- ``corey-cudagraphs``: ``model.compile(backend="corey", mode="reduce-overhead")``;
+- ``corey-cudagraphs``: ``model.compile(backend="corey", options={"cuda_graphs": True})`` (what
+  ``mode="reduce-overhead"`` turns on);
+- ``corey-hadamard``, ``corey-hadamard-cudagraphs``: the same two with ``options={"hadamard": True}``
+  (the residual stream rotated, the rotations folded into the weights);
 - ``inductor``: stock ``model.compile()``.
 
 Each process measures, per dtype: prefill (``model(ids, use_cache=False)``) at each length and
@@ -34,7 +37,8 @@ import time
 
 from jobs import run_job  # benchmarks/, the script's own folder, is on sys.path
 
-CONFIGS = ("transformers", "mamba-ssm", "corey", "corey-cudagraphs", "inductor")
+CONFIGS = ("transformers", "mamba-ssm", "corey", "corey-cudagraphs", "corey-hadamard", "corey-hadamard-cudagraphs",
+           "inductor")
 PROMPT = 32  # the prompt of the decode measurement
 HBM_BYTES_PER_S = 4.2e12  # measured copy bandwidth of the H200 (the project's own measurement)
 
@@ -71,10 +75,9 @@ def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_
         dtype = getattr(torch, dtype_name)
         torch._dynamo.reset()
         model = build_mamba(preset, dtype=dtype, device="cuda")
-        if config == "corey":
-            model.compile(backend="corey")
-        elif config == "corey-cudagraphs":
-            model.compile(backend="corey", mode="reduce-overhead")
+        if config.startswith("corey"):  # corey[-hadamard][-cudagraphs]; torch.compile takes a mode or options
+            options = {"hadamard": "hadamard" in config, "cuda_graphs": config.endswith("cudagraphs")}
+            model.compile(backend="corey", options=options)
         elif config == "inductor":
             model.compile()
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -17,6 +17,14 @@ STEPS_PER_LANE = 8
 MIN_STEP_PROGRAMS = 64
 # Chunks from this length on are "long": few channels, many lanes along time.
 LONG_CHUNK = 64
+# State indices of B and C one load of the prefill kernel reads (at most), for chunks from
+# BC_STATES_MIN_CHUNK on. Triton's coalescing pass takes time in proportion to the number of loads
+# times the kernel's size, so one load per state index was most of the kernel's compile time. Measured
+# on an H200 (benchmarks/results/h200_compile_2026-12-01): 4 cut the first call at b=1, d=2048,
+# l=2048 from 8.3 to 6.8 s and ran chunks of 128 as fast or faster (bfloat16 1.3x); chunks of 16-64
+# ran 6-31 % slower with it, so they keep a load per state index.
+BC_STATES = 4
+BC_STATES_MIN_CHUNK = 128
 
 
 def next_power_of_2(n: int) -> int:
@@ -25,6 +33,14 @@ def next_power_of_2(n: int) -> int:
 
 def largest_power_of_2_dividing(n: int) -> int:
     return n & -n
+
+
+def bc_states(dstate: int, chunk: int, cap: int | None = None) -> int:
+    """State indices per load of B and C in the prefill kernel: a power of two dividing ``dstate``, at
+    most ``cap`` (``BC_STATES`` unless given) for chunks of ``BC_STATES_MIN_CHUNK`` or more, else 1."""
+    if chunk < BC_STATES_MIN_CHUNK:
+        return 1
+    return max(1, min(cap or BC_STATES, largest_power_of_2_dividing(dstate)))
 
 
 @dataclass(frozen=True)

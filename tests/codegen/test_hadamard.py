@@ -32,7 +32,8 @@ def test_every_small_matrix_corey_builds_is_hadamard():
 def test_the_preset_widths_are_built(n):
     assert factor(n) == PRESET_WIDTHS[n]
     h = hadamard_matrix(n)
-    rows = torch.randperm(n, generator=torch.Generator().manual_seed(n))[:16]  # exact integer arithmetic on 16 rows
+    # exact integer arithmetic on 16 rows
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(n), device="cpu")[:16]
     assert torch.equal(h[rows] @ h.T, n * torch.eye(n, dtype=torch.float64)[rows])
 
 
@@ -46,15 +47,16 @@ def test_a_width_without_a_construction_is_declined_with_its_reason(n, reason):
 
 
 @pytest.mark.parametrize("seed", [None, 3])
-def test_the_normalized_rotation_is_orthogonal(seed):
+def test_the_normalized_rotation_is_orthogonal(seed, on_kernel_device):
     q = normalized_hadamard(24, seed=seed)
-    torch.testing.assert_close(q @ q.T, torch.eye(24, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(q @ q.T, torch.eye(24, dtype=torch.float64, device="cpu"), rtol=0, atol=1e-12)
     if seed is not None:
         assert torch.equal(q, normalized_hadamard(24, seed=seed)) and not torch.equal(q, normalized_hadamard(24))
 
 
-@pytest.fixture(autouse=True)
-def _on_kernel_device():
+@pytest.fixture
+def on_kernel_device():
+    """Tensors the test makes land on the device under test (the matrices are built on the CPU regardless)."""
     with torch.device(KERNEL_DEVICE):
         yield
 
@@ -62,7 +64,7 @@ def _on_kernel_device():
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)],
                          ids=["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("n", [1, 2, 16, 12, 20, 40, 48, 768])
-def test_the_kernel_matches_the_dense_product(n, dtype, tol):
+def test_the_kernel_matches_the_dense_product(n, dtype, tol, on_kernel_device):
     x = torch.randn(2, 3, n).to(dtype)
     y = hadamard_transform(x)
     assert y.dtype == dtype and y.shape == x.shape
@@ -70,7 +72,7 @@ def test_the_kernel_matches_the_dense_product(n, dtype, tol):
     torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
 
 
-def test_the_kernel_reads_strided_rows_and_preserves_the_norm():
+def test_the_kernel_reads_strided_rows_and_preserves_the_norm(on_kernel_device):
     x = torch.randn(8, 2 * 80)[:, ::2]  # every other column: not contiguous
     y = hadamard_transform(x)
     torch.testing.assert_close(y.double(), hadamard_transform_naive(x), rtol=1e-5, atol=1e-5)

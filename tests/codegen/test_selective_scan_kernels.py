@@ -110,6 +110,27 @@ def test_prefill_whole_and_tail_kernels(seqlen, parts):
             selective_scan_chunked(**inputs, chunk_size=16, kernels="both")
 
 
+@pytest.mark.parametrize("dstate, bc_states", [(16, 1), (16, 4), (16, 16), (12, 4), (6, 2)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=lambda t: str(t).split(".")[1])
+def test_prefill_reads_b_and_c_in_groups_of_states(dstate, bc_states, dtype):
+    # B and C of several state indices come from one load and are taken apart in registers: the state
+    # index each tile belongs to must survive that, in whole chunks and in the masked tail, with groups.
+    inputs = _inputs(2, 8, 41, dstate, 2, dtype, 1.0)
+    h0 = torch.randn(2, 8, dstate)
+    out, last = selective_scan_chunked(**inputs, delta_softplus=True, initial_state=h0, chunk_size=16,
+                                       bc_states=bc_states)
+    ref_out, ref_last = _reference(inputs, {}, True, h0)
+    rtol, atol = TOLERANCES[dtype]
+    torch.testing.assert_close(out.double(), ref_out.double(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(last.double(), ref_last, rtol=rtol, atol=atol)
+
+
+def test_prefill_rejects_a_state_group_that_does_not_divide():
+    inputs = _inputs(1, 4, 8, 6, 0, torch.float32, 1.0)
+    with pytest.raises(ValueError, match="bc_states must be a power of two dividing dstate=6"):
+        selective_scan_chunked(**inputs, bc_states=4)
+
+
 @pytest.mark.parametrize("seqlen", [64, 41])
 def test_prefill_long_offsets_path(seqlen):
     # The 64-bit address arithmetic that rows of 2**31 elements get, forced at a small shape: same answers,

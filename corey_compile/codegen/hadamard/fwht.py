@@ -21,8 +21,8 @@ from .matrices import factor, hadamard_matrix, small_hadamard  # noqa: F401  (ha
 def _butterflies(x, ROWS: tl.constexpr, P: tl.constexpr, LOG2_P: tl.constexpr):
     """x (ROWS, P) -> x H_Pᵀ (Sylvester), by LOG2_P stages of pairs (i, i + h)."""
     for stage in tl.static_range(LOG2_P):
-        h: tl.constexpr = 1 << stage
-        blocks = tl.reshape(x, (ROWS, P // (2 * h), 2, h))
+        # h = 2^stage, written out where it is used: a name assigned in the loop would be a tensor, not a constexpr
+        blocks = tl.reshape(x, (ROWS, (P >> stage) // 2, 2, P >> (LOG2_P - stage)))
         pairs = tl.permute(blocks, (0, 1, 3, 2))  # (ROWS, P / 2h, h, 2): the pair on the last axis
         a, b = tl.split(pairs)
         x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (ROWS, P))

@@ -19,6 +19,9 @@ import functools
 
 import torch
 
+# Built on the CPU whatever device a ``with torch.device(...)`` around the caller names: the results are
+# cached, and the caller moves them where it needs them.
+_F64 = {"dtype": torch.float64, "device": "cpu"}
 MAX_SMALL_ORDER = 256  # the largest H_m corey builds by Paley (the FWHT kernel applies H_m as m·m tile products)
 
 
@@ -37,32 +40,32 @@ def _quadratic_character(q: int) -> list:
 
 def _jacobsthal(q: int) -> torch.Tensor:
     chi = _quadratic_character(q)
-    return torch.tensor([[chi[(j - i) % q] for j in range(q)] for i in range(q)], dtype=torch.float64)
+    return torch.tensor([[chi[(j - i) % q] for j in range(q)] for i in range(q)], **_F64)
 
 
 def _paley_one(q: int) -> torch.Tensor:
     """Order q + 1 for a prime q ≡ 3 (mod 4): I + S, S skew with a border of ones."""
     n = q + 1
-    s = torch.zeros(n, n, dtype=torch.float64)
+    s = torch.zeros(n, n, **_F64)
     s[0, 1:], s[1:, 0], s[1:, 1:] = 1.0, -1.0, _jacobsthal(q)
-    return torch.eye(n, dtype=torch.float64) + s
+    return torch.eye(n, **_F64) + s
 
 
 def _paley_two(q: int) -> torch.Tensor:
     """Order 2 (q + 1) for a prime q ≡ 1 (mod 4), from the symmetric conference matrix C of order q + 1."""
     n = q + 1
-    c = torch.zeros(n, n, dtype=torch.float64)
+    c = torch.zeros(n, n, **_F64)
     c[0, 1:], c[1:, 0], c[1:, 1:] = 1.0, 1.0, _jacobsthal(q)
-    plus = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
-    minus = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], dtype=torch.float64)
-    return torch.kron(c, plus) + torch.kron(torch.eye(n, dtype=torch.float64), minus)
+    plus = torch.tensor([[1.0, 1.0], [1.0, -1.0]], **_F64)
+    minus = torch.tensor([[1.0, -1.0], [-1.0, -1.0]], **_F64)
+    return torch.kron(c, plus) + torch.kron(torch.eye(n, **_F64), minus)
 
 
 @functools.lru_cache(maxsize=None)
 def small_hadamard(m: int) -> torch.Tensor | None:
     """A Hadamard matrix of order m ≤ MAX_SMALL_ORDER by Paley's constructions (or 1, 2), else None."""
     if m in (1, 2):
-        return torch.tensor([[1.0]] if m == 1 else [[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+        return torch.tensor([[1.0]] if m == 1 else [[1.0, 1.0], [1.0, -1.0]], **_F64)
     if m > MAX_SMALL_ORDER or m % 4:
         return None
     if _is_prime(m - 1) and (m - 1) % 4 == 3:
@@ -89,8 +92,8 @@ def factor(n: int) -> tuple[int, int]:
 
 
 def _sylvester(power: int) -> torch.Tensor:
-    h = torch.ones(1, 1, dtype=torch.float64)
-    base = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    h = torch.ones(1, 1, **_F64)
+    base = torch.tensor([[1.0, 1.0], [1.0, -1.0]], **_F64)
     while h.shape[0] < power:
         h = torch.kron(h, base)
     return h
@@ -101,7 +104,7 @@ def hadamard_matrix(n: int) -> torch.Tensor:
     """H_n = H_m ⊗ H_{2^k} (``factor``), float64 with entries ±1, checked to satisfy H Hᵀ = n I."""
     m, power = factor(n)
     small = small_hadamard(m)
-    if not torch.equal(small @ small.T, m * torch.eye(m, dtype=torch.float64)):
+    if not torch.equal(small @ small.T, m * torch.eye(m, **_F64)):
         raise AssertionError(f"the constructed H_{m} is not a Hadamard matrix")  # the construction itself is wrong
     return torch.kron(small, _sylvester(power))  # a Kronecker product of Hadamard matrices is one
 
@@ -111,5 +114,6 @@ def normalized_hadamard(n: int, seed: int | None = None) -> torch.Tensor:
     q = hadamard_matrix(n) / n**0.5
     if seed is None:
         return q
-    signs = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed), dtype=torch.int64) * 2 - 1
+    signs = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed), dtype=torch.int64,
+                          device="cpu") * 2 - 1
     return q * signs.to(torch.float64)[None, :]

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...planning.launch import scan_launch
+from ...planning.launch import bc_states as default_bc_states, scan_launch
 from ..launcher import KernelLauncher
 from ..triton_math import LOG2E, runs_ptx, silu, softplus, to_float32
 
@@ -84,6 +84,12 @@ def _stack_steps(parts, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.co
 
 
 @triton.jit
+def _state_column(tile, states, n):
+    """Column ``n`` of a (BLOCK_D, DSTATE_P2) tile, as a (BLOCK_D,) vector."""
+    return tl.sum(tl.where(states[None, :] == n, tile, 0.0), axis=1)
+
+
+@triton.jit
 def _shift_steps(part_steps, start, PARTS: tl.constexpr):
     """``start + part_steps[p]`` for every part: the steps of the chunk that begins at ``start``."""
     steps = ()
@@ -121,6 +127,7 @@ def _scan_chunk(
     DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, LANES: tl.constexpr, STEPS: tl.constexpr,
     STEPS_PER_LOAD: tl.constexpr, LOG2_STEPS_PER_LOAD: tl.constexpr,
     MASK_L: tl.constexpr, EVEN_D: tl.constexpr, HOIST_A: tl.constexpr, WIDEN_BC_PAIRS: tl.constexpr, PTX: tl.constexpr,
+    BC_STATES: tl.constexpr,
 ):
     """One chunk of one block of channels, given its u, delta and z as tuples of PARTS tiles.
 
@@ -130,6 +137,7 @@ def _scan_chunk(
     the chunk; returns the same for the next chunk (lane 0 then holds the state after this one).
     """
     PARTS: tl.constexpr = STEPS // STEPS_PER_LOAD
+    LOG2_BC_STATES: tl.constexpr = BC_STATES.bit_length() - 1
     SHAPE: tl.constexpr = (BLOCK_D, LANES, STEPS_PER_LOAD)
     FLAT: tl.constexpr = (BLOCK_D, LANES * STEPS_PER_LOAD)
     # B and C are the same for every channel, so only the sequence bounds them; out is bounded by
@@ -181,12 +189,30 @@ def _scan_chunk(
             A_n = A_source[n]  # (BLOCK_D, 1)
         else:
             A_n = (tl.load(A_source + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32) * LOG2E)[:, None]
+        if BC_STATES > 1 and n % BC_STATES == 0:
+            # B and C of the next BC_STATES state indices, one (BLOCK_D, LANES * STEPS_PER_LOAD, BC_STATES)
+            # load each per part, taken apart in registers: fewer loads for Triton's coalescing pass.
+            group = n + tl.arange(0, BC_STATES)
+            B_group = ()  # entry p * BC_STATES + k: part p of state n + k
+            C_group = ()
+            for p in tl.static_range(PARTS):
+                mask = None if masks_l is None else masks_l[p][:, :, None]
+                B_3 = tl.load(B_rows[:, :, None] + (steps[p] * stride_B_l)[:, :, None]
+                              + (group * stride_B_n)[None, None, :], mask=mask, other=other_l)
+                C_3 = tl.load(C_rows[:, :, None] + (steps[p] * stride_C_l)[:, :, None]
+                              + (group * stride_C_n)[None, None, :], mask=mask, other=other_l)
+                B_group = B_group + _unstack_steps(B_3, BLOCK_D, LANES * STEPS_PER_LOAD, BC_STATES, LOG2_BC_STATES)
+                C_group = C_group + _unstack_steps(C_3, BLOCK_D, LANES * STEPS_PER_LOAD, BC_STATES, LOG2_BC_STATES)
         Bs = ()
         Cs = ()
         for p in tl.static_range(PARTS):
-            mask = None if masks_l is None else masks_l[p]
-            B_p = tl.load(B_rows + n * stride_B_n + steps[p] * stride_B_l, mask=mask, other=other_l)
-            C_p = tl.load(C_rows + n * stride_C_n + steps[p] * stride_C_l, mask=mask, other=other_l)
+            if BC_STATES > 1:
+                B_p = B_group[p * BC_STATES + n % BC_STATES]
+                C_p = C_group[p * BC_STATES + n % BC_STATES]
+            else:
+                mask = None if masks_l is None else masks_l[p]
+                B_p = tl.load(B_rows + n * stride_B_n + steps[p] * stride_B_l, mask=mask, other=other_l)
+                C_p = tl.load(C_rows + n * stride_C_n + steps[p] * stride_C_l, mask=mask, other=other_l)
             if WIDEN_BC_PAIRS and B_p.dtype == tl.bfloat16:
                 # Widened in pairs while consecutive steps still share a register (two instructions per
                 # pair instead of three); otherwise each step is widened where it is used.
@@ -247,7 +273,7 @@ def _scan_whole_chunks(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr, DELTA_SOFTPLUS: tl.constexpr,
     DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr, EVEN_D: tl.constexpr,
     STEPS_PER_LOAD: tl.constexpr, HOIST_A: tl.constexpr, PIPELINE: tl.constexpr, WIDEN_BC_PAIRS: tl.constexpr,
-    STAGES: tl.constexpr, PTX: tl.constexpr,
+    STAGES: tl.constexpr, PTX: tl.constexpr, BC_STATES: tl.constexpr,
 ):
     """The loop over the ``num_whole`` whole chunks; returns the carries after them.
 
@@ -286,7 +312,8 @@ def _scan_whole_chunks(
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
                               HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS,
                               STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD,
-                              MASK_L=False, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX)
+                              MASK_L=False, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX,
+                              BC_STATES=BC_STATES)
     return carries
 
 
@@ -309,7 +336,8 @@ def _selective_scan_fwd_kernel(
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DELTA_BIAS: tl.constexpr,
     DELTA_SOFTPLUS: tl.constexpr, HAS_H0: tl.constexpr,
-    DSTATE: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr, EVEN_D: tl.constexpr,
+    DSTATE: tl.constexpr, DSTATE_P2: tl.constexpr,  # the state size, and the power of two at or above it
+    BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, STEPS: tl.constexpr, EVEN_D: tl.constexpr,
     STEPS_PER_LOAD: tl.constexpr,  # consecutive steps one lane loads at once (16 bytes of u)
     HOIST_A: tl.constexpr,  # keep A in registers across chunks
     PIPELINE: tl.constexpr,  # 1: the next chunk's u, delta, z are loaded into registers while this one is scanned
@@ -318,6 +346,7 @@ def _selective_scan_fwd_kernel(
     PTX: tl.constexpr,  # an NVIDIA GPU: inline PTX for the approximate logarithm and reciprocal
     WHOLE: tl.constexpr,  # scan the whole chunks (the loop)
     TAIL: tl.constexpr,  # scan the partial chunk after them, if any (masked)
+    BC_STATES: tl.constexpr,  # state indices of B and C read by one load (a power of two dividing DSTATE)
     LONG_OFFSETS: tl.constexpr,  # a batch row spans 2**31 elements or more: channel and step offsets in 64 bits
 ):
     LANES: tl.constexpr = CHUNK // STEPS
@@ -345,17 +374,27 @@ def _selective_scan_fwd_kernel(
     delta_bias = tl.load(delta_bias_ptr + offs_d, mask=mask_d & HAS_DELTA_BIAS, other=0.0).to(tl.float32)
     # exp(delta A) = exp2(delta A log2(e)). With HOIST_A the DSTATE vectors (BLOCK_D, 1) of A log2(e)
     # stay in registers; otherwise each chunk reads A again (from L1) and the registers go elsewhere.
+    # A, the initial state and the final state are read or written as one (BLOCK_D, DSTATE) tile each
+    # and taken apart (or put together) in registers, once per program: one memory operation where
+    # DSTATE would do. Triton's coalescing pass spends time on every load and store in proportion to
+    # the whole kernel's size, so their number is most of the kernel's compile time.
+    states = tl.arange(0, DSTATE_P2)
+    mask_dn = mask_d[:, None] & (states[None, :] < DSTATE)
     A_source = A_ptr + offs_d * stride_A_d  # what _scan_chunk reads A from: these rows, or with HOIST_A ...
     if HOIST_A:
-        A_rows = A_source
+        A_tile = tl.load(A_source[:, None] + states[None, :] * stride_A_n, mask=mask_dn, other=0.0).to(tl.float32)
         A_source = ()  # ... DSTATE vectors (BLOCK_D, 1) of A log2(e)
         for n in tl.static_range(DSTATE):
-            A_n = tl.load(A_rows + n * stride_A_n, mask=mask_d, other=0.0).to(tl.float32)
-            A_source = A_source + ((A_n * LOG2E)[:, None],)
+            A_source = A_source + ((_state_column(A_tile, states, n) * LOG2E)[:, None],)
     carries = ()  # DSTATE tiles (BLOCK_D, LANES): lane 0 holds the state carried between chunks
+    if HAS_H0:
+        h0_tile = tl.load(h0_ptr + pid_b * stride_h0_b + offs_d[:, None] * stride_h0_d + states[None, :] * stride_h0_n,
+                          mask=mask_dn, other=0.0).to(tl.float32)
     for n in tl.static_range(DSTATE):
-        h0_n = tl.load(h0_ptr + pid_b * stride_h0_b + offs_d * stride_h0_d + n * stride_h0_n,
-                       mask=mask_d & HAS_H0, other=0.0).to(tl.float32)
+        if HAS_H0:
+            h0_n = _state_column(h0_tile, states, n)
+        else:
+            h0_n = tl.zeros((BLOCK_D,), dtype=tl.float32)
         carries = carries + (tl.broadcast_to(h0_n[:, None], (BLOCK_D, LANES)),)
 
     rows = offs_d[:, None]  # (BLOCK_D, 1)
@@ -378,7 +417,7 @@ def _selective_scan_fwd_kernel(
             u_rows, dt_rows, z_rows, out_rows, A_source, B_rows, C_rows, D, delta_bias, carries, part_steps, num_whole,
             seqlen, mask_d, lanes, stride_u_l, stride_dt_l, stride_z_l, stride_out_l, stride_A_n, stride_B_n, stride_B_l,
             stride_C_n, stride_C_l, HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, CHUNK, STEPS, EVEN_D,
-            STEPS_PER_LOAD, HOIST_A, PIPELINE, WIDEN_BC_PAIRS, STAGES, PTX)
+            STEPS_PER_LOAD, HOIST_A, PIPELINE, WIDEN_BC_PAIRS, STAGES, PTX, BC_STATES)
     if TAIL and num_whole * CHUNK < seqlen:
         tail = _shift_steps(part_steps, num_whole * CHUNK, PARTS)
         masks_tail = ()
@@ -391,12 +430,16 @@ def _selective_scan_fwd_kernel(
                               stride_out_l, stride_A_n, stride_B_n, stride_B_l, stride_C_n, stride_C_l,
                               HAS_D, HAS_Z, HAS_DELTA_BIAS, DELTA_SOFTPLUS, DSTATE, BLOCK_D, LANES, STEPS,
                               STEPS_PER_LOAD, LOG2_STEPS_PER_LOAD,
-                              MASK_L=True, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX)
+                              MASK_L=True, EVEN_D=EVEN_D, HOIST_A=HOIST_A, WIDEN_BC_PAIRS=WIDEN_BC_PAIRS, PTX=PTX,
+                              BC_STATES=BC_STATES)
 
     first_lane = lanes[None, :] == 0
+    last = tl.zeros((BLOCK_D, DSTATE_P2), dtype=tl.float32)
     for n in tl.static_range(DSTATE):
-        last = tl.sum(tl.where(first_lane, carries[n], 0.0), axis=1)  # (BLOCK_D,)
-        tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d * stride_hl_d + n * stride_hl_n, last, mask=mask_d)
+        last_n = tl.sum(tl.where(first_lane, carries[n], 0.0), axis=1)  # (BLOCK_D,)
+        last = tl.where(states[None, :] == n, last_n[:, None], last)
+    tl.store(h_last_ptr + pid_b * stride_hl_b + offs_d[:, None] * stride_hl_d + states[None, :] * stride_hl_n, last,
+             mask=mask_dn)
 
 
 _launch_scan = KernelLauncher(_selective_scan_fwd_kernel)
@@ -461,6 +504,7 @@ def selective_scan_chunked(
     last_state: torch.Tensor | None = None,
     kernels: str = "all",
     long_offsets: bool | None = None,
+    bc_states: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the chunked Triton kernel.
 
@@ -474,7 +518,8 @@ def selective_scan_chunked(
     ``kernels`` "whole" or "tail" launches only that one of the two kernels (``scan_kernel_parts``),
     leaving the results incomplete: how the warm-up compiles each in a process of its own.
     ``long_offsets`` forces the 64-bit address arithmetic that rows of 2**31 elements or more get
-    (``needs_long_offsets``); tests use it to run that path at small shapes.
+    (``needs_long_offsets``); tests use it to run that path at small shapes. ``bc_states`` overrides
+    how many state indices of B and C one load reads (``planning.launch.bc_states``; 1 is a load each).
     """
     batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     launch = scan_launch(batch, dim, groups, u.element_size(), B.dtype == torch.bfloat16, chunk_size,
@@ -489,6 +534,9 @@ def selective_scan_chunked(
     z_arg = z if z is not None else u
     if long_offsets is None:
         long_offsets = needs_long_offsets(u, delta, B, C, z_arg, out)
+    bc_states = bc_states or default_bc_states(dstate, chunk_size)
+    if dstate % bc_states or bc_states & (bc_states - 1):
+        raise ValueError(f"bc_states must be a power of two dividing dstate={dstate}, got {bc_states}")
     # Two kernels: the loop over whole chunks, and the partial chunk after them, each launched only
     # where the length has one (a sequence of zero steps launches the tail kernel, which just writes
     # the initial state). Triton compiles them separately, and the warm-up side by side: each is
@@ -511,10 +559,10 @@ def selective_scan_chunked(
              *h0_arg.stride(), *last_state.stride()),
             dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DELTA_BIAS=delta_bias is not None,
                  DELTA_SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None,
-                 DSTATE=dstate, BLOCK_D=launch.block_d, CHUNK=chunk_size, STEPS=launch.steps,
+                 DSTATE=dstate, DSTATE_P2=triton.next_power_of_2(dstate), BLOCK_D=launch.block_d, CHUNK=chunk_size, STEPS=launch.steps,
                  STEPS_PER_LOAD=launch.steps_per_load, EVEN_D=dim % launch.block_d == 0, PIPELINE=launch.pipeline,
                  HOIST_A=launch.hoist_a, WIDEN_BC_PAIRS=launch.widen_bc_pairs, STAGES=launch.stages, PTX=runs_ptx(u),
-                 WHOLE=part == "whole", TAIL=part == "tail", LONG_OFFSETS=bool(long_offsets)),
+                 WHOLE=part == "whole", TAIL=part == "tail", BC_STATES=bc_states, LONG_OFFSETS=bool(long_offsets)),
             launch.num_warps,
         )
     return out, last_state
