@@ -231,19 +231,22 @@ def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
 
 
 @_define()
-def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
+def hadamard_transform(x: torch.Tensor, mixing: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Each row's normalized Hadamard transform, x (..., n) -> x H_nᵀ / √n in x's dtype (``hadamard/``).
 
     The Triton kernel on CUDA (or the interpreter); elsewhere the dense product in float64, rounded once.
+    ``mixing``: the small factor H_m of n = m·2^k (``hadamard.fwht.mixing_matrix``), float32 on x's
+    device. A compiled graph passes it as one of its constants, so that no call allocates it (inside a
+    CUDA graph's memory pool, say); without it the Triton path keeps its own copy per device.
     """
     from .hadamard.fwht import hadamard_transform as triton_transform
     from .hadamard.naive import hadamard_transform_naive
 
     if uses_triton(x.device):
-        return triton_transform(x)
+        return triton_transform(x, mixing)
     return hadamard_transform_naive(x).to(x.dtype)
 
 
 @register_fake("hadamard_transform")
-def _(x):
+def _(x, mixing=None):
     return x.new_empty(x.shape)

@@ -27,7 +27,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
-from ..codegen.hadamard.matrices import NoHadamard, hadamard_matrix, normalized_hadamard
+from ..codegen.hadamard.matrices import NoHadamard, hadamard_matrix, mixing_matrix, normalized_hadamard
 from .graph_reading import live_users, meta_value, op_name
 from .lower_regions import fake_mode_of, set_fake_values
 
@@ -216,10 +216,10 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     graph, fake_mode = gm.graph, fake_mode_of(gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
 
-    def constant(name: str, value: torch.Tensor, like: fx.Node) -> fx.Node:
+    def constant(name: str, value: torch.Tensor, like: fx.Node, dtype: torch.dtype | None = None) -> fx.Node:
         target = f"_corey_hadamard_{name}"
         like_value = meta_value(like)
-        gm.register_buffer(target, value.to(device=like_value.device, dtype=like_value.dtype).detach().clone(),
+        gm.register_buffer(target, value.to(device=like_value.device, dtype=dtype or like_value.dtype).detach().clone(),
                            persistent=False)
         sources = getattr(gm, "_param_name_to_source", None)
         if sources is not None:  # AOT looks every buffer of a Dynamo graph up in Dynamo's record of its sources
@@ -252,15 +252,18 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         weighted.replace_all_uses_with(normalized)
         graph.erase_node(weighted)
     online = 0
-    declined_online = set()
+    declined_online, mixings = set(), {}
     for k, projection in enumerate(stream.outputs):
         x, original, bias = _linear_parts(projection)
         value = q.T @ real(original)
         width, why = _online_input(projection)
         if width is not None:
             value = value @ (hadamard_matrix(width).T.to(value.device) / width**0.5)
+            if width not in mixings:  # a constant of the graph: the op allocates nothing when it runs
+                with graph.inserting_before(first):
+                    mixings[width] = constant(f"mixing{width}", mixing_matrix(width, "cpu"), x, torch.float32)
             with graph.inserting_before(projection):
-                rotated = graph.call_function(torch.ops.corey.hadamard_transform.default, (x,))
+                rotated = graph.call_function(torch.ops.corey.hadamard_transform.default, (x, mixings[width]))
             set_fake_values([rotated], fake_mode)
             projection.replace_input_with(x, rotated)
             online += 1

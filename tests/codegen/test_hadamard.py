@@ -77,3 +77,17 @@ def test_the_kernel_reads_strided_rows_and_preserves_the_norm(on_kernel_device):
     y = hadamard_transform(x)
     torch.testing.assert_close(y.double(), hadamard_transform_naive(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernel_takes_its_mixing_matrix_as_an_operand(on_kernel_device):
+    from corey_compile.codegen.hadamard.matrices import mixing_matrix
+
+    x = torch.randn(4, 48)
+    mixing = mixing_matrix(48, x.device)
+    assert torch.equal(mixing.double().cpu(), small_hadamard(12))
+    torch.testing.assert_close(hadamard_transform(x, mixing).double(), hadamard_transform_naive(x), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match=re.escape("mixing must be H_12 in float32")):
+        hadamard_transform(x, mixing_matrix(80, x.device))
+    with pytest.raises(ValueError, match=re.escape("mixing must be H_12 in float32")):
+        hadamard_transform(x, mixing.double())

@@ -65,6 +65,23 @@ def test_the_online_transform_is_in_the_graph():
         torch.testing.assert_close(compiled(ids), model(ids, use_cache=False).logits, rtol=1e-4, atol=1e-4)
     gm, _ = captured[-1]
     assert targets(gm).count("corey.hadamard_transform.default") == 2
+    # H_m reaches each online transform as a constant of the graph (float32), so no call allocates it
+    transforms = [n for n in gm.graph.nodes if n.target is torch.ops.corey.hadamard_transform.default]
+    mixing = transforms[0].args[1]
+    assert mixing.op == "get_attr" and all(n.args[1] is mixing for n in transforms)
+    assert getattr(gm, mixing.target).dtype == torch.float32 and getattr(gm, mixing.target).shape == (1, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_rotated_model_in_cuda_graphs_gives_the_models_answers():
+    # 48 = 12·4: the online transform's H_12 is a constant of the graph, not a tensor the first call allocates
+    # inside the CUDA graphs' memory pool (cudagraph trees refuse a pool tensor that outlives its graph).
+    with torch.device("cuda"):
+        want = _answers(_model(48, layers=2).float())
+        model = _model(48, layers=2).float()
+    logits, tokens = _answers(model, {"hadamard": True, "cuda_graphs": True})
+    torch.testing.assert_close(logits, want[0], rtol=1e-4, atol=1e-4)
+    assert torch.equal(tokens, want[1])
 
 
 def test_a_width_without_a_hadamard_matrix_is_declined_and_still_right():

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .matrices import factor, hadamard_matrix, small_hadamard  # noqa: F401  (hadamard_matrix: the reference)
+from .matrices import factor, hadamard_matrix, mixing_matrix  # noqa: F401  (hadamard_matrix: the reference)
 
 
 @triton.jit
@@ -52,14 +52,23 @@ def _hadamard_kernel(x_ptr, h_ptr, out_ptr, rows, stride_x, stride_out, scale,
 
 
 @functools.lru_cache(maxsize=64)
-def _small_matrix(m: int, device: torch.device) -> torch.Tensor:
-    return small_hadamard(m).to(device=device, dtype=torch.float32).contiguous()
+def _cached_mixing_matrix(n: int, device: torch.device) -> torch.Tensor:
+    return mixing_matrix(n, device)
 
 
-def hadamard_transform(x: torch.Tensor, block_rows: int | None = None, num_warps: int = 4) -> torch.Tensor:
-    """x (..., n) -> x H_nᵀ / √n in x's dtype (``matrices.hadamard_matrix``); NoHadamard for an n without one."""
+def hadamard_transform(x: torch.Tensor, mixing: torch.Tensor | None = None, block_rows: int | None = None,
+                       num_warps: int = 4) -> torch.Tensor:
+    """x (..., n) -> x H_nᵀ / √n in x's dtype (``matrices.hadamard_matrix``); NoHadamard for an n without one.
+
+    ``mixing``: ``mixing_matrix(n, x.device)``; without it a copy cached per width and device is used.
+    """
     n = x.shape[-1]
     m, power = factor(n)
+    if mixing is None:
+        mixing = _cached_mixing_matrix(n, x.device)
+    elif mixing.shape != (m, m) or mixing.dtype != torch.float32 or mixing.device != x.device:
+        raise ValueError(f"hadamard_transform of width {n}: mixing must be H_{m} in float32 on {x.device}, got "
+                         f"{tuple(mixing.shape)} {mixing.dtype} on {mixing.device}")
     flat = x.reshape(-1, n)
     if flat.stride(-1) != 1:
         flat = flat.contiguous()
@@ -68,6 +77,6 @@ def hadamard_transform(x: torch.Tensor, block_rows: int | None = None, num_warps
     if block_rows is None:  # rows per program: about 4096 values in registers, a power of two
         block_rows = 1 << (max(1, min(16, 4096 // n)).bit_length() - 1)
     _hadamard_kernel[(triton.cdiv(rows, block_rows),)](
-        flat, _small_matrix(m, x.device), out, rows, flat.stride(0), out.stride(0), 1.0 / n**0.5,
+        flat, mixing.contiguous(), out, rows, flat.stride(0), out.stride(0), 1.0 / n**0.5,
         M=m, P=power, LOG2_P=power.bit_length() - 1, BLOCK_ROWS=block_rows, num_warps=num_warps)
     return out.reshape(x.shape)

@@ -91,6 +91,11 @@ def factor(n: int) -> tuple[int, int]:
                      f"constructions up to {MAX_SMALL_ORDER}")
 
 
+def mixing_matrix(n: int, device="cpu") -> torch.Tensor:
+    """H_m of n = m·2^k (``factor``), float32 on ``device``: the FWHT kernel's ``mixing`` operand."""
+    return small_hadamard(factor(n)[0]).to(device=device, dtype=torch.float32).contiguous()
+
+
 def _sylvester(power: int) -> torch.Tensor:
     h = torch.ones(1, 1, **_F64)
     base = torch.tensor([[1.0, 1.0], [1.0, -1.0]], **_F64)
