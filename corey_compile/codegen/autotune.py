@@ -6,8 +6,9 @@ candidate chunk on the call's own inputs, into scratch outputs, and keeps the fa
 three timed runs after one untimed, which also compiles the kernel). The choice is cached in
 memory and in a JSON file (``COREY_CACHE_DIR``, default ``~/.cache/corey``), under a key naming
 the GPU and the versions of torch, Triton and corey's kernels: data only, read back with
-``json.load`` and checked, never run as code. Off the GPU, and while a CUDA graph is being
-captured (timing would be recorded into it), the occupancy policy decides instead.
+``json.load`` and checked, never run as code. Off the GPU, and for a shape not yet timed while a
+CUDA graph is being captured (timing would be recorded into it), the occupancy policy decides
+instead; a shape timed before (an uncaptured warm-up call, or the file) keeps its choice in a graph.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def _time(run, repeats: int = 3) -> float:
 def autotuned_chunk(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, fallback) -> int:
     """The fastest candidate chunk for this call's shape (see the module's text); ``fallback()`` where no
     timing can be taken."""
-    if u.device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    if u.device.type != "cuda":
         return fallback()
     key = shape_key(u, B, z, D, delta_bias, delta_softplus, initial_state)
     signature = device_signature(u.device)
@@ -107,6 +108,8 @@ def autotuned_chunk(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial
         if key in stored:
             _MEMORY[(signature, key)] = stored[key]
             return stored[key]
+        if torch.cuda.is_current_stream_capturing():  # a choice made before is used; none is timed into a graph
+            return fallback()
         from .selective_scan.chunk import selective_scan_chunked
 
         out = torch.empty_like(u, memory_format=torch.contiguous_format)

@@ -67,6 +67,13 @@ def test_on_a_gpu_the_candidates_are_timed_once_per_shape(tmp_path, monkeypatch)
     (entries,) = stored.values()
     (entry,) = entries.values()
     assert entry["chunk"] in autotune.CANDIDATES and set(entry["times_us"]) == {"16", "32", "64", "128", "256"}
+    # Inside a CUDA graph's capture the timed choice holds; a shape never timed gets the fallback, untimed.
+    args = (*x, None, None, None, True, None)
+    other = [t[..., :200] if t.dim() == 3 else t for t in x]  # l <= 256: another shape key
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        in_graph = autotune.autotuned_chunk(*args, fallback=lambda: -1)
+        untimed = autotune.autotuned_chunk(*other, None, None, None, True, None, fallback=lambda: -1)
+    assert in_graph == entry["chunk"] and untimed == -1
 
 
 @pytest.mark.skipif(KERNEL_DEVICE == "cuda", reason="the CPU's answer")
