@@ -172,6 +172,8 @@ class _Stream:
                 found += self._readers(user)
             elif user.op == "call_function" and user.target is operator.getitem and _keeps_channels(user):
                 found += self._readers(user)
+            elif _scales_tokens(user, node):  # a padding mask, (b, l, 1): it commutes with the rotation
+                found += self._readers(user)
             elif user.op == "call_function" and user.target in _LINEAR and _linear_parts(user)[0] is node:
                 if not _placeholder(_linear_parts(user)[1]):
                     raise Decline(f"{user.name}: a projection whose weight is not a parameter")
@@ -181,6 +183,16 @@ class _Stream:
         if not found:
             raise Decline(f"{node.name}: a norm that no projection reads")
         return found
+
+
+def _scales_tokens(node: fx.Node, stream: fx.Node) -> bool:
+    """Whether ``node`` multiplies ``stream`` by one factor per token (a tensor whose last dimension is 1, such as
+    transformers' ``hidden_states * attention_mask[:, :, None]``), which commutes with a rotation of the channels."""
+    if op_name(node) != "mul" or len(node.args) != 2 or stream not in node.args[:2]:
+        return False
+    other = node.args[1] if node.args[0] is stream else node.args[0]
+    value = meta_value(other) if isinstance(other, fx.Node) else None
+    return value is not None and value.dim() >= 1 and value.shape[-1] == 1 and other is not stream
 
 
 def _keeps_channels(node: fx.Node) -> bool:

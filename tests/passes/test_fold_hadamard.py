@@ -84,6 +84,23 @@ def test_a_rotated_model_in_cuda_graphs_gives_the_models_answers():
     assert torch.equal(tokens, want[1])
 
 
+def test_a_padding_mask_on_the_normalized_stream_is_rotated_through():
+    # transformers multiplies in_proj's input by attention_mask[:, :, None]: one factor per token commutes with Q
+    model = _model(48)
+    ids = torch.randint(1, 128, (2, 10), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding in the second row
+    with torch.no_grad():
+        want = model(ids, attention_mask=mask, use_cache=False).logits
+        torch._dynamo.reset()
+        corey_compile.clear_reports()
+        compiled = torch.compile(model, backend="corey", options={"hadamard": True, "inner_compiler": "eager"})
+        got = compiled(ids, attention_mask=mask, use_cache=False).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    decisions, declines = _fold_records()
+    assert not declines and decisions and "residual stream of width 48 rotated" in decisions[0]
+
+
 def test_a_width_without_a_hadamard_matrix_is_declined_and_still_right():
     want = _answers(_model(6))
     logits, tokens = _answers(_model(6), {"hadamard": True, "inner_compiler": "eager"})
