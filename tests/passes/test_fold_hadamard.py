@@ -20,7 +20,7 @@ def _answers(model, options=None):
     corey_compile.clear_reports()
     if options is not None:
         model.compile(backend="corey", options={"check_invariants": True, **options})
-    ids = torch.randint(1, 128, (1, 24), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(1, 128, (1, 24), generator=torch.Generator().manual_seed(1)).to(model.device)
     with torch.no_grad():
         logits = model(ids, use_cache=False).logits
         tokens = model.generate(ids, max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids),
