@@ -129,6 +129,37 @@ def _mamba_ssm_stand_in(site: str, original: Callable) -> Callable:
     return selective_scan
 
 
+def _conv_update_stand_in(site: str, original: Callable) -> Callable:
+    """transformers' ``causal_conv1d_update`` (5.15 and later): a decode step's convolution, the cache's window
+    shifted, as one ``corey::causal_conv1d_update`` call where it is one new step."""
+
+    def causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activation=None):
+        reason = ""
+        if hidden_states.dim() != 3 or conv_state.dim() != 3 or weight.dim() != 2:
+            reason = "hidden_states and conv_state are not (b, d, l) and (b, d, s), or the weight is not (d, k)"
+        elif hidden_states.shape[-1] != 1:
+            reason = "more than one new step"
+        elif weight.shape[-1] > conv_state.shape[-1] + 1:
+            reason = "the convolution is wider than the cached inputs and the new one"
+        elif activation not in (None, "silu", "swish"):
+            reason = "an activation other than SiLU"
+        elif hidden_states.dtype not in FLOATS or conv_state.dtype not in FLOATS or weight.dtype not in FLOATS:
+            reason = "an input is not float16, bfloat16 or float32"
+        elif bias is not None and (bias.dim() != 1 or bias.dtype not in FLOATS):
+            reason = "the bias is not a float (d,) vector"
+        elif hidden_states.device.type not in ("cuda", "cpu"):
+            reason = "the tensors are not on a CUDA device or the CPU"
+        elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden_states, weight, bias)):
+            reason = "an input requires grad: corey compiles inference, the op has no backward"
+        if not _take(site, reason):
+            return original(hidden_states, conv_state, weight, bias, activation)
+        out = torch.ops.corey.causal_conv1d_update(hidden_states[..., 0], conv_state, weight, bias,
+                                                   activation is not None)
+        return out.unsqueeze(-1)
+
+    return causal_conv1d_update
+
+
 def _legacy_mixer_stand_in(site: str, original: Callable) -> Callable:
     """transformers' ``MambaMixer.slow_forward`` of 4.53-4.57 and 5.0-5.3 (its loop is inside the method): the
     same steps, with the loop over time as one call. Used only where the method's source is one corey knows."""
@@ -228,9 +259,13 @@ class KnownFunction:
 
 
 _TRANSFORMERS_MODELS = ("mamba", "falcon_mamba", "zamba", "jamba")
+_CONV_UPDATE_PARAMETERS = ("hidden_states", "conv_state", "weight", "bias", "activation")
 KNOWN = tuple(
     KnownFunction(f"transformers.models.{model}.modeling_{model}", "mamba_selective_scan", _TRANSFORMERS_PARAMETERS,
                   _transformers_stand_in) for model in _TRANSFORMERS_MODELS
+) + tuple(
+    KnownFunction(f"transformers.models.{model}.modeling_{model}", "causal_conv1d_update", _CONV_UPDATE_PARAMETERS,
+                  _conv_update_stand_in) for model in _TRANSFORMERS_MODELS
 ) + tuple(
     KnownFunction("mamba_ssm.ops.selective_scan_interface", name, _SCAN_PARAMETERS, _mamba_ssm_stand_in)
     for name in ("selective_scan_fn", "selective_scan_ref")

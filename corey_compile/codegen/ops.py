@@ -230,6 +230,26 @@ def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     return x.new_empty(x.shape)  # contiguous, as every implementation returns it
 
 
+@_define(mutates_args=("conv_state",))
+def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+                         bias: Optional[torch.Tensor] = None, silu: bool = False) -> torch.Tensor:
+    """One decode step of a depthwise causal convolution (``conv1d/``): x (b, d) the new input, conv_state
+    (b, d, s) the cached inputs, shifted in place; weight (d, k), k ≤ s + 1; bias (d,). Returns (b, d) in x's
+    dtype, SiLU applied where ``silu``."""
+    from .conv1d.naive import causal_conv1d_update_naive
+
+    if uses_triton(x.device):
+        from .conv1d.step import causal_conv1d_update_triton
+
+        return causal_conv1d_update_triton(x, conv_state, weight, bias, silu)
+    return causal_conv1d_update_naive(x, conv_state, weight, bias, silu)
+
+
+@register_fake("causal_conv1d_update")
+def _(x, conv_state, weight, bias=None, silu=False):
+    return x.new_empty(x.shape)
+
+
 @_define()
 def hadamard_transform(x: torch.Tensor, mixing: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Each row's normalized Hadamard transform, x (..., n) -> x H_nᵀ / √n in x's dtype (``hadamard/``).

@@ -70,3 +70,22 @@ def test_greedy_generation_is_token_identical(inner, forms):
         assert len(report.regions) == LAYERS and not report.fell_back
     assert {r.form for r in prefill[0].regions} == {PREFILL_FORM[forms]}
     assert {r.form for r in decode[0].regions} == {DECODE_FORM[forms]}
+
+
+@pytest.mark.skipif(not hasattr(modeling, "causal_conv1d_update"),
+                    reason="transformers before 5.15 convolves its decode step inside the mixer's method")
+def test_the_decode_convolution_is_one_corey_call(dtype=torch.bfloat16):
+    # transformers' causal_conv1d_update (cat, copy back into the cache, conv1d, SiLU) becomes one op: same tokens
+    model = build_mamba("tiny", num_hidden_layers=2, dtype=dtype, seed=0)
+    prompt = torch.randint(1, 256, (2, 9), generator=torch.Generator().manual_seed(4))
+    kwargs = dict(max_new_tokens=6, do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(prompt, **kwargs)
+        torch._dynamo.reset()
+        corey_compile.clear_reports()
+        model.compile(backend="corey", options={"inner_compiler": "eager", "strict": True})
+        got = model.generate(prompt, **kwargs)
+    assert torch.equal(got, want)
+    site = "transformers.models.mamba.modeling_mamba.causal_conv1d_update"
+    decode = [r for r in corey_compile.all_reports() if site in r.known_calls]
+    assert decode and all(r.known_calls[site] == ["one call", "one call"] for r in decode)
