@@ -153,8 +153,8 @@ def _conv_update_stand_in(site: str, original: Callable) -> Callable:
             reason = "an input requires grad: corey compiles inference, the op has no backward"
         if not _take(site, reason):
             return original(hidden_states, conv_state, weight, bias, activation)
-        out = torch.ops.corey.causal_conv1d_update(hidden_states[..., 0], conv_state, weight, bias,
-                                                   activation is not None)
+        out = torch.ops.corey.causal_conv1d_update.default(hidden_states[..., 0], conv_state, weight, bias,
+                                                           activation is not None)
         return out.unsqueeze(-1)
 
     return causal_conv1d_update

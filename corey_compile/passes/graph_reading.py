@@ -583,6 +583,9 @@ def written_by(node: fx.Node) -> list:
         if in_place and isinstance(self_arg(node), fx.Node):
             written.append(self_arg(node))
         schema = getattr(node.target, "_schema", None)
+        if schema is None and isinstance(node.target, torch._ops.OpOverloadPacket):  # ``torch.ops.ns.op(...)``
+            overloads = node.target.overloads()
+            schema = getattr(node.target, overloads[0])._schema if len(overloads) == 1 else None
         if schema is not None:
             for i, argument in enumerate(schema.arguments):
                 if argument.alias_info is not None and argument.alias_info.is_write:

@@ -184,14 +184,16 @@ def test_inputs_written_in_place_are_marked_fixed_address_for_cuda_graphs():
         graphs.append(gm)
         return gm.forward
 
-    def step(state, conv, x):
+    def step(state, conv, x, window):
         state[:, 0].copy_(x)  # a view of an input, written
         conv.mul_(2)  # an input, written
-        return state.sum() + x.sum()  # x only read
+        # an op's mutable argument, the op called as ``torch.ops.ns.op(...)`` (no overload named)
+        y = torch.ops.corey.causal_conv1d_update(state, window, torch.ones(3, 2), None, False)
+        return state.sum() + x.sum() + y.sum()  # x only read
 
-    torch.compile(step, backend=keep)(torch.zeros(2, 3), torch.ones(2), torch.ones(2))
+    torch.compile(step, backend=keep)(torch.zeros(2, 3), torch.ones(2), torch.ones(2), torch.zeros(2, 3, 4))
     (gm,) = graphs
-    assert sorted(mark_written_inputs_static(gm)) == ["l_conv_", "l_state_"]
+    assert sorted(mark_written_inputs_static(gm)) == ["l_conv_", "l_state_", "l_window_"]
     assert mark_written_inputs_static(gm) == []  # marked once
 
 
@@ -207,7 +209,9 @@ def test_generate_with_cuda_graphs_marks_the_cache_states_and_keeps_the_tokens()
         tokens = model.generate(prompt, **kwargs)
     assert torch.equal(tokens, expected)
     decode = [r for r in corey_compile.all_reports() if any(x.op.endswith("selective_state_update") for x in r.regions)]
-    assert decode and all(len(r.static_inputs) >= 2 for r in decode)  # each layer's conv and ssm states at least
+    # each layer's conv and ssm states (written by corey::causal_conv1d_update and corey::selective_state_update)
+    assert decode and all(len(r.static_inputs) == 4 and sum("conv_states" in name for name in r.static_inputs) == 2
+                          for r in decode)
     # The prompt's graph hands the scans' final states to the cache: it runs uncaptured, so that the states the
     # decode steps read are not a CUDA graph's outputs, overwritten by its next replay.
     prefill = [r for r in corey_compile.all_reports() if r not in decode]
