@@ -76,9 +76,8 @@ def test_the_online_transform_is_in_the_graph():
 def test_a_rotated_model_in_cuda_graphs_gives_the_models_answers():
     # 48 = 12·4: the online transform's H_12 is a constant of the graph, not a tensor the first call allocates
     # inside the CUDA graphs' memory pool (cudagraph trees refuse a pool tensor that outlives its graph).
-    with torch.device("cuda"):
-        want = _answers(_model(48, layers=2).float())
-        model = _model(48, layers=2).float()
+    want = _answers(_model(48, layers=2).cuda())
+    model = _model(48, layers=2).cuda()
     logits, tokens = _answers(model, {"hadamard": True, "cuda_graphs": True})
     torch.testing.assert_close(logits, want[0], rtol=1e-4, atol=1e-4)
     assert torch.equal(tokens, want[1])
