@@ -21,8 +21,9 @@ Each process measures, per dtype: prefill (``model(ids, use_cache=False)``) at e
 batch, the first call (compilation included) and the median of the timed calls after it; then
 ``generate`` from a 32-token prompt at each decode batch, the time per new token from two runs
 of different lengths (so the prompt's prefill cancels), and its greedy tokens; and the peak GPU
-memory. A process past ``--budget`` seconds is stopped and what it had not done is recorded as
-"not done within N s". The parent compares every configuration's greedy tokens with
+memory. The first prefill row of a compiled configuration also holds torch's own timers of its
+compilation (``torch._dynamo.utils.compile_times``: Dynamo, AOT, Inductor's phases). A process
+past ``--budget`` seconds is stopped and what it had not done is recorded as "not done within N s". The parent compares every configuration's greedy tokens with
 transformers' own and writes one JSON document.
 """
 from __future__ import annotations
@@ -94,6 +95,12 @@ def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_
                            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
                     if config == "mamba-ssm":
                         row["selective_scan_cuda_calls"] = calls["fwd"]
+                    if config != "transformers" and batch == batches[0] and seqlen == lengths[0]:
+                        # torch's own timers of the first compilation (Dynamo, AOT, Inductor's phases), seconds
+                        from torch._dynamo.utils import compile_times
+
+                        headers, values = compile_times(repr="csv", aggregate=True)
+                        row["torch_compile_times_s"] = {k: round(float(v), 3) for k, v in zip(headers, values)}
                     print(json.dumps(row), flush=True)
             for batch in decode_batches:
                 prompt = torch.randint(1, model.config.vocab_size, (batch, PROMPT), device="cuda", generator=gen)
@@ -150,7 +157,8 @@ def run_config(config: str, preset: str, args, cache: str) -> dict:
         result["error"] = f"exit status {returncode}: " + (err[start_at:][-3000:] if start_at >= 0 else err[-1500:])
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
     for row in rows:
-        print("  ", json.dumps({k: v for k, v in row.items() if k != "greedy_tokens"}), flush=True)
+        print("  ", json.dumps({k: v for k, v in row.items() if k not in ("greedy_tokens", "torch_compile_times_s")}),
+              flush=True)
     return result
 
 
