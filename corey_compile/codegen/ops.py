@@ -215,18 +215,23 @@ def selective_state_update(
     z: Optional[torch.Tensor] = None,
     dt_bias: Optional[torch.Tensor] = None,
     dt_softplus: bool = False,
+    A_is_log: bool = False,
 ) -> torch.Tensor:
     """One decode step. state: (b, d, n), written in place; x, dt, z: (b, d); B, C: (b, n) or (b, g, n).
 
-    Returns out (b, d) in x's dtype, contiguous.
+    ``A_is_log``: the ``A`` given is Mamba's parameter A_log, and the step uses A = -exp(A_log) (in float32),
+    which a model otherwise computes in a kernel of its own on every step. Returns out (b, d) in x's dtype,
+    contiguous.
     """
     if uses_triton(x.device):
-        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        return selective_state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, A_is_log=A_is_log)
+    if A_is_log:
+        A = -torch.exp(A.float())
     return selective_state_update_naive(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
 @register_fake("selective_state_update")
-def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, A_is_log=False):
     return x.new_empty(x.shape)  # contiguous, as every implementation returns it
 
 

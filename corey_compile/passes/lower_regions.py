@@ -196,21 +196,58 @@ def _split_heads(graph: fx.Graph, region: Region, node: fx.Node, labels: tuple) 
     return split, labels[:at] + ("h", "d") + labels[at + 1:]
 
 
+_HALF_AND_SINGLE = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def upcast_source(node):
+    """The tensor a chain of casts to float32 (``.float()``, ``.to(torch.float32)``) widens, else ``node``.
+
+    The kernels load every float operand and widen it to float32 themselves, the same exact widening, so a
+    parameter cast on every call (``dt_proj.bias.float()``, a kernel of its own per layer) can be read as it is.
+    """
+    while isinstance(node, fx.Node) and node.op == "call_method" and node.args:
+        dtype = node.kwargs.get("dtype", node.args[1] if len(node.args) > 1 else None)
+        source = meta_value(node.args[0])
+        if not (node.target == "float" and len(node.args) == 1 and not node.kwargs
+                or node.target == "to" and dtype is torch.float32 and len(node.args) <= 2
+                and set(node.kwargs) <= {"dtype"}):
+            break
+        if source is None or source.dtype not in _HALF_AND_SINGLE:
+            break
+        node = node.args[0]
+    return node
+
+
+def log_of_negative_exp(node):
+    """``a`` where ``node`` is ``-exp(a)`` (a widened to float32 or already float32), Mamba's A from its A_log; else None."""
+    if op_name(node) != "neg" or len(node.args) != 1 or op_name(node.args[0]) != "exp" or len(node.args[0].args) != 1:
+        return None
+    exponent = node.args[0].args[0]
+    value = meta_value(exponent)
+    if value is None or value.dtype != torch.float32:
+        return None
+    return upcast_source(exponent)
+
+
 def _emit_step(graph: fx.Graph, region: Region, args: dict) -> int:
     output, copy = args["output"], region.state_write
+    vector = lambda operand: upcast_source(permute_to(graph, operand, ("d",))) if operand else None  # noqa: E731
     with graph.inserting_before(output):
+        A, A_is_log = permute_to(graph, region.A, DN), False
+        if region.A.labels == DN and log_of_negative_exp(region.A.node) is not None:  # -exp(A_log) in the kernel
+            A, A_is_log = log_of_negative_exp(region.A.node), True
         step = graph.call_function(STEP_OP, (), dict(
             state=region.state, x=permute_to(graph, region.u, BD), dt=permute_to(graph, args["delta"], BD),
-            A=permute_to(graph, region.A, DN), B=permute_to(graph, region.B, BN), C=permute_to(graph, region.C, BN),
-            D=permute_to(graph, args["D"], ("d",)) if args["D"] else None,
-            z=permute_to(graph, args["z"], BD) if args["z"] else None,
-            dt_bias=permute_to(graph, args["delta_bias"], ("d",)) if args["delta_bias"] else None,
-            dt_softplus=args["softplus"]))
+            A=A, B=permute_to(graph, region.B, BN), C=permute_to(graph, region.C, BN),
+            D=vector(args["D"]), z=permute_to(graph, args["z"], BD) if args["z"] else None,
+            dt_bias=vector(args["delta_bias"]), dt_softplus=args["softplus"], A_is_log=A_is_log))
         out = _cast_like(graph, step, output, meta_value(region.u.node).dtype)
     output.replace_all_uses_with(out)
     copy.replace_all_uses_with(region.state)  # the op writes the state; copy_ returned it
     graph.erase_node(copy)
-    return 1 + erase_dead(graph, [output, *args["replaced"], *(region.covered - {copy})])
+    # A, D and the bias as the model computed them, if nothing else reads them
+    parameters = [region.A.node] + [operand.node for operand in (args["D"], args["delta_bias"]) if operand]
+    return 1 + erase_dead(graph, [output, *args["replaced"], *(region.covered - {copy}), *parameters])
 
 
 def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:

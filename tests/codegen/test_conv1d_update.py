@@ -90,3 +90,9 @@ def test_bad_shapes_are_named(shapes, message):
     x, state, weight, bias = (torch.zeros(s) if s is not None else None for s in shapes)
     with pytest.raises(ValueError, match=re.escape(message)):
         causal_conv1d_update_triton(x, state, weight, bias, True)
+
+
+def test_the_op_schema_and_fake_kernel_agree_with_the_kernel():
+    x, state, weight, bias = _inputs(2, 24, 4, 4, torch.float16)
+    torch.library.opcheck(torch.ops.corey.causal_conv1d_update.default, (x, state, weight, bias, True),
+                          test_utils=("test_schema", "test_faketensor"))

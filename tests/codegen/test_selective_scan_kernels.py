@@ -209,7 +209,8 @@ def test_prefill_rejects_bad_shapes():
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
 @pytest.mark.parametrize("groups", [0, 2])
 @pytest.mark.parametrize("b, d, n", [(3, 6, 5), (2, 32, 8)], ids=["overhanging_blocks", "even_blocks"])
-def test_decode_step_matches_reference(dtype, groups, b, d, n):
+@pytest.mark.parametrize("a_is_log", [False, True], ids=["A", "A_log"])
+def test_decode_step_matches_reference(dtype, groups, b, d, n, a_is_log):
     bc = (b, n) if groups == 0 else (b, groups, n)
     state = torch.randn(b, d, n)
     x, dt, z = (torch.randn(b, d).to(dtype) for _ in range(3))
@@ -218,7 +219,8 @@ def test_decode_step_matches_reference(dtype, groups, b, d, n):
     ref = selective_state_update_naive(ref_state, x.double(), dt.double(), A.double(), B.double(), C.double(), D.double(),
                                        z.double(), bias.double(), True, compute_dtype=torch.float64)
     out = torch.full_like(x, float("nan"))
-    selective_state_update_triton(state, x, dt, A, B, C, D, z, bias, True, out=out)
+    selective_state_update_triton(state, x, dt, torch.log(-A) if a_is_log else A, B, C, D, z, bias, True, out=out,
+                                  A_is_log=a_is_log)
     rtol, atol = TOLERANCES[dtype]
     assert not out.isnan().any()
     torch.testing.assert_close(out.double(), ref.double(), rtol=rtol, atol=atol)

@@ -3,6 +3,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import corey_compile
 from tests import scan_forms as forms
@@ -80,6 +81,33 @@ def test_state_update_becomes_one_op_that_writes_the_state(dtype):
     assert [r.form for r in report.regions] == ["F3 state update"]
     ops = targets(gm)
     assert ops.count(STEP_OP) == 1 and "copy_" not in ops
+
+
+def test_a_step_reads_A_log_and_widened_parameters_as_the_model_keeps_them():
+    # transformers computes A = -exp(A_log.float()) and widens the bias on every step: a kernel each per layer.
+    # The op takes A_log (A_is_log) and the bias and D as they are, widening them itself.
+    def step(state, x, dt, A_log, B, C, D, z, dt_bias):
+        A = -torch.exp(A_log.float())
+        dt = F.softplus(dt + dt_bias.float())
+        new_state = state * torch.exp(dt[..., None] * A) + dt[..., None] * B[:, None, :] * x[..., None]
+        state.copy_(new_state)
+        out = (new_state * C[:, None, :]).sum(-1) + x * D.to(torch.float32)
+        return out * F.silu(z)
+
+    state, args = step_inputs(3, 6, 4)
+    args["A_log"] = torch.log(-args.pop("A"))
+    args["D"], args["dt_bias"] = args["D"].bfloat16(), args["dt_bias"].half()
+    ref_state = state.clone()
+    compiled, captured = compile_capturing(step)
+    out = compiled(state, **args)
+    ref = step(ref_state, **args)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, ref_state, rtol=1e-5, atol=1e-5)
+    (gm, _), = captured
+    (op,) = [n for n in gm.graph.nodes if n.target is torch.ops.corey.selective_state_update.default]
+    assert op.kwargs["A_is_log"] is True
+    assert all(op.kwargs[name].op == "placeholder" for name in ("A", "D", "dt_bias"))
+    assert not [t for t in targets(gm) if "exp" in t or t in ("float", "to")]  # nothing left computing them
 
 
 @pytest.mark.parametrize("near_miss, reason", [

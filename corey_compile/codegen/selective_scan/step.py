@@ -27,7 +27,7 @@ def _selective_state_update_kernel(
     stride_out_b, stride_out_d,
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
-    HAS_GROUPS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_GROUPS: tl.constexpr, A_IS_LOG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,  # the block divides dim / BLOCK_N is dstate: no masks, wider loads
     PTX: tl.constexpr,  # an NVIDIA GPU: the hardware's approximate logarithm and reciprocal (triton_math)
 ):
@@ -55,6 +55,8 @@ def _selective_state_update_kernel(
     if DT_SOFTPLUS:
         dt = softplus(dt, PTX)
     A = tl.load(A_ptr + offs_d[:, None] * stride_A_d + offs_n[None, :] * stride_A_n, mask=mask_dn, other=other_dn).to(tl.float32)
+    if A_IS_LOG:  # Mamba's A_log parameter: A = -exp(A_log)
+        A = -tl.exp(A)
     B = tl.load(B_ptr + pid_b * stride_B_b + group * stride_B_g + offs_n * stride_B_n, mask=mask_n, other=other_n).to(tl.float32)
     C = tl.load(C_ptr + pid_b * stride_C_b + group * stride_C_g + offs_n * stride_C_n, mask=mask_n, other=other_n).to(tl.float32)
 
@@ -118,8 +120,10 @@ def selective_state_update_triton(
     block_d: int | None = None,
     num_warps: int = 4,
     out: torch.Tensor | None = None,
+    A_is_log: bool = False,
 ) -> torch.Tensor:
     """One decode step. state: (b, d, n), updated in place; x, dt, z: (b, d); B, C: (b, n) or (b, g, n).
+    ``A_is_log``: ``A`` holds A_log, the step uses -exp(A_log).
 
     Returns out (b, d) in x's dtype. The launch is ``planning.launch.step_launch``; ``block_d`` and
     ``num_warps`` override it.
@@ -137,7 +141,7 @@ def selective_state_update_triton(
         (dim, dstate, dim // groups,
          *state.stride(), *x.stride(), *dt.stride(), *A.stride(), *B.stride(), *C.stride(), *z_arg.stride(), *out.stride()),
         dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-             HAS_GROUPS=groups > 1, BLOCK_D=launch.block_d, BLOCK_N=launch.block_n, EVEN_D=dim % launch.block_d == 0,
+             HAS_GROUPS=groups > 1, A_IS_LOG=bool(A_is_log), BLOCK_D=launch.block_d, BLOCK_N=launch.block_n, EVEN_D=dim % launch.block_d == 0,
              EVEN_N=dstate == launch.block_n, PTX=runs_ptx(x)),
         launch.num_warps,
     )
