@@ -22,7 +22,7 @@ def _answers(model, options=None):
         model.compile(backend="corey", options={"check_invariants": True, **options})
     ids = torch.randint(1, 128, (1, 24), generator=torch.Generator().manual_seed(1)).to(model.device)
     with torch.no_grad():
-        logits = model(ids, use_cache=False).logits
+        logits = model(ids, use_cache=False).logits.clone()  # a CUDA graph's output: its next replay overwrites it
         tokens = model.generate(ids, max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(ids),
                                 pad_token_id=0)
     return logits, tokens
