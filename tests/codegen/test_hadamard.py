@@ -91,3 +91,13 @@ def test_the_kernel_takes_its_mixing_matrix_as_an_operand(on_kernel_device):
         hadamard_transform(x, mixing_matrix(80, x.device))
     with pytest.raises(ValueError, match=re.escape("mixing must be H_12 in float32")):
         hadamard_transform(x, mixing.double())
+
+
+@pytest.mark.parametrize("one_block_each", [False, True], ids=["all_blocks", "one_block_each"])
+@pytest.mark.parametrize("n", [48, 80, 16])
+def test_both_launches_match_the_dense_product(n, one_block_each, on_kernel_device):
+    # a decode step's single row takes the launch with one output block of H_m per program; long inputs the other
+    x = torch.randn(3, n).half()
+    y = hadamard_transform(x, one_block_each=one_block_each)
+    ref = hadamard_transform_naive(x)
+    torch.testing.assert_close(y.double(), ref, rtol=2e-3, atol=2e-3 * ref.abs().max().item())

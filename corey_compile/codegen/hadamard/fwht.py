@@ -31,7 +31,8 @@ def _butterflies(x, ROWS: tl.constexpr, P: tl.constexpr, LOG2_P: tl.constexpr):
 
 @triton.jit
 def _hadamard_kernel(x_ptr, h_ptr, out_ptr, rows, stride_x, stride_out, scale,
-                     M: tl.constexpr, P: tl.constexpr, LOG2_P: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+                     M: tl.constexpr, P: tl.constexpr, LOG2_P: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+                     ONE_BLOCK_EACH: tl.constexpr):
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, P)
     mask = (row < rows)[:, None]
@@ -40,15 +41,23 @@ def _hadamard_kernel(x_ptr, h_ptr, out_ptr, rows, stride_x, stride_out, scale,
     blocks = ()
     for j in tl.static_range(M):
         blocks = blocks + (tl.load(x_rows + j * P, mask=mask, other=0.0).to(tl.float32),)
-    for i in tl.static_range(M):
-        if M == 1:
-            y = blocks[0]
-        else:
-            y = tl.zeros((BLOCK_ROWS, P), dtype=tl.float32)
-            for j in tl.static_range(M):
-                y += tl.load(h_ptr + i * M + j) * blocks[j]
+    if ONE_BLOCK_EACH:  # few rows: the M output blocks of a row in M programs (axis 1), each a short chain
+        i = tl.program_id(1)
+        y = tl.zeros((BLOCK_ROWS, P), dtype=tl.float32)
+        for j in tl.static_range(M):
+            y += tl.load(h_ptr + i * M + j) * blocks[j]
         y = _butterflies(y, BLOCK_ROWS, P, LOG2_P) * scale
         tl.store(out_rows + i * P, y.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        for i in tl.static_range(M):
+            if M == 1:
+                y = blocks[0]
+            else:
+                y = tl.zeros((BLOCK_ROWS, P), dtype=tl.float32)
+                for j in tl.static_range(M):
+                    y += tl.load(h_ptr + i * M + j) * blocks[j]
+            y = _butterflies(y, BLOCK_ROWS, P, LOG2_P) * scale
+            tl.store(out_rows + i * P, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @functools.lru_cache(maxsize=64)
@@ -56,11 +65,21 @@ def _cached_mixing_matrix(n: int, device: torch.device) -> torch.Tensor:
     return mixing_matrix(n, device)
 
 
+# Below this many programs of BLOCK_ROWS rows (a decode step has one row), a row's M output blocks are to be
+# spread over M programs: one program computing all of them is a chain of M² tile products and M butterfly
+# passes (the rotated 130m model's decode step was 0.8 ms slower than the unrotated one's on an H200, 33 µs per
+# layer, where the transform's bytes take well under 1 µs). Each such program reads the whole row, M times the
+# reads in all, which only pays where rows are few. 0 until the launch is measured compiled on a GPU
+# (``benchmarks/probes/hadamard_rows.py``): today the split is taken only where a caller asks for it.
+SPLIT_BELOW_PROGRAMS = 0
+
+
 def hadamard_transform(x: torch.Tensor, mixing: torch.Tensor | None = None, block_rows: int | None = None,
-                       num_warps: int = 4) -> torch.Tensor:
+                       num_warps: int = 4, one_block_each: bool | None = None) -> torch.Tensor:
     """x (..., n) -> x H_nᵀ / √n in x's dtype (``matrices.hadamard_matrix``); NoHadamard for an n without one.
 
     ``mixing``: ``mixing_matrix(n, x.device)``; without it a copy cached per width and device is used.
+    ``one_block_each``: one program per output block of m (default: below ``SPLIT_BELOW_PROGRAMS`` programs).
     """
     n = x.shape[-1]
     m, power = factor(n)
@@ -76,7 +95,11 @@ def hadamard_transform(x: torch.Tensor, mixing: torch.Tensor | None = None, bloc
     rows = flat.shape[0]
     if block_rows is None:  # rows per program: about 4096 values in registers, a power of two
         block_rows = 1 << (max(1, min(16, 4096 // n)).bit_length() - 1)
-    _hadamard_kernel[(triton.cdiv(rows, block_rows),)](
+    programs = triton.cdiv(rows, block_rows)
+    if one_block_each is None:
+        one_block_each = m > 1 and programs < SPLIT_BELOW_PROGRAMS
+    _hadamard_kernel[(programs, m if one_block_each else 1)](
         flat, mixing.contiguous(), out, rows, flat.stride(0), out.stride(0), 1.0 / n**0.5,
-        M=m, P=power, LOG2_P=power.bit_length() - 1, BLOCK_ROWS=block_rows, num_warps=num_warps)
+        M=m, P=power, LOG2_P=power.bit_length() - 1, BLOCK_ROWS=block_rows, ONE_BLOCK_EACH=bool(one_block_each),
+        num_warps=num_warps)
     return out.reshape(x.shape)
