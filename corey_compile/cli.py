@@ -321,6 +321,9 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
                                    "H / log K"])]
         else:
             lines += ["", "regions: none"]
+        if report.hadamard_metrics:
+            lines += ["", "Hadamard rotation, measured on the example inputs (before → after):",
+                      _hadamard_table(report.hadamard_metrics)]
         if report.declined:
             lines += ["", "declined:", tabulate([[d.what, d.pass_name, d.reason] for d in report.declined],
                                                 headers=["what", "pass", "why"])]
@@ -349,6 +352,20 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
         lines.append(f"written: {header['out']} (one folder per graph: code and a picture after every pass, "
                      "kernels, report.json)")
     return "\n".join(lines)
+
+
+def _hadamard_table(records: list) -> str:
+    from tabulate import tabulate
+
+    def pair(record, key, output=False, digits=3):
+        before, after = (record[side]["output"] if output else record[side] for side in ("before", "after"))
+        return f"{before[key]:.{digits}g} → {after[key]:.{digits}g}"
+
+    rows = [[r["activation"], r["width"], pair(r, "max_over_rms"), pair(r, "kurtosis"), pair(r, "entropy_ratio"),
+             pair(r, "int8_token_error"), pair(r, "int4_token_error"), pair(r, "int8_token_error", output=True),
+             pair(r, "int4_token_error", output=True)] for r in records]
+    return tabulate(rows, headers=["activation", "width", "max/RMS", "kurtosis", "H / log K", "int8/token error",
+                                   "int4/token error", "output error, int8", "output error, int4"])
 
 
 def _launch_text(launch: dict) -> str:

@@ -120,7 +120,8 @@ OPTIONS = (
     OptionSpec("measure", False, "COREY_MEASURE", "bool",
                "run the graph once on the example inputs while compiling and record the range and histogram "
                "entropy of the values each region reads (the entropy and entropy-guarded chunk policies and the entropy "
-               "fusion policy do so whatever this says)"),
+               "fusion policy do so whatever this says); with hadamard, each rotated activation's metrics before and "
+               "after"),
     OptionSpec("warm_up_kernels", True, "COREY_WARM_UP_KERNELS", "bool",
                "on a GPU, with Inductor, compile the prefill kernels of corey's ops in child processes while "
                "Inductor works, rather than at the first run"),

@@ -76,6 +76,8 @@ class CompileReport:
     known_calls: dict = field(default_factory=dict)  # site -> what each call of a known function became
     cuda_graphs: str = ""  # "" (not asked for), "on", or why the inner compiler left them off
     static_inputs: list = field(default_factory=list)  # inputs written in place, marked as fixed-address for CUDA graphs
+    # per activation a Hadamard rotation changed (option hadamard with measure): its metrics before and after
+    hadamard_metrics: list = field(default_factory=list)
 
     def decline(self, what: str, reason: str, pass_name: str = "") -> None:
         self.declined.append(Declined(what, reason, pass_name))

@@ -17,6 +17,11 @@ user's parameters are never changed, and the folded weights are frozen (a graph 
 differentiated is declined). The pass walks every use of the stream from the embedding and declines,
 with the reason, anything it cannot account for (a stream the graph returns, an op it does not know),
 and a width with no Hadamard construction; the graph then stays as the model wrote it.
+
+With the option ``measure`` on, the pass runs the graph once on the example inputs first and records, for each
+activation it rotates (what each norm's first projection reads, each out_proj's input), its metrics before and
+after (max/RMS, kurtosis, histogram entropy, int8/int4 fake-quantization errors of the activation and of the
+projection's output) in ``report.hadamard_metrics``; ``corey dump`` shows them.
 """
 from __future__ import annotations
 
@@ -28,8 +33,10 @@ import torch.nn.functional as F
 
 from ..codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
 from ..codegen.hadamard.matrices import NoHadamard, hadamard_matrix, mixing_matrix, normalized_hadamard
-from .graph_reading import live_users, meta_value, op_name
+from ..planning.activation_stats import activation_metrics, output_errors
+from .graph_reading import live_users, meta_value, op_name, written_inputs
 from .lower_regions import fake_mode_of, set_fake_values
+from .measure_regions import capture_module
 
 _LINEAR = {torch._C._nn.linear, F.linear}
 _EMBEDDING = {F.embedding, torch.embedding}
@@ -211,6 +218,29 @@ def _online_input(projection: fx.Node):
     return width, ""
 
 
+def _capture(gm: fx.GraphModule, ctx, stream: _Stream) -> dict:
+    """The values of the activations the rotation changes, from one run of the graph on the example inputs (on
+    copies of any input it writes): each norm's weighted and unweighted output, each out_proj's input."""
+    nodes = [n for _, weighted, normalized, _ in stream.norms for n in (weighted, normalized)]
+    nodes += [_linear_parts(projection)[0] for projection in stream.outputs]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    written = written_inputs(gm)
+    inputs = [x.clone() if isinstance(x, torch.Tensor) and node in written else x
+              for node, x in zip(placeholders, ctx.example_inputs)]
+    with torch.no_grad():
+        _, values = capture_module(gm, nodes)(*inputs)
+    return dict(zip(nodes, values))
+
+
+def _metrics(what: str, before, after, weight_before, weight_after, bins: int) -> dict:
+    """One rotated activation's record: its metrics (``planning.activation_stats``) and its Linear's output errors
+    under the activation's fake quantization, before and after the rotation."""
+    return {"activation": what, "width": before.shape[-1],
+            "before": {**activation_metrics(before, bins),
+                       "output": output_errors(before, weight_before.to(before.device))},
+            "after": {**activation_metrics(after, bins), "output": output_errors(after, weight_after.to(after.device))}}
+
+
 def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     options = ctx.options
     if not options.hadamard:
@@ -227,6 +257,8 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         return gm
     graph, fake_mode = gm.graph, fake_mode_of(gm)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    captured = _capture(gm, ctx, stream) if options.measure else None
+    measured = []  # (what, activation before, after, the Linear's weight before, after), for the report
 
     def constant(name: str, value: torch.Tensor, like: fx.Node, dtype: torch.dtype | None = None) -> fx.Node:
         target = f"_corey_hadamard_{name}"
@@ -257,10 +289,15 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         w = real(weight)
         for j, projection in enumerate(projections):
             original = _linear_parts(projection)[1]
+            value = real(original) * w[None, :] @ q
             with graph.inserting_before(first):
-                new = constant(f"norm{i}_proj{j}", real(original) * w[None, :] @ q, original)
+                new = constant(f"norm{i}_proj{j}", value, original)
             projection.replace_input_with(original, new)
             folded += 1
+            if captured is not None and j == 0:  # what the projection reads: w ⊙ n before, n Q (w folded) after
+                before, normalized_value = captured[weighted], captured[normalized].to(torch.float64)
+                measured.append((f"{projection.name} input (norm {i})", before, normalized_value @ q.to(before.device),
+                                 real(original), value))
         weighted.replace_all_uses_with(normalized)
         graph.erase_node(weighted)
     online = 0
@@ -269,6 +306,11 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         x, original, bias = _linear_parts(projection)
         value = q.T @ real(original)
         width, why = _online_input(projection)
+        if captured is not None and width is not None:
+            before = captured[x].to(torch.float64)
+            transform = hadamard_matrix(width).T.to(before.device) / width**0.5
+            measured.append((f"{projection.name} input (online transform)", before, before @ transform,
+                             real(original), value.to(before.device) @ transform))
         if width is not None:
             value = value @ (hadamard_matrix(width).T.to(value.device) / width**0.5)
             if width not in mixings:  # a constant of the graph: the op allocates nothing when it runs
@@ -291,6 +333,10 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         folded += 1
     for why in declined_online:
         ctx.decline("hadamard online transform", why)
+    if measured:
+        ctx.report.hadamard_metrics.extend(_metrics(what, *values, options.entropy_bins) for what, *values in measured)
+        ctx.decide(f"measured {len(measured)} rotated activations on the example inputs (metrics before and after "
+                   "in the report)")
     graph.lint()
     ctx.decide(f"residual stream of width {stream.width} rotated by a normalized Hadamard matrix"
                + (f" with random signs (seed {options.hadamard_seed})" if options.hadamard_seed else "")

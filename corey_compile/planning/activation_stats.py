@@ -47,3 +47,17 @@ def rotation_metrics(x: torch.Tensor, q: torch.Tensor, bins: int = 256) -> dict:
     """``activation_metrics`` of x and of x Q (Q orthogonal, float64), side by side."""
     rotated = x.detach().to(torch.float64) @ q.to(torch.float64)
     return {"before": activation_metrics(x, bins), "after": activation_metrics(rotated, bins)}
+
+
+def output_errors(x: torch.Tensor, weight: torch.Tensor) -> dict:
+    """The relative error of a Linear's output ``x Wᵀ`` when its input x is fake-quantized to int8 or int4, per
+    tensor and per token (the weight kept exact): what the activation's quantization costs the layer."""
+    x = x.detach().to(torch.float64).reshape(-1, x.shape[-1])
+    weight = weight.detach().to(torch.float64)
+    exact = x @ weight.T
+    errors = {}
+    for bits in (8, 4):
+        for per_token in (False, True):
+            key = f"int{bits}_{'token' if per_token else 'tensor'}_error"
+            errors[key] = _relative_error(exact, fake_quantize(x, bits, per_token) @ weight.T)
+    return errors

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from corey_compile.codegen.hadamard.matrices import normalized_hadamard
-from corey_compile.planning.activation_stats import activation_metrics, fake_quantize, rotation_metrics
+from corey_compile.planning.activation_stats import activation_metrics, fake_quantize, output_errors, rotation_metrics
 
 
 def test_metrics_of_known_distributions():
@@ -38,3 +38,11 @@ def test_a_hadamard_rotation_flattens_outlier_channels():
     assert after["max_over_rms"] < before["max_over_rms"] / 3
     assert after["int8_token_error"] < before["int8_token_error"] / 3
     torch.testing.assert_close(x.norm(), (x @ normalized_hadamard(2048)).norm())  # a rotation keeps the norm
+
+
+def test_the_output_error_through_an_identity_weight_is_the_activations_own():
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    errors, own = output_errors(x, torch.eye(32)), activation_metrics(x)
+    assert set(errors) == {"int8_tensor_error", "int8_token_error", "int4_tensor_error", "int4_token_error"}
+    assert all(abs(errors[k] - own[k]) < 1e-12 for k in errors)
+    assert output_errors(x, torch.zeros(4, 32))["int8_token_error"] == 0.0  # a zero output has no error

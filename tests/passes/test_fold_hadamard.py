@@ -138,3 +138,30 @@ def test_a_graph_that_returns_the_stream_is_declined():
     _, report = captured[-1]
     reasons = [d.reason for d in report.declined if d.pass_name == "fold_hadamard"]
     assert reasons and ("returns the residual stream" in reasons[0] or reasons[0].startswith("output reads"))
+
+
+def test_with_measure_the_report_has_each_rotated_activation_before_and_after():
+    model = _model(48)
+    with torch.no_grad():  # synthetic outliers: two channels of the gated activation 50 times the others
+        model.backbone.layers[0].mixer.in_proj.weight[[5, 70]] *= 50
+    ids = torch.randint(1, 128, (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits
+        torch._dynamo.reset()
+        corey_compile.clear_reports()
+        compiled = torch.compile(model, backend="corey",
+                                 options={"hadamard": True, "measure": True, "inner_compiler": "eager"})
+        got = compiled(ids, use_cache=False).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    (report,) = corey_compile.all_reports()
+    records = {r["activation"].split(" (")[1]: r for r in report.hadamard_metrics}
+    assert set(records) == {"norm 0)", "norm 1)", "online transform)"}  # in_proj's, the LM head's, out_proj's inputs
+    online = records["online transform)"]
+    assert online["width"] == 96
+    keys = {"max_over_rms", "kurtosis", "entropy_ratio", "int8_tensor_error", "int8_token_error", "int4_tensor_error",
+            "int4_token_error", "output"}
+    assert all(set(r[side]) == keys for r in records.values() for side in ("before", "after"))
+    # the rotation spreads the two outlier channels over all 96: flatter, and cheaper to quantize
+    assert online["after"]["max_over_rms"] < online["before"]["max_over_rms"] / 2
+    assert online["after"]["int8_token_error"] < online["before"]["int8_token_error"]
+    assert online["after"]["output"]["int4_token_error"] < online["before"]["output"]["int4_token_error"]
