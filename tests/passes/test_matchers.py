@@ -147,3 +147,26 @@ def test_chunk_policy_sets_the_op_argument():
     (gm, report), = captured
     scan = next(n for n in gm.graph.nodes if str(n.target) == SCAN_OP)
     assert scan.kwargs["chunk_size"] == 8 and report.regions[0].chunk_size == 8
+
+
+def test_only_exact_widenings_of_a_parameter_are_read_through():
+    from corey_compile.passes.lower_regions import log_of_negative_exp, upcast_source
+
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def parameters(a_log, bias):
+        return (-torch.exp(a_log.float()), bias.float(), bias.to(torch.float32), bias.double(), bias.half(),
+                -torch.exp(a_log.double()).float(), torch.exp(a_log.float()))
+
+    torch.compile(parameters, backend=keep)(torch.randn(4, 3), torch.randn(4).bfloat16())
+    (gm,) = graphs
+    outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    a_log, bias = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    assert log_of_negative_exp(outputs[0]) is a_log
+    assert upcast_source(outputs[1]) is bias and upcast_source(outputs[2]) is bias
+    assert upcast_source(outputs[3]) is outputs[3] and upcast_source(outputs[4]) is outputs[4]  # not to float32
+    assert log_of_negative_exp(outputs[5]) is None and log_of_negative_exp(outputs[6]) is None  # float64; no minus
