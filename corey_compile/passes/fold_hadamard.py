@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from ..codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
 from ..codegen.hadamard.matrices import NoHadamard, hadamard_matrix, mixing_matrix, normalized_hadamard
 from ..planning.activation_stats import activation_metrics, output_errors
-from .graph_reading import live_users, meta_value, op_name, written_inputs
+from .graph_reading import live_users, meta_value, op_name
 from .lower_regions import fake_mode_of, set_fake_values
-from .measure_regions import capture_module
+from .measure_regions import run_capturing
 
 _LINEAR = {torch._C._nn.linear, F.linear}
 _EMBEDDING = {F.embedding, torch.embedding}
@@ -223,12 +223,7 @@ def _capture(gm: fx.GraphModule, ctx, stream: _Stream) -> dict:
     copies of any input it writes): each norm's weighted and unweighted output, each out_proj's input."""
     nodes = [n for _, weighted, normalized, _ in stream.norms for n in (weighted, normalized)]
     nodes += [_linear_parts(projection)[0] for projection in stream.outputs]
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    written = written_inputs(gm)
-    inputs = [x.clone() if isinstance(x, torch.Tensor) and node in written else x
-              for node, x in zip(placeholders, ctx.example_inputs)]
-    with torch.no_grad():
-        _, values = capture_module(gm, nodes)(*inputs)
+    values, _ = run_capturing(gm, ctx.example_inputs, nodes)
     return dict(zip(nodes, values))
 
 

@@ -43,6 +43,18 @@ def capture_module(gm: fx.GraphModule, nodes: list) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
+def run_capturing(gm: fx.GraphModule, example_inputs, nodes: list) -> tuple[tuple, list]:
+    """Run ``gm`` once on ``example_inputs``, on copies of the inputs it writes in place, never the user's tensors:
+    the values of ``nodes``, and the names of the inputs copied."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    written = written_inputs(gm)
+    inputs = [x.clone() if isinstance(x, torch.Tensor) and node in written else x
+              for node, x in zip(placeholders, example_inputs)]
+    with torch.no_grad():
+        _, values = capture_module(gm, nodes)(*inputs)
+    return values, sorted(n.name for n in written)
+
+
 def reads_measurements(options) -> bool:
     """Whether the measuring pass runs: asked for, or a policy in force reads what it measures."""
     return (options.measure or options.chunk_policy in ("entropy", "entropy-guarded")
@@ -57,17 +69,11 @@ def measure_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         return gm
     start = time.perf_counter()
     nodes = [getattr(region, role).node for region in ctx.regions for role in MEASURED_OPERANDS]
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    written = written_inputs(gm)
-    inputs = [x.clone() if isinstance(x, torch.Tensor) and node in written else x
-              for node, x in zip(placeholders, ctx.example_inputs)]
-    with torch.no_grad():
-        _, values = capture_module(gm, nodes)(*inputs)
+    values, copied = run_capturing(gm, ctx.example_inputs, nodes)
     bins, sample = ctx.options.entropy_bins, ctx.options.entropy_sample
     for i, region in enumerate(ctx.regions):
         region.measurements = {role: summarize(values[i * len(MEASURED_OPERANDS) + k], bins, sample)
                                for k, role in enumerate(MEASURED_OPERANDS)}
-    copied = sorted(n.name for n in written)
     ctx.decide(f"ran the graph once on the example inputs and took {bins}-bin histograms of "
                + ("every value" if sample == 1 else f"every {sample}th value")
                + f" in {time.perf_counter() - start:.3f} s" + (f", on copies of {copied}" if copied else ""))
