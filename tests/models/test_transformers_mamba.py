@@ -89,3 +89,25 @@ def test_the_decode_convolution_is_one_corey_call(dtype=torch.bfloat16):
     site = "transformers.models.mamba.modeling_mamba.causal_conv1d_update"
     decode = [r for r in corey_compile.all_reports() if site in r.known_calls]
     assert decode and all(r.known_calls[site] == ["one call", "one call"] for r in decode)
+
+
+@pytest.mark.skipif(not hasattr(modeling, "causal_conv1d_update"),
+                    reason="transformers before 5.15 convolves its decode step inside the mixer's method")
+@pytest.mark.parametrize("new_steps, activation, became", [
+    (1, "silu", "one call"), (1, None, "one call"), (1, "gelu", "traced as written: an activation other than SiLU"),
+    (2, "silu", "traced as written: more than one new step")])
+def test_the_decode_convolution_stand_in_takes_only_what_it_computes(new_steps, activation, became):
+    g = torch.Generator().manual_seed(new_steps)
+    hidden, state = torch.randn(2, 8, new_steps, generator=g), torch.randn(2, 8, 4, generator=g)
+    weight, bias = torch.randn(8, 4, generator=g), torch.randn(8, generator=g)
+    want_state = state.clone()
+    want = modeling.causal_conv1d_update(hidden, want_state, weight, bias, activation)
+    corey_compile.clear_reports()
+    torch._dynamo.reset()
+    step = torch.compile(lambda h, s: modeling.causal_conv1d_update(h, s, weight, bias, activation), backend="corey",
+                         options={"inner_compiler": "eager"})
+    got = step(hidden, state)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, want_state)  # the cache's window, shifted in place either way
+    (report,) = corey_compile.all_reports()
+    assert report.known_calls == {"transformers.models.mamba.modeling_mamba.causal_conv1d_update": [became]}
