@@ -179,7 +179,7 @@ class _Stream:
                 found += self._readers(user)
             elif user.op == "call_function" and user.target is operator.getitem and _keeps_channels(user):
                 found += self._readers(user)
-            elif _scales_tokens(user, node):  # a padding mask, (b, l, 1): it commutes with the rotation
+            elif _scales_tokens(user, node, self.embedding):  # a padding mask (b, l, 1): it commutes with Q
                 found += self._readers(user)
             elif user.op == "call_function" and user.target in _LINEAR and _linear_parts(user)[0] is node:
                 if not _placeholder(_linear_parts(user)[1]):
@@ -192,14 +192,26 @@ class _Stream:
         return found
 
 
-def _scales_tokens(node: fx.Node, stream: fx.Node) -> bool:
+def _scales_tokens(node: fx.Node, stream: fx.Node, embedding: fx.Node) -> bool:
     """Whether ``node`` multiplies ``stream`` by one factor per token (a tensor whose last dimension is 1, such as
-    transformers' ``hidden_states * attention_mask[:, :, None]``), which commutes with a rotation of the channels."""
+    transformers' ``hidden_states * attention_mask[:, :, None]``), which commutes with a rotation of the channels.
+    The factor must not be computed from the residual stream (from ``embedding`` on): one channel of it, say,
+    would change under the rotation."""
     if op_name(node) != "mul" or len(node.args) != 2 or stream not in node.args[:2]:
         return False
     other = node.args[1] if node.args[0] is stream else node.args[0]
     value = meta_value(other) if isinstance(other, fx.Node) else None
-    return value is not None and value.dim() >= 1 and value.shape[-1] == 1 and other is not stream
+    if value is None or value.dim() < 1 or value.shape[-1] != 1 or other is stream:
+        return False
+    pending, seen = [other], set()
+    while pending:  # the factor's inputs, back to the graph's inputs
+        current = pending.pop()
+        if current is embedding:
+            return False
+        if current not in seen:
+            seen.add(current)
+            pending.extend(current.all_input_nodes)
+    return True
 
 
 def _keeps_channels(node: fx.Node) -> bool:

@@ -165,3 +165,25 @@ def test_with_measure_the_report_has_each_rotated_activation_before_and_after():
     assert online["after"]["max_over_rms"] < online["before"]["max_over_rms"] / 2
     assert online["after"]["int8_token_error"] < online["before"]["int8_token_error"]
     assert online["after"]["output"]["int4_token_error"] < online["before"]["output"]["int4_token_error"]
+
+
+def test_a_per_token_factor_computed_from_the_stream_is_declined():
+    # x * x[..., :1] is one factor per token, but taken from one channel of the stream: the rotation changes it
+    model = _model(48)
+    mixer = model.backbone.layers[0].mixer
+    original_forward = mixer.forward
+
+    def forward(hidden_states, *args, **kwargs):
+        return original_forward(hidden_states * hidden_states[..., :1], *args, **kwargs)
+
+    mixer.forward = forward
+    ids = torch.randint(1, 128, (1, 10), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        want = model(ids, use_cache=False).logits
+        torch._dynamo.reset()
+        corey_compile.clear_reports()
+        got = torch.compile(model, backend="corey", options={"hadamard": True, "inner_compiler": "eager"})(
+            ids, use_cache=False).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    _, declines = _fold_records()
+    assert declines and "reads a normalized stream and is not a projection" in declines[0].reason
