@@ -41,14 +41,6 @@ SCHEMES = {"fp32": None, "W8A8": (8, 8), "W4A8": (4, 8)}
 _LINEAR = {torch._C._nn.linear, F.linear}
 
 
-def _quantize_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    return fake_quantize(weight, bits, per_token=True)  # a row of W is an output channel
-
-
-def _quantize_activation(x: torch.Tensor, bits: int) -> torch.Tensor:
-    return fake_quantize(x, bits, per_token=True)
-
-
 def fake_quantized(gm: fx.GraphModule, weight_bits: int, activation_bits: int, vocab: int) -> int:
     """Fake-quantize every ``linear`` of ``gm`` whose output is not the vocabulary (the LM head); the count."""
     count = 0
@@ -60,8 +52,9 @@ def fake_quantized(gm: fx.GraphModule, weight_bits: int, activation_bits: int, v
             continue
         x, weight = node.args[0], node.args[1]
         with gm.graph.inserting_before(node):
-            qx = gm.graph.call_function(_quantize_activation, (x, activation_bits))
-            qw = gm.graph.call_function(_quantize_weight, (weight, weight_bits))
+            # per row: a token of the input, an output channel of the weight
+            qx = gm.graph.call_function(fake_quantize, (x, activation_bits, True))
+            qw = gm.graph.call_function(fake_quantize, (weight, weight_bits, True))
         node.replace_input_with(x, qx)
         node.replace_input_with(weight, qw)
         count += 1

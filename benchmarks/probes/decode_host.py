@@ -30,17 +30,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corey_compile.models import build_mamba  # noqa: E402
-
-PROMPT = 32
-
-
-def _sync_time(fn) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
+from generate_profile import PROMPT, timed  # noqa: E402  (the probe beside this one)
 
 
 def _decoder(model):
@@ -65,7 +57,7 @@ def measure(step, token, label: str, results: dict, profile_dir: str | None = No
 
     for _ in range(4):
         loop(8)
-    results[f"{label}_loop_us"] = round(statistics.median(_sync_time(lambda: loop(64)) / 64 for _ in range(5)) * 1e6, 1)
+    results[f"{label}_loop_us"] = round(statistics.median(timed(lambda: loop(64)) / 64 for _ in range(5)) * 1e6, 1)
     hosts = []
     for _ in range(30):
         torch.cuda.synchronize()
@@ -76,7 +68,7 @@ def measure(step, token, label: str, results: dict, profile_dir: str | None = No
     with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
         loop(8)
         results[f"{label}_loop_guards_skipped_us"] = round(
-            statistics.median(_sync_time(lambda: loop(64)) / 64 for _ in range(5)) * 1e6, 1)
+            statistics.median(timed(lambda: loop(64)) / 64 for _ in range(5)) * 1e6, 1)
     if profile_dir:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -105,7 +97,7 @@ def gpu_time(model, results: dict) -> None:
     with torch.cuda.graph(graph):
         step(static)
     graph.replay()
-    per = [_sync_time(lambda: [graph.replay() for _ in range(100)]) / 100 for _ in range(5)]
+    per = [timed(lambda: [graph.replay() for _ in range(100)]) / 100 for _ in range(5)]
     results["gpu_replay_us"] = round(statistics.median(per) * 1e6, 1)
     hosts = []
     for _ in range(30):

@@ -313,13 +313,13 @@ def fold_hadamard(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         x, original, bias = _linear_parts(projection)
         value = q.T @ real(original)
         width, why = _online_input(projection)
-        if captured is not None and width is not None:
-            before = captured[x].to(torch.float64)
-            transform = hadamard_matrix(width).T.to(before.device) / width**0.5
-            measured.append((f"{projection.name} input (online transform)", before, before @ transform,
-                             real(original), value.to(before.device) @ transform))
         if width is not None:
-            value = value @ (hadamard_matrix(width).T.to(value.device) / width**0.5)
+            transform = hadamard_matrix(width).T.to(value.device) / width**0.5
+            if captured is not None:  # out_proj's input x before, x P after (its weight W, then Qᵀ W P)
+                before = captured[x].to(torch.float64)
+                measured.append((f"{projection.name} input (online transform)", before,
+                                 before @ transform.to(before.device), real(original), value @ transform))
+            value = value @ transform
             if width not in mixings:  # a constant of the graph: the op allocates nothing when it runs
                 with graph.inserting_before(first):
                     mixings[width] = constant(f"mixing{width}", mixing_matrix(width, "cpu"), x, torch.float32)

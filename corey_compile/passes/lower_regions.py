@@ -233,9 +233,8 @@ def _emit_step(graph: fx.Graph, region: Region, args: dict) -> int:
     output, copy = args["output"], region.state_write
     vector = lambda operand: upcast_source(permute_to(graph, operand, ("d",))) if operand else None  # noqa: E731
     with graph.inserting_before(output):
-        A, A_is_log = permute_to(graph, region.A, DN), False
-        if region.A.labels == DN and log_of_negative_exp(region.A.node) is not None:  # -exp(A_log) in the kernel
-            A, A_is_log = log_of_negative_exp(region.A.node), True
+        A_log = log_of_negative_exp(region.A.node) if region.A.labels == DN else None  # -exp(A_log) in the kernel
+        A, A_is_log = (A_log, True) if A_log is not None else (permute_to(graph, region.A, DN), False)
         step = graph.call_function(STEP_OP, (), dict(
             state=region.state, x=permute_to(graph, region.u, BD), dt=permute_to(graph, args["delta"], BD),
             A=A, B=permute_to(graph, region.B, BN), C=permute_to(graph, region.C, BN),

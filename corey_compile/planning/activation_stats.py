@@ -25,6 +25,12 @@ def _relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
     return float((x - approx).norm() / norm) if norm > 0 else 0.0
 
 
+def _quantization_errors(x: torch.Tensor, error_of) -> dict:
+    """``error_of(q(x))`` for int8 and int4 fake quantization ``q``, per tensor and per token, by name."""
+    return {f"int{bits}_{'token' if per_token else 'tensor'}_error": error_of(fake_quantize(x, bits, per_token))
+            for bits in (8, 4) for per_token in (False, True)}
+
+
 def activation_metrics(x: torch.Tensor, bins: int = 256) -> dict:
     """max|x| / RMS, kurtosis (Pearson's: 3 for a Gaussian), H / log K of a ``bins``-bin histogram, and the
     relative error of int8 and int4 fake quantization per tensor and per token."""
@@ -36,11 +42,7 @@ def activation_metrics(x: torch.Tensor, bins: int = 256) -> dict:
         "kurtosis": float(centered.pow(4).mean() / variance.pow(2)) if variance > 0 else 0.0,
         "entropy_ratio": histogram_entropy(x, bins=bins)["normalized"],
     }
-    for bits in (8, 4):
-        for per_token in (False, True):
-            key = f"int{bits}_{'token' if per_token else 'tensor'}_error"
-            metrics[key] = _relative_error(x, fake_quantize(x, bits, per_token))
-    return metrics
+    return {**metrics, **_quantization_errors(x, lambda quantized: _relative_error(x, quantized))}
 
 
 def rotation_metrics(x: torch.Tensor, q: torch.Tensor, bins: int = 256) -> dict:
@@ -55,9 +57,4 @@ def output_errors(x: torch.Tensor, weight: torch.Tensor) -> dict:
     x = x.detach().to(torch.float64).reshape(-1, x.shape[-1])
     weight = weight.detach().to(torch.float64)
     exact = x @ weight.T
-    errors = {}
-    for bits in (8, 4):
-        for per_token in (False, True):
-            key = f"int{bits}_{'token' if per_token else 'tensor'}_error"
-            errors[key] = _relative_error(exact, fake_quantize(x, bits, per_token) @ weight.T)
-    return errors
+    return _quantization_errors(x, lambda quantized: _relative_error(exact, quantized @ weight.T))
