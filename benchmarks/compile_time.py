@@ -80,6 +80,7 @@ def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
                    "symbolic": sorted({s for v in r.symbolic.values() for s in v}),
                    "recompile_reason": r.recompile_reason, "regions": len(r.regions),
                    "forms": sorted({x.form for x in r.regions}), "nodes": r.nodes_before,
+                   "shared_layers": r.shared_layers,
                    "passes": {p.name: p.seconds for p in r.passes}}
                   for r in corey_compile.all_reports()[reports_before:]]
         print(json.dumps({"seqlen": seqlen, "seconds": round(seconds, 3),

@@ -20,6 +20,7 @@ from .codegen.warmup import start_warmup
 from .options import resolve_options
 from .passes import CompileContext, PassError, pipeline_for, run_pipeline
 from .passes.graph_reading import meta_value, written_by
+from .passes.share_layers import share_layers
 from .report import CompileReport
 
 _REPORTS: list[CompileReport] = []
@@ -175,6 +176,52 @@ def _inner_compile(gm: fx.GraphModule, example_inputs, options, mode: str | None
     return compile_fx(gm, example_inputs, config_patches=patches)
 
 
+def _dynamo_control_exceptions() -> tuple:
+    """Exceptions by which the inner compiler asks Dynamo to trace again (with a float it could not keep
+    symbolic made a constant, say): they pass through corey's fallbacks."""
+    try:
+        from torch._dynamo.exc import RestartAnalysis
+
+        return (RestartAnalysis,)
+    except ImportError:
+        return ()
+
+
+_DYNAMO_CONTROL = _dynamo_control_exceptions()
+
+
+def _compile_sharing_layers(gm: fx.GraphModule, example_inputs, options, mode, cuda_graphs: bool,
+                            report: CompileReport):
+    """The inner compiler on ``gm`` with its identical layers shared (``passes/share_layers.py``) where
+    that applies; on the graph as it is where it does not, or where sharing fails (the report says why)."""
+    if not options.share_layers or options.inner_compiler != "inductor" or _requires_grad(example_inputs):
+        return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
+    shared_gm = copy_graph_module(gm)
+    try:
+        shared = share_layers(shared_gm)
+    except Exception as exc:  # noqa: BLE001 - a graph the pass misreads compiles unshared
+        report.decline("share_layers", f"{type(exc).__name__}: {exc}; compiled every layer", "share_layers")
+        return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
+    report.shared_layers = shared.summary()
+    alike: dict = {}
+    for layer, kind, detail in shared.declined:
+        alike.setdefault(kind, []).append((layer, detail))
+    for kind, layers in alike.items():
+        what = layers[0][0] + (f" and {len(layers) - 1} more" if len(layers) > 1 else "")
+        report.decline(what, f"layer not shared: {kind} ({layers[0][1]})", "share_layers")
+    if not shared.shared:
+        return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
+    try:
+        return _inner_compile(shared_gm, example_inputs, options, mode, cuda_graphs)
+    except Exception as exc:  # noqa: BLE001 - this torch's inner compiler refused the shared graph
+        if options.strict or isinstance(exc, _DYNAMO_CONTROL):
+            raise
+        first_line = (str(exc).splitlines() or [""])[0]
+        report.shared_layers += f"; the inner compiler refused it ({type(exc).__name__}: {first_line}), " \
+                                "so every layer was compiled"
+        return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
+
+
 # Methods and functions that give a view of their first argument: a write to the view writes the input.
 _VIEWS = {"view", "view_as", "reshape", "transpose", "permute", "unsqueeze", "squeeze", "select", "narrow", "expand",
           "__getitem__", "getitem", "unflatten", "flatten", "movedim", "t", "split", "chunk", "unbind", "as_strided"}
@@ -322,10 +369,12 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
     start = time.perf_counter()
     try:
         with _CudaGraphSkips() as skips:
-            compiled = _inner_compile(rewritten, example_inputs, opts, mode, capture)
-    except BaseException:
+            compiled = _compile_sharing_layers(rewritten, example_inputs, opts, mode, capture, report)
+    except BaseException as exc:
         if warmup is not None:
             warmup.cancel()
+        if isinstance(exc, _DYNAMO_CONTROL) and report in _REPORTS:  # Dynamo drops this graph and traces again
+            _REPORTS.remove(report)
         raise
     report.seconds["inner_compiler"] = round(time.perf_counter() - start, 4)
     if opts.cuda_graphs and not capture:

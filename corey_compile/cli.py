@@ -291,6 +291,8 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
             lines.append(f"compiled again because: {report.recompile_reason}")
         if report.cuda_graphs:
             lines.append(f"CUDA graphs: {report.cuda_graphs}")
+        if report.shared_layers:
+            lines.append(f"layers handed to the inner compiler: {report.shared_layers}")
         if report.known_calls:
             rows = [[site, len(calls), "; ".join(sorted(set(calls)))] for site, calls in report.known_calls.items()]
             lines += ["", "known functions traced:", tabulate(rows, headers=["function", "calls", "became"])]

@@ -128,6 +128,10 @@ OPTIONS = (
     OptionSpec("cuda_graphs", False, "COREY_CUDA_GRAPHS", "bool",
                "capture each compiled graph in CUDA graphs, replayed on later calls (Inductor's CUDA graph "
                "trees); mode=\"reduce-overhead\" turns it on"),
+    OptionSpec("share_layers", True, "COREY_SHARE_LAYERS", "bool",
+               "with Inductor, hand each distinct layer body to it once, called for every layer with that body "
+               "(torch.ops.higher_order.invoke_subgraph), so that compile time does not grow with depth; "
+               "layers that write a cache in place stay inline"),
     OptionSpec("token_reductions", True, "COREY_TOKEN_REDUCTIONS", "bool",
                "with Inductor on a CUDA GPU, write matrix products with one row (weights up to 32 MiB) and "
                "depthwise conv1d read at their last position as products and sums, which Inductor fuses with "

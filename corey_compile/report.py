@@ -75,6 +75,7 @@ class CompileReport:
     recompile_reason: str = ""  # the guard that failed, when Dynamo compiled this frame again
     known_calls: dict = field(default_factory=dict)  # site -> what each call of a known function became
     cuda_graphs: str = ""  # "" (not asked for), "on", or why the inner compiler left them off
+    shared_layers: str = ""  # what passes/share_layers.py did: layers, distinct bodies, each body's calls
     static_inputs: list = field(default_factory=list)  # inputs written in place, marked as fixed-address for CUDA graphs
     # per activation a Hadamard rotation changed (option hadamard with measure): its metrics before and after
     hadamard_metrics: list = field(default_factory=list)

@@ -1,7 +1,7 @@
 """Compile corey's prefill kernels for an H100/H200 (sm_90) on a machine without a GPU, and time each stage.
 
 Usage: python benchmarks/probes/offline_compile.py [--shape 1 2048 2048] [--dtype float16] [--chunk 128]
-           [--bc-states N] [--out results.json]
+           [--bc-states N] [--stages 1|2] [--pipeline 0|1] [--out results.json]
 
 The arguments of a real call are taken by calling ``selective_scan_chunked`` on CPU tensors with the kernel
 launcher replaced by a recorder (``PTX`` forced on, as on an NVIDIA GPU); Triton's specialization of them
@@ -39,7 +39,8 @@ from corey_compile.codegen.selective_scan import chunk  # noqa: E402
 _TYPES = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
 
-def recorded_launches(batch: int, dim: int, seqlen: int, dtype: torch.dtype, chunk_size: int, bc_states):
+def recorded_launches(batch: int, dim: int, seqlen: int, dtype: torch.dtype, chunk_size: int, bc_states,
+                      stages=None, pipeline=None):
     """The (tensors, ints, constexprs, num_warps) of each prefill kernel a call of this shape launches."""
     calls = []
     real = chunk._launch_scan
@@ -50,7 +51,8 @@ def recorded_launches(batch: int, dim: int, seqlen: int, dtype: torch.dtype, chu
         u, delta, z = (torch.randn(batch, dim, seqlen, generator=g).to(dtype) for _ in range(3))
         B, C = (torch.randn(batch, 16, seqlen, generator=g).to(dtype) for _ in range(2))
         chunk.selective_scan_chunked(u, delta, -torch.rand(dim, 16), B, C, torch.randn(dim), z, torch.randn(dim), True,
-                                     chunk_size=chunk_size, bc_states=bc_states)
+                                     chunk_size=chunk_size, bc_states=bc_states, stages=stages,
+                                     pipeline=pipeline)
     finally:
         chunk._launch_scan = real
     return calls
@@ -96,12 +98,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float16")
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--bc-states", type=int, default=None)
+    parser.add_argument("--stages", type=int, default=None, help="Triton's pipelining of the chunk loop (1 or 2)")
+    parser.add_argument("--pipeline", type=int, default=None, help="next chunk's u, delta, z in registers (0 or 1)")
     parser.add_argument("--out")
     args = parser.parse_args()
     rows = []
     for tensors, ints, constexprs, num_warps in recorded_launches(*args.shape, getattr(torch, args.dtype), args.chunk,
-                                                                   args.bc_states):
+                                                                   args.bc_states, args.stages, args.pipeline):
         row = {"shape": args.shape, "dtype": args.dtype, "chunk": args.chunk, "bc_states": constexprs["BC_STATES"],
+               "stages": constexprs["STAGES"], "pipeline": constexprs["PIPELINE"],
                "num_warps": num_warps, **compile_one(chunk._selective_scan_fwd_kernel, tensors, ints, constexprs,
                                                      num_warps)}
         print(json.dumps(row), flush=True)

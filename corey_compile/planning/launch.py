@@ -83,18 +83,23 @@ class StepLaunch:
         return asdict(self)
 
 
-def scan_schedule(chunk: int) -> dict:
-    """How a program overlaps loads with the scan, by chunk.
+def scan_schedule(chunk: int, element_size: int = 2) -> dict:
+    """How a program overlaps loads with the scan, by chunk and input width.
 
-    Long chunks (few channels, one sequence) let Triton software-pipeline the loop over chunks
-    (``stages=2``: every load of the next chunk, B and C included, is copied into shared memory
-    while this one is scanned), keep A in registers and widen bfloat16 B and C in pairs. Short
-    chunks (many channels) run eight programs per multiprocessor, whose shared memory would not
-    hold the copies: they load the next chunk's u, delta and z into registers instead and read A
-    each chunk (holding A, and widening in pairs, were slower there).
+    Long chunks (few channels, one sequence) keep A in registers and widen bfloat16 B and C in pairs.
+    In half precision Triton software-pipelines their loop over chunks (``stages=2``: every load of
+    the next chunk, B and C included, is copied into shared memory while this one is scanned). Float32
+    inputs double those copies: there the next chunk's u, delta and z go into registers instead
+    (``pipeline=1``), as for short chunks. Measured on an H200 at b=1, d=2048, l=2048, chunk 128
+    (benchmarks/results/h200_2026-12-02b): float32 2.5x faster that way (200 against 509 µs in a
+    CUDA graph), float16 and bfloat16 1.3-1.4x slower (74 against 53 µs). Short chunks (many
+    channels) run eight programs per multiprocessor, whose shared memory would not hold the copies:
+    they load ahead into registers and read A each chunk (holding A, and widening in pairs, were
+    slower there).
     """
     long_chunk = chunk >= LONG_CHUNK
-    return {"pipeline": 0 if long_chunk else 1, "stages": 2 if long_chunk else 1, "hoist_a": long_chunk,
+    copies_ahead = long_chunk and element_size <= 2
+    return {"pipeline": 0 if copies_ahead else 1, "stages": 2 if copies_ahead else 1, "hoist_a": long_chunk,
             "widen_bc_pairs": long_chunk}
 
 
@@ -112,7 +117,7 @@ def scan_launch(batch: int, dim: int, groups: int, element_size: int, bc_bfloat1
     """The prefill launch for this shape and chunk; any keyword given overrides the default."""
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk}")
-    schedule = scan_schedule(chunk)
+    schedule = scan_schedule(chunk, element_size)
     overrides = {"pipeline": pipeline, "stages": stages, "hoist_a": hoist_a, "widen_bc_pairs": widen_bc_pairs}
     schedule.update({k: v for k, v in overrides.items() if v is not None})
     if schedule["pipeline"] not in (0, 1):

@@ -101,6 +101,13 @@ def test_the_planner_under_every_chunk_policy(policy, batch, dim, seqlen, expect
     assert policy in plan.reasons[0]
 
 
+@pytest.mark.parametrize("element_size, chunk, stages, pipeline", [
+    (2, 128, 2, 0), (4, 128, 1, 1), (2, 64, 2, 0), (4, 256, 1, 1), (2, 32, 1, 1), (4, 16, 1, 1)])
+def test_long_chunks_copy_ahead_through_shared_memory_in_half_precision_only(element_size, chunk, stages, pipeline):
+    launch = scan_launch(1, 2048, 1, element_size, False, chunk)
+    assert (launch.stages, launch.pipeline, launch.hoist_a) == (stages, pipeline, chunk >= 64)
+
+
 def test_the_planner_for_steps_and_the_fusion_policies():
     step = RegionFacts(kind="step", batch=16, dim=2048, seqlen=1, dstate=16, groups=1, dtype="float16",
                        bc_dtype="float16", producers=("softplus",), consumers=("D", "z"))

@@ -1,0 +1,268 @@
+"""Share identical layers with the inner compiler: each distinct layer body becomes one subgraph,
+called once per layer through ``torch.ops.higher_order.invoke_subgraph``.
+
+A Dynamo graph of a 24-layer model holds 24 copies of the same layer, and Inductor lowers and
+schedules every copy (most of a first call's compile time, and it grows with depth). Handed one
+subgraph per distinct body, AOT autograd traces it once and Inductor lowers it once, then calls it
+for every layer with that layer's parameters and activations. This is the graph torch's own
+``torch.compiler.nested_compile_region`` gives Inductor; here corey finds the layers itself, in any
+model's graph, without a decorator.
+
+What counts as a layer: the nodes Dynamo recorded under one module that is an element of a module list
+(``...layers.3``), read from ``nn_module_stack``; nodes corey's passes created take the layer of the
+nodes around them, and arithmetic on the inputs' sizes belongs to none. Two layers share a body when their nodes compute the same operations on inputs of
+the same shapes, strides and dtypes (``body_key``). A layer is left inline, with the reason recorded,
+where sharing would change what runs: its nodes are not contiguous in the graph, it writes to a tensor
+it did not create (a cache updated in place), or it calls a submodule. Nothing is shared unless some
+body occurs at least twice.
+"""
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+
+from .graph_reading import meta_value, written_by
+
+# An element of a module list in Dynamo's module paths: "L['self'].backbone.layers.3" or "...layers[3]".
+_ELEMENT = re.compile(r"^(?P<list>.+?)(?:\.|\[)(?P<index>\d+)\]?$")
+
+
+@dataclass
+class SharedLayers:
+    """What ``share_layers`` did: the layers found, the distinct bodies, and what it left inline and why."""
+
+    layers: int = 0
+    shared: list = field(default_factory=list)  # (body name, how many layers call it)
+    declined: list = field(default_factory=list)  # (layer, kind of reason, the reason in full)
+
+    def summary(self) -> str:
+        if not self.layers:
+            return "no layers found"
+        calls = sum(count for _, count in self.shared)
+        text = f"{self.layers} layers"
+        if self.shared:
+            text += f", {calls} of them calling {len(self.shared)} shared "
+            text += ("body" if len(self.shared) == 1 else "bodies") + " ("
+            text += ", ".join(f"{name} ×{count}" for name, count in self.shared) + ")"
+        inline = self.layers - calls
+        if inline:
+            text += f", {inline} inline" + (f" ({len(self.declined)} declined, see the declines)" if self.declined else "")
+        return text
+
+
+def layer_of(node: fx.Node) -> str | None:
+    """The outermost module-list element ``node`` was traced under, from Dynamo's ``nn_module_stack``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for path, _type in stack.values():
+        path = path if isinstance(path, str) else str(path)
+        if _ELEMENT.match(path):
+            return path
+    return None
+
+
+def _hoist_size_arithmetic(gm: fx.GraphModule) -> set:
+    """Move arithmetic on the graph inputs' sizes (``-s0``, ``x.size(1)``), which Dynamo computes once in
+    the first layer that needs it and every later layer reuses, to just after the inputs; return it.
+    It then belongs to no layer, and the first layer's body is the same as the others'."""
+    hoisted: set = set()
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if not placeholders:
+        return hoisted
+    anchor = placeholders[-1]
+    for node in list(gm.graph.nodes):
+        if node.op not in ("call_function", "call_method") or written_by(node) \
+                or not isinstance(meta_value(node), (int, torch.SymInt, torch.Size)):
+            continue
+        if all(arg.op == "placeholder" or arg in hoisted for arg in node.all_input_nodes):
+            anchor.append(node)
+            anchor = node
+            hoisted.add(node)
+    return hoisted
+
+
+_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
+
+
+def _floating_tensor(node) -> bool:
+    value = meta_value(node)
+    return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
+
+
+def _unwrap_float_inputs(gm: fx.GraphModule) -> int:
+    """Where Dynamo made a float an input (``dynamic=True`` does so with a norm's epsilon), it passes a
+    0-d float64 tensor and reads it with ``.item()`` in the layer; a shared body cannot read a tensor's
+    value. Where every use is arithmetic with a floating tensor, use the 0-d tensor itself: PyTorch
+    promotes a 0-d tensor as it does a Python number there (the other tensor's dtype wins), so the
+    values are the same. Return how many reads were replaced."""
+    replaced = 0
+    for node in list(gm.graph.nodes):
+        if not (node.op == "call_method" and node.target == "item" and len(node.args) == 1
+                and node.args[0].op == "placeholder" and _floating_tensor(node.args[0])
+                and meta_value(node.args[0]).dim() == 0):
+            continue
+        if all(user.op == "call_function" and user.target in _ARITHMETIC and not user.kwargs and len(user.args) == 2
+               and any(arg is not node and _floating_tensor(arg) for arg in user.args) for user in node.users):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            replaced += 1
+    return replaced
+
+
+def _assign_layers(gm: fx.GraphModule) -> dict:
+    """Each computing node's layer (None: outside every layer). A node corey's passes created (which
+    Dynamo never saw) takes its neighbours' layer when they all agree."""
+    hoisted = _hoist_size_arithmetic(gm)
+    computing = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    layers = {n: None if n in hoisted else layer_of(n) for n in computing}
+    unknown = [n for n in computing if layers[n] is None and "corey_pass" in n.meta]
+    changed = True
+    while changed:
+        changed = False
+        for node in unknown:
+            if layers[node] is not None:
+                continue
+            around = {layers.get(other) for other in [*node.all_input_nodes, *node.users] if other in layers}
+            around.discard(None)
+            if len(around) == 1:
+                layers[node] = around.pop()
+                changed = True
+    return layers
+
+
+def _describe(value):
+    """What about an input decides the compiled body: its dtype, shape, strides and device."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", str(value.dtype), tuple(str(s) for s in value.shape),
+                tuple(str(s) for s in value.stride()), value.device.type)
+    if isinstance(value, torch.SymInt):
+        return ("symint", str(value))
+    return ("other", repr(value))
+
+
+def _target_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f"method:{node.target}"
+    target = node.target
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', None) or repr(target)}:{target!r}"
+
+
+def body_key(nodes: list, inputs: list) -> tuple:
+    """What two layers must agree on to share one compiled body: every operation with its arguments
+    (nodes named by position) and every input's dtype, shape and strides."""
+    index = {node: ("in", i) for i, node in enumerate(inputs)}
+    index.update({node: ("node", i) for i, node in enumerate(nodes)})
+
+    def encode(arg):
+        return fx.node.map_aggregate(arg, lambda a: index[a] if isinstance(a, fx.Node) else repr(a))
+
+    operations = tuple((n.op, _target_name(n), repr(encode(n.args)), repr(encode(n.kwargs))) for n in nodes)
+    return operations, tuple(_describe(meta_value(i)) for i in inputs)
+
+
+def _contiguous_groups(gm: fx.GraphModule, layers: dict) -> dict:
+    """Layer → its nodes in graph order, for layers whose nodes follow each other with nothing between."""
+    groups: dict = {}
+    order = [n for n in gm.graph.nodes if n in layers]
+    for node in order:
+        if layers[node] is not None:
+            groups.setdefault(layers[node], []).append(node)
+    position = {n: i for i, n in enumerate(order)}
+    return {layer: nodes for layer, nodes in groups.items()
+            if position[nodes[-1]] - position[nodes[0]] + 1 == len(nodes)}
+
+
+def _why_not(nodes: list) -> tuple[str, str] | None:
+    """(kind, detail) of what keeps this layer inline, or None."""
+    members = set(nodes)
+    for node in nodes:
+        if node.op == "call_module":
+            return "it calls a submodule", node.name
+        if node.target == "item" or isinstance(meta_value(node), (float, torch.SymFloat)):
+            # invoke_subgraph's operands are tensors and integers, and its body cannot read a tensor's value
+            return "it reads a number from a tensor, which a shared body cannot do", node.name
+        for written in written_by(node):
+            if written not in members:
+                return "it writes in place a tensor it did not create (a cache)", f"{node.name} writes {written.name}"
+    return None
+
+
+def _subgraph(nodes: list) -> tuple[fx.Graph, list, list]:
+    """The layer as a graph of its own: (graph, the outer nodes it reads, the nodes read after it)."""
+    members = set(nodes)
+    graph, env, inputs = fx.Graph(), {}, []
+    for node in nodes:
+        for arg in node.all_input_nodes:
+            if arg not in members and arg not in env:
+                placeholder = graph.placeholder(f"arg{len(inputs)}")
+                placeholder.meta = dict(arg.meta)
+                env[arg] = placeholder
+                inputs.append(arg)
+        env[node] = graph.node_copy(node, lambda a: env[a])
+    outputs = [n for n in nodes if any(user not in members for user in n.users)]
+    graph.output(tuple(env[n] for n in outputs))
+    return graph, inputs, outputs
+
+
+def share_layers(gm: fx.GraphModule) -> SharedLayers:
+    """Rewrite ``gm`` in place so that layers with the same body call one subgraph; say what it did."""
+    result = SharedLayers()
+    _unwrap_float_inputs(gm)
+    layers = _assign_layers(gm)
+    names = list(dict.fromkeys(layer for layer in layers.values() if layer is not None))
+    result.layers = len(names)
+    groups = _contiguous_groups(gm, layers)
+    candidates = []
+    for layer in names:
+        if layer not in groups:
+            result.declined.append((layer, "its nodes are not contiguous in the graph", layer))
+            continue
+        reason = _why_not(groups[layer])
+        if reason:
+            result.declined.append((layer, *reason))
+            continue
+        graph, inputs, outputs = _subgraph(groups[layer])
+        candidates.append((layer, groups[layer], graph, inputs, outputs, body_key(groups[layer], inputs)))
+    counts: dict = {}
+    for *_, key in candidates:
+        counts[key] = counts.get(key, 0) + 1
+    bodies: dict = {}  # key -> name
+    uses: dict = {}  # name -> layers calling it
+    replaced: dict = {}  # a layer's output -> what reads it from the call
+    for layer, nodes, graph, inputs, outputs, key in candidates:
+        if counts[key] < 2:
+            continue
+        if key not in bodies:
+            bodies[key] = f"corey_layer_{len(bodies)}"
+            gm.add_submodule(bodies[key], fx.GraphModule(gm, graph, class_name=bodies[key]))
+        name = bodies[key]
+        uses[name] = uses.get(name, 0) + 1
+        replaced.update(_replace(gm, nodes, [replaced.get(i, i) for i in inputs], outputs, name))
+    result.shared = list(uses.items())
+    if bodies:
+        gm.graph.lint()
+        gm.recompile()
+    return result
+
+
+def _replace(gm: fx.GraphModule, nodes: list, inputs: list, outputs: list, name: str) -> dict:
+    """Call ``name`` in place of ``nodes``; return each output's replacement."""
+    graph = gm.graph
+    with graph.inserting_before(nodes[0]):
+        body = graph.get_attr(name)
+        call = graph.call_function(torch.ops.higher_order.invoke_subgraph, (body, name, *inputs))
+        call.meta["val"] = tuple(meta_value(o) for o in outputs)
+        results = []
+        for i, out in enumerate(outputs):
+            item = graph.call_function(operator.getitem, (call, i))
+            item.meta = dict(out.meta)
+            results.append(item)
+    members = set(nodes)
+    for out, item in zip(outputs, results):
+        out.replace_all_uses_with(item, delete_user_cb=lambda user: user not in members)
+    for node in reversed(nodes):
+        graph.erase_node(node)
+    return dict(zip(outputs, results))

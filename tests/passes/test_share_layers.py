@@ -1,0 +1,134 @@
+"""passes/share_layers.py: identical layers handed to the inner compiler once, called through invoke_subgraph."""
+import pytest
+import torch
+import torch.nn as nn
+
+import corey_compile
+from corey_compile.models import build_mamba
+from corey_compile.passes.share_layers import share_layers
+
+INVOKE = torch.ops.higher_order.invoke_subgraph
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(width) + 0.5)
+        self.proj = nn.Linear(width, width)
+        self.eps = eps
+
+    def forward(self, x, saved=None):
+        if saved is not None:
+            saved.copy_(x)
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return x + torch.nn.functional.silu(self.proj(normed))
+
+
+class Widen(nn.Module):
+    def __init__(self, width: int, to: int):
+        super().__init__()
+        self.proj = nn.Linear(width, to)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class Net(nn.Module):
+    """Blocks in a module list, as model code writes them; ``widths`` gives each block's width (a Widen
+    between blocks of different widths), ``cache`` has every block write its input into its part of a
+    buffer."""
+
+    def __init__(self, widths, cache: bool = False):
+        super().__init__()
+        layers = []
+        for i, width in enumerate(widths):
+            if i and widths[i - 1] != width:
+                layers.append(Widen(widths[i - 1], width))
+            layers.append(Block(width))
+        self.layers = nn.ModuleList(layers)
+        self.cache = cache
+        if cache:
+            self.register_buffer("saved", torch.zeros(len(layers), 2, 3, widths[0]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.saved[i]) if self.cache else layer(x)
+        return x
+
+
+def dynamo_graph(model, x):
+    """The graph Dynamo hands a backend for ``model(x)``, and the inputs it is called with."""
+    captured = []
+
+    def backend(gm, example_inputs):
+        captured.append((gm, list(example_inputs)))
+        return gm.forward
+
+    torch.compile(model, backend=backend)(x)
+    (graph,) = captured
+    return graph
+
+
+def invoked(gm) -> list:
+    return [n.args[1] for n in gm.graph.nodes if n.op == "call_function" and n.target is INVOKE]
+
+
+def test_identical_layers_call_one_body_and_compute_the_same():
+    torch.manual_seed(0)
+    gm, inputs = dynamo_graph(Net([8] * 4).eval(), torch.randn(2, 3, 8))
+    with torch.no_grad():
+        ref = gm(*inputs)
+        result = share_layers(gm)
+        out = gm(*inputs)
+    assert result.layers == 4 and result.shared == [("corey_layer_0", 4)] and not result.declined
+    assert invoked(gm) == ["corey_layer_0"] * 4
+    assert isinstance(gm.corey_layer_0, torch.fx.GraphModule)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_layers_of_other_shapes_get_bodies_of_their_own_and_a_single_one_stays_inline():
+    torch.manual_seed(0)
+    gm, inputs = dynamo_graph(Net([8, 8, 16, 16, 32]).eval(), torch.randn(2, 3, 8))
+    with torch.no_grad():
+        ref = gm(*inputs)
+        result = share_layers(gm)
+        out = gm(*inputs)
+    # 7 layers: blocks of width 8, 8, 16, 16, 32 and the two Widens between them, each of its own shape
+    assert result.layers == 7
+    assert result.shared == [("corey_layer_0", 2), ("corey_layer_1", 2)]
+    assert invoked(gm) == ["corey_layer_0"] * 2 + ["corey_layer_1"] * 2
+    assert "4 of them calling 2 shared bodies" in result.summary() and "3 inline" in result.summary()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_a_layer_that_writes_a_cache_in_place_stays_inline():
+    torch.manual_seed(0)
+    model = Net([8] * 3, cache=True).eval()
+    gm, inputs = dynamo_graph(model, torch.randn(2, 3, 8))
+    result = share_layers(gm)
+    assert result.shared == [] and invoked(gm) == []
+    assert len(result.declined) == 3
+    assert all(kind.startswith("it writes in place") for _, kind, _ in result.declined)
+
+
+def test_a_graph_without_module_lists_is_left_alone():
+    gm, inputs = dynamo_graph(Block(8).eval(), torch.randn(2, 3, 8))
+    code = gm.code
+    result = share_layers(gm)
+    assert result.layers == 0 and result.summary() == "no layers found" and gm.code == code
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_mamba_under_inductor_shares_its_layers(dynamic):
+    # dynamic=True makes each layer's norm epsilon a float input read with .item(), which a shared body cannot
+    # take: the pass hands Inductor the 0-d tensor, and Inductor has Dynamo trace again with the float constant
+    model = build_mamba("tiny", num_hidden_layers=3, use_associative_scan=False, seed=0)
+    prompt = torch.randint(1, 256, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(prompt).logits
+        model.compile(backend="corey", dynamic=dynamic, options={"strict": True})
+        out = model(prompt).logits
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    (report,) = corey_compile.all_reports()
+    assert report.shared_layers == "3 layers, 3 of them calling 1 shared body (corey_layer_0 ×3)"
+    assert bool(report.symbolic) == bool(dynamic)
