@@ -387,6 +387,8 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
         start = time.perf_counter()
         report.seconds["kernel_warmup"] = round(warmup.join(), 4)  # in the background, beside the inner compiler
         report.seconds["kernel_warmup_waited"] = round(time.perf_counter() - start, 4)
+        if warmup.background:
+            report.seconds["kernel_warmup_background"] = warmup.background  # kernels of later lengths, not waited for
         if warmup.error:
             report.decline("kernel warm-up", f"{warmup.error}; the first run compiles the kernels instead")
     if recorder is not None:

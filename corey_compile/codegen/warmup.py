@@ -102,6 +102,7 @@ def _specialization(value):
 
 def _kernel_key(spec: dict) -> str:
     """Two jobs whose kernels Triton would compile alike (same chunk, part and argument specializations)."""
+    spec = {k: v for k, v in spec.items() if k != "needed"}
     return json.dumps({**_specialization(spec), "chunk": spec.get("chunk"), "kernels": spec.get("kernels")}, sort_keys=True)
 
 
@@ -125,7 +126,7 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
             shape = [_concrete(x, values or {}) for x in bound["u"].shape[:-1]] + [seqlen]
             return scan_chunk(shape, device, _concrete(bound["chunk_size"], {}), bound["chunk_policy"])
 
-        for values in _length_classes(bound["u"], chunk_of) or [{}]:
+        for index, values in enumerate(_length_classes(bound["u"], chunk_of) or [{}]):
             try:
                 call = {"op": node.target._opname, "args": [_spec(a, values) for a in args],
                         "kwargs": {k: _spec(v, values) for k, v in kwargs.items()}}
@@ -136,7 +137,8 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
             if seqlen == 1:
                 continue  # one step runs the decode kernel, which compiles in under a second
             for part in scan_kernel_parts(seqlen, chunk):
-                spec = {**call, "chunk": chunk, "kernels": part}
+                # the first length is the example's, which the first run launches: the compilation waits for it
+                spec = {**call, "chunk": chunk, "kernels": part, "needed": index == 0}
                 key = _kernel_key(spec)
                 if key not in seen:
                     seen.add(key)
@@ -162,16 +164,21 @@ class Warmup:
     """Child processes, one per distinct kernel (``op_calls``), each launching it once on zero tensors, so that
     Triton compiles the kernels into its on-disk cache beside the parent's inner compiler (a thread would share
     the parent's interpreter lock with it; one process per kernel compiles them side by side). The parent's
-    first launch then loads them from the cache. ``join()`` waits for them."""
+    first launch then loads them from the cache. ``join()`` waits for those the first run launches; the kernels
+    of later lengths go on compiling in the background (a later length that comes before its kernel is in the
+    cache compiles it itself, as it would without the warm-up)."""
 
     def __init__(self, specs: list, device: torch.device):
         self.error, self.seconds = None, 0.0
+        self.background = sum(not spec.get("needed", True) for spec in specs)
         package_root = str(pathlib.Path(__file__).resolve().parents[2])  # so the child finds corey from a checkout too
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
         self.start_time = time.perf_counter()
         self.processes = [subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(device), json.dumps([spec])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) for spec in specs]
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if spec.get("needed", True) else subprocess.DEVNULL,
+            text=True, env=env) for spec in specs]
+        self.needed = [spec.get("needed", True) for spec in specs]
 
     def cancel(self) -> None:
         """Stop the children (the compilation they served failed)."""
@@ -181,7 +188,9 @@ class Warmup:
             process.communicate()
 
     def join(self, timeout: float = 600.0) -> float:
-        for process in self.processes:
+        for process, needed in zip(self.processes, self.needed):
+            if not needed:
+                continue
             try:
                 _, err = process.communicate(timeout=max(1.0, timeout - (time.perf_counter() - self.start_time)))
                 if process.returncode != 0 and self.error is None:

@@ -1,6 +1,8 @@
 """The kernel warm-up's plan: which op calls a child process runs so that Triton compiles them beside
 Inductor (the compiling itself needs a GPU; here the calls are listed and run on the CPU)."""
 import json
+import subprocess
+import sys
 
 import torch
 
@@ -39,6 +41,8 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
     # batch stride 36·l is not divisible by 16 either, unlike 300's). 258 compiles like 257.
     assert kernels == [(300, 256, "whole"), (300, 256, "tail"), (256, 256, "whole"), (272, 256, "tail"),
                        (257, 256, "whole"), (257, 256, "tail")]
+    # The compilation waits for the kernels of 300 steps only; the others compile on in the background
+    assert [j["needed"] for j in jobs] == [True, True, False, False, False, False]
     for j in jobs:
         # The strides follow the length: u is delta's (b, d, l) layout, B a view of x_proj's (b, l, 36) output.
         seqlen = j["kwargs"]["u"]["sizes"][-1]
@@ -64,3 +68,19 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
             if isinstance(j["kwargs"].get(name), dict):
                 j["kwargs"][name]["sizes"][0] = 4
     warmup._main("cpu", json.dumps(jobs[:2]))
+
+
+def test_the_compilation_waits_for_the_kernels_of_its_own_length_only():
+    # A Warmup whose children are stand-ins: one the first run needs (it ends), one for a later length (it sleeps)
+    run = warmup.Warmup.__new__(warmup.Warmup)
+    run.error, run.seconds, run.background, run.start_time = None, 0.0, 1, __import__("time").perf_counter()
+    run.processes = [subprocess.Popen([sys.executable, "-c", "pass"], stderr=subprocess.PIPE, text=True),
+                     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
+    run.needed = [True, False]
+    try:
+        run.join()
+        assert run.processes[0].returncode == 0 and run.error is None
+        assert run.processes[1].poll() is None  # still compiling in the background
+    finally:
+        run.processes[1].kill()
+        run.processes[1].wait()
