@@ -8,14 +8,21 @@ import; a source checkout on ``sys.path`` (no entry point) registers it here.
 """
 from __future__ import annotations
 
-from . import known_functions
-from .backend import all_reports, clear_reports, corey_backend, last_report
-from .codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
-from .options import Options
-from .report import CompileReport
+import os
 
 __version__ = "0.1.0"
 __all__ = ["corey_backend", "last_report", "all_reports", "clear_reports", "Options", "CompileReport", "__version__"]
+
+# A kernel warm-up child (codegen/warmup.py) imports the kernels and ops alone: the compiler around them
+# (Dynamo, the passes, the stand-ins) takes a second or more to import and the child never uses it.
+_KERNELS_ONLY = os.environ.get("COREY_KERNELS_ONLY") == "1"
+
+if not _KERNELS_ONLY:
+    from . import known_functions
+    from .backend import all_reports, clear_reports, corey_backend, last_report
+    from .codegen import ops as _ops  # noqa: F401  (registers torch.ops.corey.*)
+    from .options import Options
+    from .report import CompileReport
 
 
 def _register_backend_without_entry_point() -> None:
@@ -34,6 +41,7 @@ def _register_backend_without_entry_point() -> None:
     register_backend(corey_backend, name="corey")
 
 
-_register_backend_without_entry_point()
-known_functions.install()
-known_functions.register_hooks()
+if not _KERNELS_ONLY:
+    _register_backend_without_entry_point()
+    known_functions.install()
+    known_functions.register_hooks()

@@ -24,8 +24,6 @@ import time
 import torch
 import torch.fx as fx
 
-from ..passes.graph_reading import meta_value
-
 # The prefill kernel takes Triton 20-30 s; the decode step compiles in under a second, less than a child
 # process takes to start, so its first launch compiles it.
 _OPS = {"selective_scan"}
@@ -110,6 +108,7 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
     """The warm-up's jobs, as JSON: one per distinct kernel the graph's corey op calls will compile (op name,
     concrete arguments, and for a scan its chunk and which of its two kernels), and for a scan over a
     symbolic length the kernels of the lengths after it too (``_length_classes``)."""
+    from ..passes.graph_reading import meta_value
     from .ops import scan_chunk
     from .selective_scan.chunk import scan_kernel_parts
 
@@ -172,7 +171,8 @@ class Warmup:
         self.error, self.seconds = None, 0.0
         self.background = sum(not spec.get("needed", True) for spec in specs)
         package_root = str(pathlib.Path(__file__).resolve().parents[2])  # so the child finds corey from a checkout too
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+                   COREY_KERNELS_ONLY="1")
         self.start_time = time.perf_counter()
         self.processes = [subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(device), json.dumps([spec])],

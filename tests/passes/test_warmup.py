@@ -84,3 +84,13 @@ def test_the_compilation_waits_for_the_kernels_of_its_own_length_only():
     finally:
         run.processes[1].kill()
         run.processes[1].wait()
+
+
+def test_a_warm_up_child_imports_the_kernels_without_the_compiler():
+    import os
+
+    code = ("import sys; from corey_compile.codegen.warmup import _main; _main('cpu', '[]'); "
+            "import torch; print(hasattr(torch.ops.corey, 'selective_scan'), 'corey_compile.known_functions' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, COREY_KERNELS_ONLY="1"),
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]  # the ops registered, the compiler (Dynamo's stand-ins) not imported
