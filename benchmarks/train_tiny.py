@@ -49,6 +49,33 @@ def held_out_text() -> torch.Tensor:
     return _text([p for i, p in enumerate(_sources()) if i % 10 == 0])
 
 
+def training_scan(hidden_states, dt, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                  return_last_state=False, **_):
+    """The selective scan of transformers' ``mamba_selective_scan`` loop, for training.
+
+    The same recurrence, in float32, stepping over time slices taken apart once (``unbind``): the
+    library's loop indexes the full (b, d, l, n) tensors at every step, and autograd writes a
+    full-size gradient for each index, which made one training step take 50 s on a CPU.
+    """
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dt.dtype)[..., None]
+    if delta_softplus:
+        dt = torch.nn.functional.softplus(dt)
+    decay = torch.exp(A[None, :, None, :] * dt[..., None])  # (b, d, l, n)
+    drive = dt[..., None] * B.transpose(1, 2)[:, None].float() * hidden_states[..., None].float()
+    state = hidden_states.new_zeros(hidden_states.shape[0], hidden_states.shape[1], A.shape[-1], dtype=torch.float32)
+    outputs = []
+    for decay_t, drive_t, c_t in zip(decay.unbind(2), drive.unbind(2), C.float().unbind(2)):
+        state = decay_t * state + drive_t
+        outputs.append((state * c_t[:, None, :]).sum(-1))
+    out = torch.stack(outputs, dim=-1).to(hidden_states.dtype)
+    if D is not None:
+        out = out + hidden_states * D[None, :, None]
+    if z is not None:
+        out = out * torch.nn.functional.silu(z)
+    return (out, state) if return_last_state else out
+
+
 def load(path: str | os.PathLike = OUT, dtype=torch.float32, device="cpu"):
     """The trained model saved at ``path``, in eval mode."""
     from transformers import MambaConfig, MambaForCausalLM
@@ -77,9 +104,13 @@ def main() -> None:
     from safetensors.torch import save_file
     from transformers import MambaConfig, MambaForCausalLM
 
+    import transformers.models.mamba.modeling_mamba as modeling
+
+    if hasattr(modeling, "mamba_selective_scan"):  # transformers 5.15 and later; earlier ones train their own loop
+        modeling.mamba_selective_scan = training_scan
     torch.manual_seed(0)
     text = training_text()
-    model = MambaForCausalLM(MambaConfig(**CONFIG)).to(args.device).train()
+    model = MambaForCausalLM(MambaConfig(**CONFIG, use_associative_scan=False)).to(args.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
