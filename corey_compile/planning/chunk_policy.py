@@ -14,6 +14,12 @@ CHUNK_POLICIES = ("occupancy", "seqlen", "fixed", "entropy", "entropy-guarded", 
 RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen", "autotune")  # the policies the op can apply per call from a name
 NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
 MIN_CHUNK, MAX_CHUNK = 16, 256
+# The occupancy policy: programs per multiprocessor it aims at, and the longest chunk it gives. On an H200
+# (benchmarks/results/h200_2026-12-02b, the 1.4b shapes' first block, fp16, b=1, d=4096, CUDA graphs) chunk
+# 64, 8 warps per multiprocessor, took 208 µs at l=2048 and 813 at 8192; 128 (16 warps) 106 and 419; 256
+# 116 and 385. At 8 warps the policy chose 64 there; at 16 it chooses 128. The cap keeps 128 where it
+# was measured and tuned (d=1536 and 2048 at b=1), which 16 warps alone would have made 256.
+OCCUPANCY_WARPS_PER_SM, OCCUPANCY_MAX_CHUNK = 16, 128
 # The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
 # partial chunk); long ones take the tile that keeps the most work in flight.
 SEQLEN_CHUNKS = ((16, 16), (64, 32), (float("inf"), 64))
@@ -35,8 +41,9 @@ def sm_count(device) -> int:
     return NOMINAL_SM_COUNT
 
 
-def occupancy_chunk(batch: int, dim: int, seqlen: int, sms: int, warps_per_sm: int = 8) -> int:
-    """The chunk that keeps about ``warps_per_sm`` one-warp programs on every multiprocessor.
+def occupancy_chunk(batch: int, dim: int, seqlen: int, sms: int, warps_per_sm: int = OCCUPANCY_WARPS_PER_SM) -> int:
+    """The longest chunk, up to ``OCCUPANCY_MAX_CHUNK``, that keeps about ``warps_per_sm`` one-warp programs
+    on every multiprocessor.
 
     A warp holds ``256 / chunk`` channels (``launch.program_shape``), ``chunk / 8`` lanes along
     the sequence. Few channels (one sequence, a small model) want long chunks, spreading each
@@ -45,7 +52,7 @@ def occupancy_chunk(batch: int, dim: int, seqlen: int, sms: int, warps_per_sm: i
     """
     channels_per_warp = batch * dim / (warps_per_sm * sms)
     chunk = WARP_SIZE * STEPS_PER_LANE / max(channels_per_warp, 1.0)
-    chunk = 1 << max(MIN_CHUNK.bit_length() - 1, min(MAX_CHUNK.bit_length() - 1, int(chunk).bit_length() - 1))
+    chunk = 1 << max(MIN_CHUNK.bit_length() - 1, min(OCCUPANCY_MAX_CHUNK.bit_length() - 1, int(chunk).bit_length() - 1))
     return min(chunk, max(MIN_CHUNK, next_power_of_2(seqlen)))
 
 

@@ -265,8 +265,10 @@ def test_occupancy_chunk_follows_the_channels_per_multiprocessor():
     from corey_compile.planning.chunk_policy import occupancy_chunk
 
     assert occupancy_chunk(batch=1, dim=2048, seqlen=2048, sms=132) == 128  # few channels: long chunks
-    assert occupancy_chunk(batch=8, dim=2048, seqlen=2048, sms=132) == 16  # many channels: short chunks
-    assert occupancy_chunk(batch=1, dim=64, seqlen=4096, sms=132) == 256  # never longer than 256
+    assert occupancy_chunk(batch=1, dim=4096, seqlen=2048, sms=132) == 128  # 16 warps a multiprocessor
+    assert occupancy_chunk(batch=1, dim=5120, seqlen=2048, sms=132) == 64
+    assert occupancy_chunk(batch=8, dim=2048, seqlen=2048, sms=132) == 32  # many channels: short chunks
+    assert occupancy_chunk(batch=1, dim=64, seqlen=4096, sms=132) == 128  # never longer than 128
     assert occupancy_chunk(batch=1, dim=2048, seqlen=40, sms=132) == 64  # nor than the sequence needs
     assert occupancy_chunk(batch=64, dim=8192, seqlen=1, sms=132) == 16
 

@@ -87,7 +87,7 @@ def test_the_state_update_matcher_records_a_step_region():
 
 
 @pytest.mark.parametrize("policy, batch, dim, seqlen, expected", [
-    ("occupancy", 1, 2048, 2048, 128), ("occupancy", 8, 2048, 2048, 16), ("occupancy", 1, 2048, 40, 64),
+    ("occupancy", 1, 2048, 2048, 128), ("occupancy", 8, 2048, 2048, 32), ("occupancy", 1, 2048, 40, 64),
     ("seqlen", 1, 2048, 10, 16), ("seqlen", 1, 2048, 50, 32), ("seqlen", 1, 2048, 5000, 64),
     ("fixed", 1, 2048, 2048, 32), ("fixed", 8, 2048, 7, 32),
 ])

@@ -31,16 +31,16 @@ def _graphs_for(lengths, monkeypatch):
 def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_lengths(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the ops' torch path: only the calls matter here
     static, symbolic = _graphs_for([512, 300], monkeypatch)
-    (job,) = warmup.op_calls(static)  # two identical layers, and 512 steps are two whole chunks of 256: one kernel
+    (job,) = warmup.op_calls(static)  # two identical layers, and 512 steps are four whole chunks of 128: one kernel
     assert job["op"] == "selective_scan" and job["kwargs"]["u"]["sizes"] == [1, 128, 512]
-    assert (job["chunk"], job["kernels"]) == (256, "whole")
+    assert (job["chunk"], job["kernels"]) == (128, "whole")
     jobs = warmup.op_calls(symbolic)
     kernels = [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"]) for j in jobs]
-    # 300 steps: a whole chunk and a partial one. Then the kernels of later lengths: 256 (16 divides it, no
+    # 300 steps: two whole chunks and a partial one. Then the kernels of later lengths: 256 (16 divides it, no
     # partial chunk), 272 (16 divides it, a partial chunk; its whole-chunk kernel is 256's), 257 (neither; B's
     # batch stride 36·l is not divisible by 16 either, unlike 300's). 258 compiles like 257.
-    assert kernels == [(300, 256, "whole"), (300, 256, "tail"), (256, 256, "whole"), (272, 256, "tail"),
-                       (257, 256, "whole"), (257, 256, "tail")]
+    assert kernels == [(300, 128, "whole"), (300, 128, "tail"), (256, 128, "whole"), (272, 128, "tail"),
+                       (257, 128, "whole"), (257, 128, "tail")]
     # The compilation waits for the kernels of 300 steps only; the others compile on in the background
     assert [j["needed"] for j in jobs] == [True, True, False, False, False, False]
     for j in jobs:
