@@ -5,8 +5,9 @@ Usage: python benchmarks/quantized_perplexity.py [--model benchmarks/models/tiny
            [--outliers 0] [--windows 64] [--seqlen 256] [--device cpu|cuda] [--out results.json]
 
 The model is the tiny byte-level Mamba of ``train_tiny.py`` (``--random``: the same shapes untrained, for
-checking the script). ``--outliers K`` multiplies K channels of every norm's weight by 30, a synthetic
-heavy-tailed stream (labelled so in the output). For each rotation (off, ``hadamard=True``) the model is
+checking the script). ``--outliers K`` multiplies K channels of each block's norm weight by 30 and divides
+in_proj's columns for them by 30: the same function, with K heavy channels in in_proj's input (synthetic,
+labelled so in the output). For each rotation (off, ``hadamard=True``) the model is
 compiled through corey's passes (eager inner compiler, ``token_reductions`` off so the projections stay
 ``linear`` calls); then every ``linear`` but the LM head is fake-quantized in the rewritten graph: its weight
 per output channel to 8 or 4 bits, its input per token to 8 bits, symmetric, round to nearest
@@ -38,6 +39,7 @@ from corey_compile.planning.activation_stats import fake_quantize  # noqa: E402
 from corey_compile.report import CompileReport  # noqa: E402
 
 SCHEMES = {"fp32": None, "W8A8": (8, 8), "W4A8": (4, 8)}
+OUTLIER_SCALE = 30.0
 _LINEAR = {torch._C._nn.linear, F.linear}
 
 
@@ -95,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(train_tiny.OUT))
     parser.add_argument("--random", action="store_true", help="the model's shapes, untrained (checks the script)")
-    parser.add_argument("--outliers", type=int, default=0, help="norm-weight channels multiplied by 30 (synthetic)")
+    parser.add_argument("--outliers", type=int, default=0, help="channels of each block's norm weight times 30, in_proj's columns for them / 30 (synthetic)")
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -110,11 +112,14 @@ def main() -> None:
         model = train_tiny.load(args.model, device=args.device)
     label = ("untrained" if args.random else "trained on the standard library")
     if args.outliers:
+        # Each block's norm output gets K channels 30 times larger and in_proj's columns for them 30 times
+        # smaller: the same function, with the heavy channels a quantizer of in_proj's input has to cover.
         with torch.no_grad():
-            for name, weight in model.named_parameters():
-                if name.endswith("norm.weight") or name.endswith("norm_f.weight"):
-                    weight[torch.arange(args.outliers) * 7 % weight.numel()] *= 30
-        label += f", {args.outliers} outlier channels per norm (synthetic)"
+            for layer in model.backbone.layers:
+                channels = torch.arange(args.outliers) * 7 % layer.norm.weight.numel()
+                layer.norm.weight[channels] *= OUTLIER_SCALE
+                layer.mixer.in_proj.weight[:, channels] /= OUTLIER_SCALE
+        label += f", {args.outliers} outlier channels in each block's in_proj input (synthetic, function unchanged)"
     text = train_tiny.held_out_text()
     step = (text.numel() - args.seqlen) // args.windows
     windows = torch.stack([text[i * step:i * step + args.seqlen] for i in range(args.windows)]).to(args.device)

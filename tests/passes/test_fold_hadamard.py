@@ -187,3 +187,33 @@ def test_a_per_token_factor_computed_from_the_stream_is_declined():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     _, declines = _fold_records()
     assert declines and "reads a normalized stream and is not a projection" in declines[0].reason
+
+
+def test_the_trained_tiny_model_rotated_gives_its_answers_and_flattens_its_heavy_channels(monkeypatch):
+    # benchmarks/models/tiny_stdlib: a byte-level Mamba trained on the standard library's sources
+    # (benchmarks/train_tiny.py), width 192 = 12·16; random fp32 weights are too well-conditioned to show outliers.
+    # The ops' torch path (the kernels at this width take Triton's interpreter minutes; tests/codegen checks them).
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import train_tiny
+
+    if not (train_tiny.OUT / "model.safetensors").exists():
+        pytest.skip("benchmarks/models/tiny_stdlib is not in this checkout")
+    prompt = train_tiny.held_out_text()[:48][None]
+    kwargs = dict(max_new_tokens=12, do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=0)
+    model = train_tiny.load()
+    with torch.no_grad():
+        want_logits, want_tokens = model(prompt, use_cache=False).logits, model.generate(prompt, **kwargs)
+        model.compile(backend="corey", options={"hadamard": True, "measure": True, "inner_compiler": "eager",
+                                                "check_invariants": True})
+        logits, tokens = model(prompt, use_cache=False).logits, model.generate(prompt, **kwargs)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(tokens, want_tokens)
+    metrics = [m for m in corey_compile.all_reports()[0].hadamard_metrics if "online transform" in m["activation"]]
+    assert len(metrics) == 2  # out_proj's input in each of the 2 blocks: heavy-tailed, flattened by the transform
+    for m in metrics:
+        assert m["before"]["kurtosis"] > 20 and m["after"]["kurtosis"] < m["before"]["kurtosis"] / 5
+        assert m["after"]["int8_tensor_error"] < m["before"]["int8_tensor_error"] / 2
