@@ -10,11 +10,12 @@ model's graph, without a decorator.
 
 What counts as a layer: the nodes Dynamo recorded under one module that is an element of a module list
 (``...layers.3``), read from ``nn_module_stack``; nodes corey's passes created take the layer of the
-nodes around them, and arithmetic on the inputs' sizes belongs to none. Two layers share a body when their nodes compute the same operations on inputs of
-the same shapes, strides and dtypes (``body_key``). A layer is left inline, with the reason recorded,
-where sharing would change what runs: its nodes are not contiguous in the graph, it writes to a tensor
-it did not create (a cache updated in place), or it calls a submodule. Nothing is shared unless some
-body occurs at least twice.
+nodes around them, and arithmetic on the inputs' sizes belongs to none. Two layers share a body when
+their nodes compute the same operations on inputs of the same shapes, strides and dtypes
+(``body_key``). A layer stays inline, with the reason recorded, where its nodes are not contiguous in
+the graph, it writes to a tensor it did not create (a cache updated in place), it reads a number out of
+a tensor, it hands anything but tensors to what follows, or it calls a submodule. Nothing is shared
+unless some body occurs at least twice.
 """
 from __future__ import annotations
 
@@ -64,6 +65,28 @@ def layer_of(node: fx.Node) -> str | None:
     return None
 
 
+# What reads a tensor's sizes and nothing of its values.
+_SIZE_METHODS = {"size", "dim", "numel", "stride", "ndimension", "nelement"}
+
+
+def _reads_sizes_only(node: fx.Node, hoisted: set) -> bool:
+    """Whether ``node`` computes an integer from the graph inputs' sizes alone (never from a tensor's values,
+    which a write earlier in the graph could change)."""
+    if not isinstance(meta_value(node), (int, torch.SymInt, torch.Size)) or isinstance(meta_value(node), bool):
+        return False
+    if node.op == "call_method":
+        return node.target in _SIZE_METHODS and all(a.op == "placeholder" for a in node.all_input_nodes)
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return node.args[1] == "shape" and node.args[0].op == "placeholder"
+    if node.target in (torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default):
+        return node.args[0].op == "placeholder"
+    # arithmetic on integers: its inputs are symbolic sizes Dynamo passed in, or sizes hoisted already
+    return all(arg in hoisted or (arg.op == "placeholder" and not isinstance(meta_value(arg), torch.Tensor))
+               for arg in node.all_input_nodes)
+
+
 def _hoist_size_arithmetic(gm: fx.GraphModule) -> set:
     """Move arithmetic on the graph inputs' sizes (``-s0``, ``x.size(1)``), which Dynamo computes once in
     the first layer that needs it and every later layer reuses, to just after the inputs; return it.
@@ -74,10 +97,7 @@ def _hoist_size_arithmetic(gm: fx.GraphModule) -> set:
         return hoisted
     anchor = placeholders[-1]
     for node in list(gm.graph.nodes):
-        if node.op not in ("call_function", "call_method") or written_by(node) \
-                or not isinstance(meta_value(node), (int, torch.SymInt, torch.Size)):
-            continue
-        if all(arg.op == "placeholder" or arg in hoisted for arg in node.all_input_nodes):
+        if _reads_sizes_only(node, hoisted):
             anchor.append(node)
             anchor = node
             hoisted.add(node)
@@ -225,6 +245,10 @@ def share_layers(gm: fx.GraphModule) -> SharedLayers:
             result.declined.append((layer, *reason))
             continue
         graph, inputs, outputs = _subgraph(groups[layer])
+        handed = [o.name for o in outputs if not isinstance(meta_value(o), torch.Tensor)]
+        if handed:  # invoke_subgraph returns tensors
+            result.declined.append((layer, "it hands something other than a tensor to what follows", handed[0]))
+            continue
         candidates.append((layer, groups[layer], graph, inputs, outputs, body_key(groups[layer], inputs)))
     counts: dict = {}
     for *_, key in candidates:
