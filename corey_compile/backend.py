@@ -202,13 +202,7 @@ def _compile_sharing_layers(gm: fx.GraphModule, example_inputs, options, mode, c
     except Exception as exc:  # noqa: BLE001 - a graph the pass misreads compiles unshared
         report.decline("share_layers", f"{type(exc).__name__}: {exc}; compiled every layer", "share_layers")
         return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
-    report.shared_layers = shared.summary()
-    alike: dict = {}
-    for layer, kind, detail in shared.declined:
-        alike.setdefault(kind, []).append((layer, detail))
-    for kind, layers in alike.items():
-        what = layers[0][0] + (f" and {len(layers) - 1} more" if len(layers) > 1 else "")
-        report.decline(what, f"layer not shared: {kind} ({layers[0][1]})", "share_layers")
+    report.shared_layers = shared.summary()  # with why a layer stays inline: compiled all the same, not declined
     if not shared.shared:
         return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
     try:

@@ -30,6 +30,8 @@ from .graph_reading import meta_value, written_by
 
 # An element of a module list in Dynamo's module paths: "L['self'].backbone.layers.3" or "...layers[3]".
 _ELEMENT = re.compile(r"^(?P<list>.+?)(?:\.|\[)(?P<index>\d+)\]?$")
+# Where Dynamo's path starts from: the frame's local (L['self'], L['args'][0]), dropped in what the report says.
+_ROOT = re.compile(r"^[LG]\['[^']*'\](?:\[\d+\])*\.")
 
 
 @dataclass
@@ -51,7 +53,13 @@ class SharedLayers:
             text += ", ".join(f"{name} ×{count}" for name, count in self.shared) + ")"
         inline = self.layers - calls
         if inline:
-            text += f", {inline} inline" + (f" ({len(self.declined)} declined, see the declines)" if self.declined else "")
+            text += f", {inline} inline"
+        alike: dict = {}
+        for layer, kind, detail in self.declined:
+            alike.setdefault(kind, []).append((layer, detail))
+        for kind, layers in alike.items():
+            text += f"; {layers[0][0]}" + (f" and {len(layers) - 1} more" if len(layers) > 1 else "")
+            text += f" not shared: {kind} ({layers[0][1]})"
         return text
 
 
@@ -61,7 +69,7 @@ def layer_of(node: fx.Node) -> str | None:
     for path, _type in stack.values():
         path = path if isinstance(path, str) else str(path)
         if _ELEMENT.match(path):
-            return path
+            return _ROOT.sub("", path)
     return None
 
 
