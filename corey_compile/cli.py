@@ -196,6 +196,8 @@ def demo(args) -> int:
             else "decode" if ops else "graph"
         print(f"\n{kind} graph #{report.graph_index}: {report.nodes_before} → {report.nodes_after} nodes, "
               f"inner compiler {report.inner_compiler}")
+        if report.shared_layers:
+            print(f"layers handed to the inner compiler: {report.shared_layers}")
         print(report.table())
     diff = (logits.float() - eager_logits.float()).abs().max().item()
     same = bool((tokens == eager_tokens).all())
