@@ -169,16 +169,20 @@ class Warmup:
 
     def __init__(self, specs: list, device: torch.device):
         self.error, self.seconds = None, 0.0
-        self.background = sum(not spec.get("needed", True) for spec in specs)
+        self.needed = [spec.get("needed", True) for spec in specs]  # what join() waits for
         package_root = str(pathlib.Path(__file__).resolve().parents[2])  # so the child finds corey from a checkout too
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
                    COREY_KERNELS_ONLY="1")
         self.start_time = time.perf_counter()
         self.processes = [subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(device), json.dumps([spec])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if spec.get("needed", True) else subprocess.DEVNULL,
-            text=True, env=env) for spec in specs]
-        self.needed = [spec.get("needed", True) for spec in specs]
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if needed else subprocess.DEVNULL,
+            text=True, env=env) for spec, needed in zip(specs, self.needed)]
+
+    @property
+    def background(self) -> int:
+        """How many kernels, of later lengths, compile on without being waited for."""
+        return self.needed.count(False)
 
     def cancel(self) -> None:
         """Stop the children (the compilation they served failed)."""

@@ -93,7 +93,7 @@ def scan_schedule(chunk: int, element_size: int = 2) -> dict:
     (``pipeline=1``), as for short chunks. Measured on an H200 at b=1, d=2048, l=2048, chunk 128
     (benchmarks/results/h200_2026-12-02b): float32 2.5x faster that way (200 against 509 µs in a
     CUDA graph), float16 and bfloat16 1.3-1.4x slower (74 against 53 µs). Short chunks (many
-    channels) run eight programs per multiprocessor, whose shared memory would not hold the copies:
+    channels) run many programs per multiprocessor, whose shared memory would not hold the copies:
     they load ahead into registers and read A each chunk (holding A, and widening in pairs, were
     slower there).
     """

@@ -73,11 +73,12 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
 def test_the_compilation_waits_for_the_kernels_of_its_own_length_only():
     # A Warmup whose children are stand-ins: one the first run needs (it ends), one for a later length (it sleeps)
     run = warmup.Warmup.__new__(warmup.Warmup)
-    run.error, run.seconds, run.background, run.start_time = None, 0.0, 1, __import__("time").perf_counter()
+    run.error, run.seconds, run.start_time = None, 0.0, __import__("time").perf_counter()
     run.processes = [subprocess.Popen([sys.executable, "-c", "pass"], stderr=subprocess.PIPE, text=True),
                      subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
     run.needed = [True, False]
     try:
+        assert run.background == 1
         run.join()
         assert run.processes[0].returncode == 0 and run.error is None
         assert run.processes[1].poll() is None  # still compiling in the background
