@@ -113,7 +113,8 @@ def program_shape(chunk: int, dim: int) -> tuple[int, int]:
 @functools.lru_cache(maxsize=1024)
 def scan_launch(batch: int, dim: int, groups: int, element_size: int, bc_bfloat16: bool, chunk: int,
                 block_d: int | None = None, num_warps: int | None = None, pipeline: int | None = None,
-                stages: int | None = None, hoist_a: bool | None = None, widen_bc_pairs: bool | None = None) -> ScanLaunch:
+                stages: int | None = None, hoist_a: bool | None = None, widen_bc_pairs: bool | None = None,
+                steps_per_load: int | None = None) -> ScanLaunch:
     """The prefill launch for this shape and chunk; any keyword given overrides the default."""
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk}")
@@ -125,7 +126,9 @@ def scan_launch(batch: int, dim: int, groups: int, element_size: int, bc_bfloat1
     if schedule["stages"] not in (1, 2):
         raise ValueError(f"stages must be 1 or 2, got {schedule['stages']}")
     steps = min(STEPS_PER_LANE, chunk)
-    steps_per_load = min(steps, max(1, 16 // element_size))  # one 16-byte load of u per lane and part
+    steps_per_load = steps_per_load or min(steps, max(1, 16 // element_size))  # one 16-byte load of u per lane and part
+    if steps_per_load & (steps_per_load - 1) or steps % steps_per_load:
+        raise ValueError(f"steps_per_load must be a power of two dividing the {steps} steps of a lane, got {steps_per_load}")
     default_block_d, default_warps = program_shape(chunk, dim)
     block_d = block_d or default_block_d
     num_warps = num_warps or default_warps

@@ -505,6 +505,7 @@ def selective_scan_chunked(
     kernels: str = "all",
     long_offsets: bool | None = None,
     bc_states: int | None = None,
+    steps_per_load: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with the chunked Triton kernel.
 
@@ -519,12 +520,13 @@ def selective_scan_chunked(
     leaving the results incomplete: how the warm-up compiles each in a process of its own.
     ``long_offsets`` forces the 64-bit address arithmetic that rows of 2**31 elements or more get
     (``needs_long_offsets``); tests use it to run that path at small shapes. ``bc_states`` overrides
-    how many state indices of B and C one load reads (``planning.launch.bc_states``; 1 is a load each).
+    how many state indices of B and C one load reads (``planning.launch.bc_states``; 1 is a load each), and
+    ``steps_per_load`` how many consecutive steps a lane reads at once (16 bytes' worth unless given).
     """
     batch, dim, seqlen, dstate, groups = check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
     launch = scan_launch(batch, dim, groups, u.element_size(), B.dtype == torch.bfloat16, chunk_size,
                          block_d=block_d, num_warps=num_warps, pipeline=pipeline, stages=stages, hoist_a=hoist_a,
-                         widen_bc_pairs=widen_bc_pairs)
+                         widen_bc_pairs=widen_bc_pairs, steps_per_load=steps_per_load)
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     if out is None:
