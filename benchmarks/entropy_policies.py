@@ -142,8 +142,9 @@ def kernel_part(preset: str, seqlen: int, kind: str) -> dict:
     row["capture_over_kernel"] = row["capture_s"] * 1e6 / row["best_static_us"]
     row["entropy_ratio_u"] = measured["u"]["entropy_ratio"]
     rule = entropy_chunk(measured["u"]["entropy_ratio"], (32, 512), (CHUNKS[0], CHUNKS[-1]))[0]
-    shape, device = tuple(x["u"].shape), x["u"].device
-    chunks = {"occupancy": scan_chunk(shape, device, 0, "occupancy"), "seqlen": scan_chunk(shape, device, 0, "seqlen"),
+    shape, size, device = tuple(x["u"].shape), x["u"].element_size(), x["u"].device
+    chunks = {"occupancy": scan_chunk(shape, size, device, 0, "occupancy"),
+              "seqlen": scan_chunk(shape, size, device, 0, "seqlen"),
               "entropy": rule, "entropy-guarded": guarded_chunk(rule, 64)[0]}
     for policy, chunk in chunks.items():
         row["policies"][policy] = {"chunk": chunk, "us": row["static_us"][chunk]}

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from floors import copy_bandwidth, exp_rate  # noqa: E402  (benchmarks/, the script's own folder, is on sys.path)
 
 DSTATE = 16
-WIDTHS = (1536, 2048, 4096, 5120)  # d_inner of the 370m, 130m, 1.4b and 2.8b presets
+WIDTHS = (1536, 2048, 4096, 5120)  # d_inner of the 130m, 370m, 1.4b and 2.8b presets
 BATCHES = (1, 8, 64)
 LENGTHS = (64, 512, 2048, 8192, 32768, 65536)
 DECODE_BATCHES = (1, 16, 64, 256)
@@ -146,7 +146,8 @@ def main() -> None:
         for batch, dim, seqlen in shapes:
             x = prefill_inputs(batch, dim, seqlen, dtype)
             row = {"dtype": dtype_name, "batch": batch, "dim": dim, "seqlen": seqlen,
-                   "chunk": corey_compile.codegen.ops.scan_chunk(x["u"].shape, x["u"].device, 0, "occupancy")}
+                   "chunk": corey_compile.codegen.ops.scan_chunk(x["u"].shape, x["u"].element_size(), x["u"].device, 0,
+                                                                       "occupancy")}
             bytes_moved = x["u"].element_size() * batch * seqlen * (4 * dim + 2 * DSTATE)
             row["floor_us"] = max(bytes_moved / bandwidth, batch * dim * DSTATE * seqlen / exps) * 1e6
             fn = corey_prefill(x)

@@ -15,7 +15,11 @@ from the preset's config:
   ``mode="reduce-overhead"`` turns on);
 - ``corey-hadamard``, ``corey-hadamard-cudagraphs``: the same two with ``options={"hadamard": True}``
   (the residual stream rotated, the rotations folded into the weights);
-- ``inductor``: stock ``model.compile()``.
+- ``inductor``: stock ``model.compile()``;
+- ``mamba-ssm-lm``: mamba-ssm's own ``MambaLMHeadModel`` with the preset's shapes (its fused add-and-norm
+  Triton kernel, ``mamba_inner_fn`` for prefill), ``generate(..., cg=True)`` for decode: its step captured
+  in a CUDA graph, greedy (``top_k=1``). Its weights are its own random ones, so its greedy tokens are
+  not compared.
 
 Each process measures, per dtype: prefill (``model(ids, use_cache=False)``) at each length and
 batch, the first call (compilation included) and the median of the timed calls after it; then
@@ -39,7 +43,7 @@ import time
 from jobs import run_job  # benchmarks/, the script's own folder, is on sys.path
 
 CONFIGS = ("transformers", "mamba-ssm", "corey", "corey-cudagraphs", "corey-hadamard", "corey-hadamard-cudagraphs",
-           "inductor")
+           "inductor", "mamba-ssm-lm")
 PROMPT = 32  # the prompt of the decode measurement
 HBM_BYTES_PER_S = 4.2e12  # measured copy bandwidth of the H200 (the project's own measurement)
 
@@ -50,6 +54,38 @@ def _timed(fn, sync) -> float:
     fn()
     sync()
     return time.perf_counter() - start
+
+
+def mamba_ssm_lm(preset: str, dtype, device: str):
+    """mamba-ssm's own ``MambaLMHeadModel`` with the shapes of corey's ``preset``: the model its ``generate(cg=True)``
+    serves. Prefill returns every position's logits, as the transformers model's does."""
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    from corey_compile.models import mamba_config
+
+    hf = mamba_config(preset)
+    config = MambaConfig(d_model=hf.hidden_size, n_layer=hf.num_hidden_layers, vocab_size=hf.vocab_size,
+                         ssm_cfg={"layer": "Mamba1", "d_state": hf.state_size, "d_conv": hf.conv_kernel,
+                                  "expand": hf.expand, "dt_rank": hf.time_step_rank},
+                         rms_norm=True, residual_in_fp32=True, fused_add_norm=True, pad_vocab_size_multiple=8)
+    model = MambaLMHeadModel(config, device=device, dtype=dtype).eval()
+
+    class Generating:  # the transformers-shaped calls the measurement below makes
+        config = hf
+
+        @staticmethod
+        def parameters():
+            return model.parameters()
+
+        def __call__(self, ids, use_cache=False):
+            return model(ids)
+
+        @staticmethod
+        def generate(prompt, max_new_tokens, **_):
+            return model.generate(prompt, max_length=prompt.shape[1] + max_new_tokens, cg=True, top_k=1)
+
+    return Generating()
 
 
 def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_tokens: int, reps: int) -> None:
@@ -75,7 +111,8 @@ def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
         torch._dynamo.reset()
-        model = build_mamba(preset, dtype=dtype, device="cuda")
+        model = mamba_ssm_lm(preset, dtype, "cuda") if config == "mamba-ssm-lm" else build_mamba(preset, dtype=dtype,
+                                                                                                   device="cuda")
         if config.startswith("corey"):  # corey[-hadamard][-cudagraphs]; torch.compile takes a mode or options
             options = {"hadamard": "hadamard" in config, "cuda_graphs": config.endswith("cudagraphs")}
             model.compile(backend="corey", options=options)
@@ -95,7 +132,7 @@ def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_
                            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
                     if config == "mamba-ssm":
                         row["selective_scan_cuda_calls"] = calls["fwd"]
-                    if config != "transformers" and batch == batches[0] and seqlen == lengths[0]:
+                    if config not in ("transformers", "mamba-ssm-lm") and batch == batches[0] and seqlen == lengths[0]:
                         # torch's own timers of the first compilation (Dynamo, AOT, Inductor's phases), seconds
                         from torch._dynamo.utils import compile_times
 
@@ -137,7 +174,7 @@ def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_
 def run_config(config: str, preset: str, args, cache: str) -> dict:
     env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"), PYTHONUNBUFFERED="1")
-    if config == "mamba-ssm":
+    if config.startswith("mamba-ssm"):
         if not args.peer_path:
             return {"config": config, "error": "no --peer-path: the mamba-ssm stack was not built"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.peer_path, env.get("PYTHONPATH")]))
@@ -202,7 +239,7 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float16"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[2048])
     parser.add_argument("--batches", nargs="+", type=int, default=[1])
-    parser.add_argument("--decode-batches", nargs="+", type=int, default=[1])
+    parser.add_argument("--decode-batches", nargs="*", type=int, default=[1], help="none: no decode")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--budget", type=float, default=240.0, help="seconds per configuration process")

@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
-# (batch, d_inner, length): the preset widths (370m 1536, 130m 2048, 1.4b 4096, 2.8b 5120), batch 1 and 8
+# (batch, d_inner, length): the preset widths (130m 1536, 370m 2048, 1.4b 4096, 2.8b 5120), batch 1 and 8
 SHAPES = [(1, 1536, 2048), (1, 2048, 2048), (1, 4096, 2048), (1, 5120, 2048), (1, 5120, 8192), (8, 2048, 2048),
           (8, 4096, 2048), (1, 2048, 512)]
 

@@ -60,7 +60,7 @@ def prefill(seqlen):
     x = dict(u=r(1, DIM, seqlen).half(), delta=(r(1, DIM, seqlen) * 0.5 - 1).half(), A=-torch.exp(r(DIM, DSTATE) * 0.5),
              B=r(1, DSTATE, seqlen).half(), C=r(1, DSTATE, seqlen).half(), D=r(DIM), z=r(1, DIM, seqlen).half(),
              delta_bias=r(DIM) * 0.1)
-    chunk = corey_compile.codegen.ops.scan_chunk(x["u"].shape, x["u"].device, 0, "occupancy")
+    chunk = corey_compile.codegen.ops.scan_chunk(x["u"].shape, x["u"].element_size(), x["u"].device, 0, "occupancy")
     layers = {
         "op": lambda: torch.ops.corey.selective_scan(*x.values(), True, None, 0),
         "launcher (selective_scan_chunked)": lambda: chunk_module.selective_scan_chunked(**x, delta_softplus=True, chunk_size=chunk),

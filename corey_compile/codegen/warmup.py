@@ -123,7 +123,8 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
 
         def chunk_of(seqlen, values=None):
             shape = [_concrete(x, values or {}) for x in bound["u"].shape[:-1]] + [seqlen]
-            return scan_chunk(shape, device, _concrete(bound["chunk_size"], {}), bound["chunk_policy"])
+            return scan_chunk(shape, bound["u"].dtype.itemsize, device, _concrete(bound["chunk_size"], {}),
+                              bound["chunk_policy"])
 
         for index, values in enumerate(_length_classes(bound["u"], chunk_of) or [{}]):
             try:

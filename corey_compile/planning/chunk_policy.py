@@ -6,6 +6,7 @@ planner records both and the report shows them.
 from __future__ import annotations
 
 import functools
+import math
 
 from .launch import STEPS_PER_LANE, WARP_SIZE, next_power_of_2
 
@@ -14,12 +15,15 @@ CHUNK_POLICIES = ("occupancy", "seqlen", "fixed", "entropy", "entropy-guarded", 
 RUNTIME_CHUNK_POLICIES = ("occupancy", "seqlen", "autotune")  # the policies the op can apply per call from a name
 NOMINAL_SM_COUNT = 132  # an H100's (and an H200's): what the occupancy policy assumes where no GPU is visible
 MIN_CHUNK, MAX_CHUNK = 16, 256
-# The occupancy policy: programs per multiprocessor it aims at, and the longest chunk it gives. On an H200
-# (benchmarks/results/h200_2026-12-02b, the 1.4b shapes' first block, fp16, b=1, d=4096, CUDA graphs) chunk
-# 64, 8 warps per multiprocessor, took 208 µs at l=2048 and 813 at 8192; 128 (16 warps) 106 and 419; 256
-# 116 and 385. At 8 warps the policy chose 64 there; at 16 it chooses 128. The cap keeps 128 where it
-# was measured and tuned (d=1536 and 2048 at b=1), which 16 warps alone would have made 256.
+# The occupancy policy: programs per multiprocessor it aims at, and the chunks it gives (by element size of
+# u: shorter chunks than the minimum were slower at every shape measured). On an H200, CUDA-graph replay of
+# each chunk at its planned schedule (benchmarks/results/h200_2026-12-02c, launch_grid_*.json):
+# half precision, b=1: chunk 128 within 5 % of the best at d=2048, 4096 and 5120 (l=2048) and 1.2x of it at
+# d=1536 (256 there); chunk 64 never the best. b=8: chunk 32 the best at d=2048 and 4096 (347 and 677 µs,
+# 128 took 409 and 789); chunk 16 took 740 µs at b=8, d=2048 on 2026-12-01. Float32: chunk 128 the best or
+# within 10 % at every shape but b=1, d=2048, l=2048 (127 against 108 for 256), batch 8 included.
 OCCUPANCY_WARPS_PER_SM, OCCUPANCY_MAX_CHUNK = 16, 128
+OCCUPANCY_MIN_CHUNK = {2: 32, 4: 128}  # by element size; other sizes take the half-precision minimum
 # The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
 # partial chunk); long ones take the tile that keeps the most work in flight.
 SEQLEN_CHUNKS = ((16, 16), (64, 32), (float("inf"), 64))
@@ -41,18 +45,21 @@ def sm_count(device) -> int:
     return NOMINAL_SM_COUNT
 
 
-def occupancy_chunk(batch: int, dim: int, seqlen: int, sms: int, warps_per_sm: int = OCCUPANCY_WARPS_PER_SM) -> int:
-    """The longest chunk, up to ``OCCUPANCY_MAX_CHUNK``, that keeps about ``warps_per_sm`` one-warp programs
-    on every multiprocessor.
+def occupancy_chunk(batch: int, dim: int, seqlen: int, sms: int, element_size: int = 2,
+                    warps_per_sm: int = OCCUPANCY_WARPS_PER_SM) -> int:
+    """The chunk, a power of two in ``[OCCUPANCY_MIN_CHUNK, OCCUPANCY_MAX_CHUNK]``, nearest to keeping about
+    ``warps_per_sm`` one-warp programs on every multiprocessor.
 
     A warp holds ``256 / chunk`` channels (``launch.program_shape``), ``chunk / 8`` lanes along
     the sequence. Few channels (one sequence, a small model) want long chunks, spreading each
     channel over more lanes; many channels want short ones, which cost fewer shuffles per step.
-    Never longer than the sequence needs.
+    ``element_size`` is u's: float32 inputs keep long chunks at every batch. Never longer than the
+    sequence needs.
     """
     channels_per_warp = batch * dim / (warps_per_sm * sms)
-    chunk = WARP_SIZE * STEPS_PER_LANE / max(channels_per_warp, 1.0)
-    chunk = 1 << max(MIN_CHUNK.bit_length() - 1, min(OCCUPANCY_MAX_CHUNK.bit_length() - 1, int(chunk).bit_length() - 1))
+    ideal = WARP_SIZE * STEPS_PER_LANE / max(channels_per_warp, 1.0)
+    lowest = OCCUPANCY_MIN_CHUNK.get(element_size, OCCUPANCY_MIN_CHUNK[2])
+    chunk = min(OCCUPANCY_MAX_CHUNK, max(lowest, 1 << round(math.log2(ideal))))
     return min(chunk, max(MIN_CHUNK, next_power_of_2(seqlen)))
 
 
@@ -60,13 +67,14 @@ def seqlen_chunk(seqlen: int) -> int:
     return next(chunk for limit, chunk in SEQLEN_CHUNKS if seqlen <= limit)
 
 
-def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed_chunk: int) -> tuple[int, str]:
-    """(chunk, why) under ``policy``, one of CHUNK_POLICIES."""
+def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed_chunk: int,
+                 element_size: int) -> tuple[int, str]:
+    """(chunk, why) under ``policy``, one of CHUNK_POLICIES, for u of ``element_size`` bytes."""
     if policy == "fixed":
         return fixed_chunk, f"fixed policy: chunk_size={fixed_chunk}"
     if policy == "occupancy":
-        return (occupancy_chunk(batch, dim, seqlen, sms),
-                f"occupancy policy: b·d={batch * dim} channels on {sms} SMs, l={seqlen}")
+        return (occupancy_chunk(batch, dim, seqlen, sms, element_size),
+                f"occupancy policy: b·d={batch * dim} channels on {sms} SMs, l={seqlen}, {element_size}-byte inputs")
     if policy == "seqlen":
         return seqlen_chunk(seqlen), f"seqlen policy: l={seqlen}"
     if policy in ("entropy", "entropy-guarded"):
@@ -79,10 +87,10 @@ def choose_chunk(policy: str, batch: int, dim: int, seqlen: int, sms: int, fixed
 
 
 @functools.lru_cache(maxsize=4096)
-def run_time_chunk(policy: str, batch: int, dim: int, seqlen: int, device) -> int:
+def run_time_chunk(policy: str, batch: int, dim: int, seqlen: int, element_size: int, device) -> int:
     """The chunk ``policy`` gives one call's shape: how an op whose length or batch was symbolic at
     compile time chooses (cached, so repeated shapes cost a dictionary lookup)."""
     if policy not in RUNTIME_CHUNK_POLICIES or policy == "autotune":
         raise ValueError(f"chunk policy {policy!r} cannot be applied at run time from a shape alone: choose one of "
                          f"{tuple(p for p in RUNTIME_CHUNK_POLICIES if p != 'autotune')}")
-    return choose_chunk(policy, batch, dim, seqlen, sm_count(device), 0)[0]
+    return choose_chunk(policy, batch, dim, seqlen, sm_count(device), 0, element_size)[0]

@@ -2,7 +2,8 @@
 
 The launchers in ``codegen/`` call these functions, and so does the planner, so
 the report shows exactly the launch a decision implies. The numbers behind
-each choice were measured on an H100 (``codegen/selective_scan/README.md``).
+each choice were measured on an H100 (``codegen/selective_scan/README.md``) and
+later an H200 (``benchmarks/results/``); each constant says which.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class ScanLaunch:
     """One launch of the prefill kernel: its grid, program shape and schedule.
 
     chunk: steps per tile along the sequence; steps: consecutive steps per lane; steps_per_load:
-    steps in one 16-byte load; block_d: channels per program; pipeline: the next chunk's u, delta
+    steps in one load (16 bytes' worth, or a lane's 8 float32 steps); block_d: channels per program; pipeline: the next chunk's u, delta
     and z loaded into registers while this one is scanned (0 or 1); stages: Triton's software
     pipelining of the loop over chunks through shared memory (1: none, 2: every load one chunk
     ahead); hoist_a: A kept in registers across chunks; widen_bc_pairs: bfloat16 B and C widened
@@ -84,23 +85,28 @@ class StepLaunch:
 
 
 def scan_schedule(chunk: int, element_size: int = 2) -> dict:
-    """How a program overlaps loads with the scan, by chunk and input width.
+    """How a program overlaps loads with the scan, and how wide its loads are, by chunk and input width.
 
-    Long chunks (few channels, one sequence) keep A in registers and widen bfloat16 B and C in pairs.
-    In half precision Triton software-pipelines their loop over chunks (``stages=2``: every load of
-    the next chunk, B and C included, is copied into shared memory while this one is scanned). Float32
-    inputs double those copies: there the next chunk's u, delta and z go into registers instead
-    (``pipeline=1``), as for short chunks. Measured on an H200 at b=1, d=2048, l=2048, chunk 128
-    (benchmarks/results/h200_2026-12-02b): float32 2.5x faster that way (200 against 509 µs in a
-    CUDA graph), float16 and bfloat16 1.3-1.4x slower (74 against 53 µs). Short chunks (many
-    channels) run many programs per multiprocessor, whose shared memory would not hold the copies:
-    they load ahead into registers and read A each chunk (holding A, and widening in pairs, were
-    slower there).
+    Measured on an H200 (benchmarks/results/h200_2026-12-02c, every chunk by schedule at eight shapes,
+    CUDA-graph replay). Chunks from 64 on keep A in registers and widen bfloat16 B and C in pairs.
+
+    - Half precision, chunks of 128 and more: Triton software-pipelines the loop over chunks (``stages=2``:
+      every load of the next chunk, B and C included, is copied into shared memory while this one is
+      scanned). Shorter chunks (many channels, many programs per multiprocessor, whose shared memory would
+      not hold the copies) load the next chunk's u, delta and z into registers instead (``pipeline=1``):
+      at chunk 64 that was 1.05-1.9x faster than the copies, at 32 the two were mixed and ``pipeline``
+      won where the occupancy policy picks 32 (batch 8).
+    - Float32, chunks of 32 and more: each lane reads its 8 consecutive steps as one 32-byte load (two
+      16-byte halves) rather than two loads of 4, and the loop is software-pipelined. At b=1, d=2048,
+      l=2048, chunk 128 that took 127 µs, against 497 (16-byte loads, pipelined) and 198 (16-byte loads,
+      next chunk in registers); at every shape measured it was the fastest float32 schedule or within 20 %.
     """
-    long_chunk = chunk >= LONG_CHUNK
-    copies_ahead = long_chunk and element_size <= 2
-    return {"pipeline": 0 if copies_ahead else 1, "stages": 2 if copies_ahead else 1, "hoist_a": long_chunk,
-            "widen_bc_pairs": long_chunk}
+    wide = element_size >= 4
+    copies_ahead = chunk >= 128 or (wide and chunk >= 32)
+    steps = min(STEPS_PER_LANE, chunk)
+    steps_per_load = steps if wide and chunk >= 32 else min(steps, max(1, 16 // element_size))
+    return {"pipeline": 0 if copies_ahead else 1, "stages": 2 if copies_ahead else 1, "hoist_a": chunk >= LONG_CHUNK,
+            "widen_bc_pairs": chunk >= LONG_CHUNK, "steps_per_load": steps_per_load}
 
 
 def program_shape(chunk: int, dim: int) -> tuple[int, int]:
@@ -119,14 +125,15 @@ def scan_launch(batch: int, dim: int, groups: int, element_size: int, bc_bfloat1
     if chunk < 1 or chunk & (chunk - 1):
         raise ValueError(f"chunk_size must be a power of two, got {chunk}")
     schedule = scan_schedule(chunk, element_size)
-    overrides = {"pipeline": pipeline, "stages": stages, "hoist_a": hoist_a, "widen_bc_pairs": widen_bc_pairs}
+    overrides = {"pipeline": pipeline, "stages": stages, "hoist_a": hoist_a, "widen_bc_pairs": widen_bc_pairs,
+                 "steps_per_load": steps_per_load}
     schedule.update({k: v for k, v in overrides.items() if v is not None})
     if schedule["pipeline"] not in (0, 1):
         raise ValueError(f"pipeline must be 0 or 1 chunks ahead, got {schedule['pipeline']}")
     if schedule["stages"] not in (1, 2):
         raise ValueError(f"stages must be 1 or 2, got {schedule['stages']}")
     steps = min(STEPS_PER_LANE, chunk)
-    steps_per_load = steps_per_load or min(steps, max(1, 16 // element_size))  # one 16-byte load of u per lane and part
+    steps_per_load = schedule["steps_per_load"]
     if steps_per_load & (steps_per_load - 1) or steps % steps_per_load:
         raise ValueError(f"steps_per_load must be a power of two dividing the {steps} steps of a lane, got {steps_per_load}")
     default_block_d, default_warps = program_shape(chunk, dim)

@@ -143,7 +143,8 @@ def _decide(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str,
                     [f"fixed policy: chunk_size={chunk_size}; {said} symbolic: the launch is chosen per call",
                      fusion_reason])
     if chunk_policy not in ("entropy", "entropy-guarded"):
-        chunk, chunk_reason = choose_chunk(chunk_policy, facts.batch, facts.dim, facts.seqlen, sms, chunk_size)
+        chunk, chunk_reason = choose_chunk(chunk_policy, facts.batch, facts.dim, facts.seqlen, sms, chunk_size,
+                                           ELEMENT_SIZES.get(facts.dtype, 4))
         chunk_reason = fallback + chunk_reason
     if facts.seqlen == 1:  # the op sends a one-step scan to the decode kernel
         launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)

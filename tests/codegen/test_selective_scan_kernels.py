@@ -57,7 +57,7 @@ def test_prefill_matches_reference(dtype, seqlen, chunk):
                                     dict(chunk_size=16, block_d=32), dict(chunk_size=128, pipeline=0, hoist_a=True),
                                     dict(chunk_size=64, pipeline=1, hoist_a=False), dict(chunk_size=16, pipeline=1, hoist_a=True),
                                     dict(chunk_size=8, pipeline=0, hoist_a=False), dict(chunk_size=128, stages=1, pipeline=1),
-                                    dict(chunk_size=16, stages=2)],
+                                    dict(chunk_size=16, stages=2), dict(chunk_size=64, steps_per_load=2)],
                          ids=lambda kw: "_".join(f"{k}={v}" for k, v in kw.items()))
 def test_prefill_launch_shapes(launch):
     # The launches the benchmark sweeps: one channel per lane, two (block_d twice the default), and
@@ -266,11 +266,22 @@ def test_occupancy_chunk_follows_the_channels_per_multiprocessor():
 
     assert occupancy_chunk(batch=1, dim=2048, seqlen=2048, sms=132) == 128  # few channels: long chunks
     assert occupancy_chunk(batch=1, dim=4096, seqlen=2048, sms=132) == 128  # 16 warps a multiprocessor
-    assert occupancy_chunk(batch=1, dim=5120, seqlen=2048, sms=132) == 64
+    assert occupancy_chunk(batch=1, dim=5120, seqlen=2048, sms=132) == 128  # 106 rounds to the nearer 128
     assert occupancy_chunk(batch=8, dim=2048, seqlen=2048, sms=132) == 32  # many channels: short chunks
+    assert occupancy_chunk(batch=8, dim=4096, seqlen=2048, sms=132) == 32  # never shorter than 32 ...
+    assert occupancy_chunk(batch=8, dim=4096, seqlen=2048, sms=132, element_size=4) == 128  # ... or 128 in float32
     assert occupancy_chunk(batch=1, dim=64, seqlen=4096, sms=132) == 128  # never longer than 128
     assert occupancy_chunk(batch=1, dim=2048, seqlen=40, sms=132) == 64  # nor than the sequence needs
     assert occupancy_chunk(batch=64, dim=8192, seqlen=1, sms=132) == 16
+
+
+def test_steps_per_load_must_divide_a_lanes_steps():
+    from corey_compile.planning.launch import scan_launch
+
+    with pytest.raises(ValueError, match="steps_per_load"):
+        scan_launch(1, 2048, 1, 4, False, 128, steps_per_load=3)
+    with pytest.raises(ValueError, match="steps_per_load"):
+        scan_launch(1, 2048, 1, 4, False, 4, steps_per_load=8)  # a lane of a 4-step chunk runs 4 steps
 
 
 @pytest.mark.parametrize("path", ["triton", "torch"])

@@ -101,11 +101,16 @@ def test_the_planner_under_every_chunk_policy(policy, batch, dim, seqlen, expect
     assert policy in plan.reasons[0]
 
 
-@pytest.mark.parametrize("element_size, chunk, stages, pipeline", [
-    (2, 128, 2, 0), (4, 128, 1, 1), (2, 64, 2, 0), (4, 256, 1, 1), (2, 32, 1, 1), (4, 16, 1, 1)])
-def test_long_chunks_copy_ahead_through_shared_memory_in_half_precision_only(element_size, chunk, stages, pipeline):
+@pytest.mark.parametrize("element_size, chunk, stages, pipeline, steps_per_load", [
+    (2, 128, 2, 0, 8), (2, 256, 2, 0, 8), (2, 64, 1, 1, 8), (2, 32, 1, 1, 8), (2, 16, 1, 1, 8),
+    (4, 128, 2, 0, 8), (4, 64, 2, 0, 8), (4, 32, 2, 0, 8), (4, 16, 1, 1, 4)])
+def test_how_chunks_overlap_loads_with_the_scan_by_length_and_input_width(element_size, chunk, stages, pipeline,
+                                                                          steps_per_load):
+    # Half precision copies ahead through shared memory from chunk 128; float32 from chunk 32, each lane
+    # reading its 8 steps in one 32-byte load (planning.launch.scan_schedule).
     launch = scan_launch(1, 2048, 1, element_size, False, chunk)
     assert (launch.stages, launch.pipeline, launch.hoist_a) == (stages, pipeline, chunk >= 64)
+    assert launch.steps_per_load == steps_per_load
 
 
 def test_the_planner_for_steps_and_the_fusion_policies():
@@ -137,11 +142,12 @@ def test_the_run_time_chunk_is_the_policy_applied_to_the_call():
     from corey_compile.planning import choose_chunk, run_time_chunk, sm_count
 
     cpu = torch.device("cpu")
-    for policy, (batch, dim, seqlen) in itertools.product(("occupancy", "seqlen"), [(1, 2048, 2048), (8, 1536, 40)]):
-        assert run_time_chunk(policy, batch, dim, seqlen, cpu) == choose_chunk(policy, batch, dim, seqlen,
-                                                                               sm_count(cpu), 0)[0]
+    for policy, (batch, dim, seqlen), size in itertools.product(("occupancy", "seqlen"), [(1, 2048, 2048), (8, 1536, 40)],
+                                                                (2, 4)):
+        assert run_time_chunk(policy, batch, dim, seqlen, size, cpu) == choose_chunk(policy, batch, dim, seqlen,
+                                                                                     sm_count(cpu), 0, size)[0]
     with pytest.raises(ValueError, match="cannot be applied at run time"):
-        run_time_chunk("fixed", 1, 2048, 2048, cpu)
+        run_time_chunk("fixed", 1, 2048, 2048, 2, cpu)
 
 
 def test_identical_facts_are_planned_once():
