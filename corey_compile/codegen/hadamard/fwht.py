@@ -65,13 +65,14 @@ def _cached_mixing_matrix(n: int, device: torch.device) -> torch.Tensor:
     return mixing_matrix(n, device)
 
 
-# Below this many programs of BLOCK_ROWS rows (a decode step has one row), a row's M output blocks are to be
-# spread over M programs: one program computing all of them is a chain of M² tile products and M butterfly
-# passes (the rotated 130m model's decode step was 0.8 ms slower than the unrotated one's on an H200, 33 µs per
-# layer, where the transform's bytes take well under 1 µs). Each such program reads the whole row, M times the
-# reads in all, which only pays where rows are few. 0 until the launch is measured compiled on a GPU
-# (``benchmarks/probes/hadamard_rows.py``): today the split is taken only where a caller asks for it.
-SPLIT_BELOW_PROGRAMS = 0
+# Below this many programs of BLOCK_ROWS rows (a decode step has one row), a row's M output blocks are spread
+# over M programs: one program computing all of them is a chain of M² tile products and M butterfly passes.
+# Each split program reads the whole row, M times the reads in all, which only pays where rows are few.
+# Measured on an H200, fp16, CUDA-graph replay (benchmarks/results/h200_2026-12-02c/hadamard_rows.json): at
+# 1 row the split took 1.4-1.7 µs against 6.0-13.2 (widths 1536, 2560, 5120), at 128-256 programs 2.8-8.8
+# against 6.4-14.8; at 1024-2048 programs it was slower (12.2-53.5 against 9.2-39.5). Between 256 and 1024
+# programs it was not measured.
+SPLIT_BELOW_PROGRAMS = 512
 
 
 def hadamard_transform(x: torch.Tensor, mixing: torch.Tensor | None = None, block_rows: int | None = None,
