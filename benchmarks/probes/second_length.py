@@ -1,0 +1,76 @@
+"""Where the call at a second prompt length spends its time (GPU): the recompilation Dynamo's automatic
+dynamic shapes makes, profiled.
+
+Usage: python benchmarks/probes/second_length.py --out-dir DIR [--preset 130m] [--lengths 2048 1000]
+
+A fresh process with empty Triton and Inductor caches compiles a transformers Mamba of the preset's shapes
+(fp16, random weights) with ``backend="corey"`` and calls it at the first length; the call at the second
+length then runs under cProfile. Writes ``second_length.json`` (each call's seconds, corey's stage times
+for the new graph, torch's own compile timers after each call) and ``second_length_cprofile.txt`` (the 60
+functions with the most cumulative time, and the 40 with the most own time).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import sys
+import tempfile
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--preset", default="130m")
+    parser.add_argument("--lengths", nargs=2, type=int, default=[2048, 1000])
+    args = parser.parse_args()
+    cache = tempfile.mkdtemp()
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache, "triton"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache, "inductor"))
+    import torch
+    from torch._dynamo.utils import compile_times
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    import corey_compile
+    from corey_compile.models import build_mamba
+
+    model = build_mamba(args.preset, dtype=torch.float16, device="cuda")
+    model.compile(backend="corey")
+    calls = []
+    profiler = cProfile.Profile()
+    for index, seqlen in enumerate(args.lengths):
+        ids = torch.randint(1, model.config.vocab_size, (1, seqlen), device="cuda")
+        before = len(corey_compile.all_reports())
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        if index:
+            profiler.enable()
+        with torch.no_grad():
+            model(ids, use_cache=False)
+        torch.cuda.synchronize()
+        if index:
+            profiler.disable()
+        headers, values = compile_times(repr="csv", aggregate=True)
+        calls.append({"seqlen": seqlen, "seconds": round(time.perf_counter() - start, 3),
+                      "corey_graphs": [{"seconds": r.seconds, "recompile_reason": r.recompile_reason,
+                                        "passes": {p.name: p.seconds for p in r.passes}}
+                                       for r in corey_compile.all_reports()[before:]],
+                      "torch_compile_times_s": {k: round(float(v), 3) for k, v in zip(headers, values)}})
+        print(json.dumps({k: v for k, v in calls[-1].items() if k != "torch_compile_times_s"}), flush=True)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "second_length.json"), "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "calls": calls}, f, indent=1)
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("tottime").print_stats(40)
+    with open(os.path.join(args.out_dir, "second_length_cprofile.txt"), "w") as f:
+        f.write(text.getvalue())
+
+
+if __name__ == "__main__":
+    main()
