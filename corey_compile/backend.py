@@ -20,7 +20,7 @@ from .codegen.warmup import start_warmup
 from .options import resolve_options
 from .passes import CompileContext, PassError, pipeline_for, run_pipeline
 from .passes.graph_reading import meta_value, written_by
-from .passes.share_layers import share_layers
+from .passes.share_layers import schemas_once, share_layers
 from .report import CompileReport
 
 _REPORTS: list[CompileReport] = []
@@ -206,7 +206,8 @@ def _compile_sharing_layers(gm: fx.GraphModule, example_inputs, options, mode, c
     if not shared.shared:
         return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
     try:
-        return _inner_compile(shared_gm, example_inputs, options, mode, cuda_graphs)
+        with schemas_once():
+            return _inner_compile(shared_gm, example_inputs, options, mode, cuda_graphs)
     except Exception as exc:  # noqa: BLE001 - this torch's inner compiler refused the shared graph
         if options.strict or isinstance(exc, _DYNAMO_CONTROL):
             raise

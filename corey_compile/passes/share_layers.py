@@ -19,6 +19,7 @@ unless some body occurs at least twice.
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 import re
 from dataclasses import dataclass, field
@@ -298,3 +299,48 @@ def _replace(gm: fx.GraphModule, nodes: list, inputs: list, outputs: list, name:
     for node in reversed(nodes):
         graph.erase_node(node)
     return dict(zip(outputs, results))
+
+
+def torch_caches_subgraph_schemas() -> bool:
+    """Whether this torch computes an ``invoke_subgraph`` call's schema once per body (it keeps a
+    functionalization schema cache from 2.13; 2.11 computes it at every call)."""
+    from torch._guards import InvokeSubgraphCache
+
+    return hasattr(InvokeSubgraphCache, "get_functionalize_schema_entry")
+
+
+@contextlib.contextmanager
+def schemas_once(force: bool = False):
+    """Within the block, compute each shared body's ``invoke_subgraph`` schema once, where this torch
+    computes it at every call (``force``: whatever this torch does; for tests).
+
+    To functionalize an ``invoke_subgraph`` call, AOT autograd asks for its schema (which inputs the
+    body mutates, what it returns), and torch 2.11 answers by tracing the whole body again with
+    ``materialize_as_graph``: twice per call, 46 traces for the 23 shared layers of the 130m shapes,
+    13 of the 20 s Inductor took for the graph of a new prompt length on an H200
+    (``benchmarks/results/h200_2026-12-02c``). Later torch keeps these schemas in a cache keyed on the
+    body, its identifier and its operands' types; this gives 2.11 the same cache for the length of one
+    inner compilation. Every call of a body has operands of the same types, shapes and strides
+    (``body_key``), so its schema is the same.
+    """
+    from torch._higher_order_ops.invoke_subgraph import invoke_subgraph
+
+    if torch_caches_subgraph_schemas() and not force:
+        yield None
+        return
+    compute = invoke_subgraph.gen_schema
+    schemas: dict = {}  # key -> (body, schema); the body is kept so that its id is not reused meanwhile
+    calls = {"computed": 0}
+
+    def gen_schema(subgraph, identifier, *operands):
+        key = (id(subgraph), identifier, tuple(type(operand) for operand in operands))
+        if key not in schemas:
+            calls["computed"] += 1
+            schemas[key] = (subgraph, compute(subgraph, identifier, *operands))
+        return schemas[key][1]
+
+    invoke_subgraph.gen_schema = gen_schema  # the instance's attribute, in front of the class's method
+    try:
+        yield calls
+    finally:
+        del invoke_subgraph.gen_schema

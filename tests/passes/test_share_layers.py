@@ -132,3 +132,31 @@ def test_mamba_under_inductor_shares_its_layers(dynamic):
     (report,) = corey_compile.all_reports()
     assert report.shared_layers == "3 layers, 3 of them calling 1 shared body (corey_layer_0 ×3)"
     assert bool(report.symbolic) == bool(dynamic)
+
+
+def test_a_shared_bodys_schema_is_computed_once_for_all_its_calls():
+    # torch 2.11 traces a body again for every invoke_subgraph call it functionalizes; schemas_once keeps one
+    # schema per body there (forced here, since this torch may keep its own cache)
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    from corey_compile.passes.share_layers import schemas_once
+
+    torch.manual_seed(0)
+    gm, inputs = dynamo_graph(Net([8, 8, 16, 16, 32]).eval(), torch.randn(2, 3, 8))
+    with torch.no_grad():
+        ref = gm(*inputs)
+        share_layers(gm)
+        with schemas_once(force=True) as computed:
+            compiled = aot_module_simplified(gm, inputs, fw_compiler=lambda g, _: g.forward)
+        out = compiled(*inputs)
+    assert computed["computed"] == 2  # two bodies, each called twice
+    assert "gen_schema" not in vars(INVOKE)  # the HOP's own method is back
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    # asked directly, as torch 2.11's functionalization asks at every call: computed once per body
+    calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is INVOKE]
+    with schemas_once(force=True) as computed:
+        schemas = [INVOKE.gen_schema(getattr(gm, n.args[0].target), n.args[1],
+                                     *[a.meta["example_value"] if "example_value" in a.meta else a.meta["val"]
+                                       for a in n.args[2:]]) for n in calls]
+    assert computed["computed"] == 2 and len(schemas) == 4
+    assert schemas[0] is schemas[1] and schemas[2] is schemas[3] and schemas[0] is not schemas[2]
