@@ -171,7 +171,7 @@ def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_
         del model
 
 
-def run_config(config: str, preset: str, args, cache: str) -> dict:
+def run_config(config: str, preset: str, args, cache: str, budget: float) -> dict:
     env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(cache, "triton"),
                TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"), PYTHONUNBUFFERED="1")
     if config.startswith("mamba-ssm"):
@@ -184,10 +184,10 @@ def run_config(config: str, preset: str, args, cache: str) -> dict:
                "--decode-batches", *map(str, args.decode_batches), "--new-tokens", str(args.new_tokens),
                "--reps", str(reps)]
     start = time.perf_counter()
-    rows, err, finished, returncode = run_job(command, env, args.budget)
+    rows, err, finished, returncode = run_job(command, env, budget)
     result = {"config": config, "preset": preset, "rows": rows, "wall_s": round(time.perf_counter() - start, 1)}
     if not finished:
-        result["not_done"] = f"stopped after {args.budget:.0f} s; the measurements not listed were not done"
+        result["not_done"] = f"stopped after {budget:.0f} s; the measurements not listed were not done"
     elif returncode != 0:
         # The traceback, not the warnings around it (Inductor's CUDA-graph notes run to pages).
         start_at = err.rfind("Traceback (most recent call last)")
@@ -243,6 +243,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--budget", type=float, default=240.0, help="seconds per configuration process")
+    parser.add_argument("--total-budget", type=float,
+                        help="seconds for the whole run: each configuration gets at most what is left of it, so that a "
+                             "limit outside the script (a job's) does not stop a configuration before it reports")
     parser.add_argument("--peer-path", help="PYTHONPATH printed by benchmarks/peers/build_mamba_stack.py")
     parser.add_argument("--out")
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -256,10 +259,16 @@ def main() -> None:
 
     document = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
                 "args": {k: v for k, v in vars(args).items() if k != "job"}, "results": []}
+    deadline = time.perf_counter() + args.total_budget if args.total_budget else float("inf")
     with tempfile.TemporaryDirectory() as cache:  # shared by the configurations: kernels compile once per run
         for preset in args.presets:
             for config in args.configs:
-                document["results"].append(run_config(config, preset, args, cache))
+                budget = min(args.budget, deadline - time.perf_counter() - 5)
+                if budget < 10:
+                    document["results"].append({"config": config, "preset": preset, "rows": [],
+                                                "not_done": "not started: the total budget was spent"})
+                    continue
+                document["results"].append(run_config(config, preset, args, cache, budget))
                 compare_tokens(document["results"])
                 if args.out:  # after each configuration, so that a run stopped early keeps what it measured
                     with open(args.out, "w") as f:
