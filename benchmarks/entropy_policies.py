@@ -9,7 +9,10 @@ Kernel part, per preset, bucket (short 512, medium 2048, long 8192, ultra 32768)
 inputs are those of the preset's first Mamba block, computed by the block's own modules (RMSNorm,
 in_proj, causal conv1d, SiLU, x_proj, dt_proj) from embedded random token ids, random weights, fp16,
 batch 1. ``outliers`` is the same with 8 embedding channels made heavy-tailed (Student-t with 2
-degrees of freedom, times 50): synthetic, labelled so in the results.
+degrees of freedom, times 50): synthetic, labelled so in the results. ``trained`` takes a trained
+model's activations instead: the first block of the tiny model ``train_tiny.py`` trained on the Python
+standard library's sources (``benchmarks/models/tiny_stdlib``, d_inner 384), on a window of its held-out
+text, whatever the preset (its rows are labelled ``tiny_stdlib``).
 
 - the static sweep: every chunk the kernel supports (16 to 256), each as a CUDA-graph replay; the
   fastest is the best static chunk, the baseline every policy is compared with (the paper's
@@ -48,17 +51,26 @@ OUTLIER_CHANNELS, OUTLIER_SCALE = 8, 50.0
 
 
 def block_inputs(preset: str, seqlen: int, kind: str, seed: int = 0, device: str = "cuda") -> dict:
-    """The selective-scan arguments of the preset's first Mamba block on random ids (module docstring)."""
+    """The selective-scan arguments of the preset's first Mamba block on random ids, or (``trained``) of the
+    trained tiny model's first block on held-out text, whatever the preset (module docstring)."""
     import torch
     import torch.nn.functional as F
 
     from corey_compile.models import build_mamba
 
     dtype = torch.float16 if device == "cuda" else torch.float32
-    model = build_mamba(preset, num_hidden_layers=1, dtype=dtype, device=device, seed=seed)
+    if kind == "trained":  # the tiny model trained on the standard library's sources, on its held-out text
+        import train_tiny
+
+        model = train_tiny.load(dtype=dtype, device=device)
+        text = train_tiny.held_out_text()
+        start = torch.randint(0, text.numel() - seqlen, (1,), generator=torch.Generator().manual_seed(seed)).item()
+        ids = text[start:start + seqlen][None].to(device)
+    else:
+        model = build_mamba(preset, num_hidden_layers=1, dtype=dtype, device=device, seed=seed)
+        g = torch.Generator(device=device).manual_seed(seed)
+        ids = torch.randint(1, model.config.vocab_size, (1, seqlen), device=device, generator=g)
     mixer, layer = model.backbone.layers[0].mixer, model.backbone.layers[0]
-    g = torch.Generator(device=device).manual_seed(seed)
-    ids = torch.randint(1, model.config.vocab_size, (1, seqlen), device=device, generator=g)
     with torch.no_grad():
         hidden = model.backbone.embeddings(ids)
         if kind == "outliers":  # synthetic heavy-tailed channels
@@ -129,7 +141,8 @@ def kernel_part(preset: str, seqlen: int, kind: str) -> dict:
     from corey_compile.planning.plan import RegionFacts
 
     x = block_inputs(preset, seqlen, kind)
-    row = {"preset": preset, "seqlen": seqlen, "inputs": kind + (" (synthetic)" if kind == "outliers" else ""),
+    row = {"preset": "tiny_stdlib" if kind == "trained" else preset, "seqlen": seqlen,
+           "inputs": kind + (" (synthetic)" if kind == "outliers" else ""),
            "dim": x["u"].shape[1], "static_us": {}, "policies": {}, "fusion": {}}
     for chunk in CHUNKS:
         row["static_us"][chunk] = graph_us(scan_call(x, chunk))
@@ -241,7 +254,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["370m", "1.4b"])
     parser.add_argument("--buckets", nargs="+", type=int, default=[512, 2048, 8192, 32768])
-    parser.add_argument("--inputs", nargs="+", default=["random", "outliers"], choices=["random", "outliers"])
+    parser.add_argument("--inputs", nargs="+", default=["random", "outliers", "trained"],
+                        choices=["random", "outliers", "trained"])
     parser.add_argument("--model-presets", nargs="*", default=["370m"])
     parser.add_argument("--model-buckets", nargs="+", type=int, default=[512, 2048, 8192])
     parser.add_argument("--reps", type=int, default=5)
@@ -271,6 +285,8 @@ def main() -> None:
 
     for preset in args.presets:
         for kind in args.inputs:
+            if kind == "trained" and preset != args.presets[0]:
+                continue  # one model whatever the preset: once
             for seqlen in args.buckets:
                 try:
                     row = kernel_part(preset, seqlen, kind)
