@@ -132,9 +132,11 @@ def selective_scan(
             from .autotune import autotuned_chunk
 
             chunk_size = autotuned_chunk(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                         fallback=lambda: scan_chunk(u.shape, u.element_size(), u.device, 0, "occupancy"))
+                                         fallback=lambda: scan_chunk(u.shape, u.element_size(), u.device, 0,
+                                                                     "occupancy"))
+        chunk_size = scan_chunk(u.shape, u.element_size(), u.device, chunk_size, chunk_policy)
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                      chunk_size=scan_chunk(u.shape, u.element_size(), u.device, chunk_size, chunk_policy))
+                                      chunk_size=chunk_size)
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 
 
@@ -143,8 +145,8 @@ def _capturing(device: torch.device) -> bool:
 
 
 def scan_chunk(shape, element_size: int, device, chunk_size: int, chunk_policy: str) -> int:
-    """The chunk a ``selective_scan`` call of u's ``shape`` (b, d, l) and ``element_size`` runs: the planned one, or where the
-    planner left it to the call (0), the one ``chunk_policy`` gives this shape. For ``autotune``, which
+    """The chunk a ``selective_scan`` call of u's ``shape`` (b, d, l) and ``element_size`` runs: the planned
+    one, or where the planner left it to the call (0), the one ``chunk_policy`` gives this shape. For ``autotune``, which
     times the call's own inputs, and the run-time entropy policy, which reads them, the occupancy
     policy's: what the warm-up compiles ahead, and what a call under CUDA graph capture runs."""
     policy = "occupancy" if chunk_policy == "autotune" or chunk_policy.startswith(RUNTIME_PREFIX) else chunk_policy

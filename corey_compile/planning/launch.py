@@ -49,11 +49,11 @@ class ScanLaunch:
     """One launch of the prefill kernel: its grid, program shape and schedule.
 
     chunk: steps per tile along the sequence; steps: consecutive steps per lane; steps_per_load:
-    steps in one load (16 bytes' worth, or a lane's 8 float32 steps); block_d: channels per program; pipeline: the next chunk's u, delta
-    and z loaded into registers while this one is scanned (0 or 1); stages: Triton's software
-    pipelining of the loop over chunks through shared memory (1: none, 2: every load one chunk
-    ahead); hoist_a: A kept in registers across chunks; widen_bc_pairs: bfloat16 B and C widened
-    two steps at a time.
+    steps in one load (16 bytes' worth, or a lane's 8 float32 steps); block_d: channels per program;
+    pipeline: the next chunk's u, delta and z loaded into registers while this one is scanned (0 or 1);
+    stages: Triton's software pipelining of the loop over chunks through shared memory (1: none, 2: every
+    load one chunk ahead); hoist_a: A kept in registers across chunks; widen_bc_pairs: bfloat16 B and C
+    widened two steps at a time.
     """
 
     chunk: int
@@ -135,7 +135,8 @@ def scan_launch(batch: int, dim: int, groups: int, element_size: int, bc_bfloat1
     steps = min(STEPS_PER_LANE, chunk)
     steps_per_load = schedule["steps_per_load"]
     if steps_per_load & (steps_per_load - 1) or steps % steps_per_load:
-        raise ValueError(f"steps_per_load must be a power of two dividing the {steps} steps of a lane, got {steps_per_load}")
+        raise ValueError(f"steps_per_load must be a power of two dividing the {steps} steps of a lane, "
+                         f"got {steps_per_load}")
     default_block_d, default_warps = program_shape(chunk, dim)
     block_d = block_d or default_block_d
     num_warps = num_warps or default_warps

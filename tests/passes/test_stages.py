@@ -142,8 +142,8 @@ def test_the_run_time_chunk_is_the_policy_applied_to_the_call():
     from corey_compile.planning import choose_chunk, run_time_chunk, sm_count
 
     cpu = torch.device("cpu")
-    for policy, (batch, dim, seqlen), size in itertools.product(("occupancy", "seqlen"), [(1, 2048, 2048), (8, 1536, 40)],
-                                                                (2, 4)):
+    shapes = [(1, 2048, 2048), (8, 1536, 40)]
+    for policy, (batch, dim, seqlen), size in itertools.product(("occupancy", "seqlen"), shapes, (2, 4)):
         assert run_time_chunk(policy, batch, dim, seqlen, size, cpu) == choose_chunk(policy, batch, dim, seqlen,
                                                                                      sm_count(cpu), 0, size)[0]
     with pytest.raises(ValueError, match="cannot be applied at run time"):
