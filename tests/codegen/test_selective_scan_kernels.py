@@ -40,7 +40,8 @@ def _reference(inputs, use, softplus, h0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
-@pytest.mark.parametrize("seqlen, chunk", [(s, c) for s in (1, 7, 63, 300) for c in (16, 64)] + [(300, 128), (7, 4), (9, 1)])
+@pytest.mark.parametrize("seqlen, chunk", [(s, c) for s in (1, 7, 63, 300) for c in (16, 64)]
+                         + [(300, 32), (300, 128), (7, 4), (9, 1)])
 def test_prefill_matches_reference(dtype, seqlen, chunk):
     inputs = _inputs(2, 5, seqlen, 4, 0, dtype, 1.0)
     out = torch.full_like(inputs["u"], float("nan"))
