@@ -373,7 +373,7 @@ def _hadamard_table(records: list) -> str:
 
 
 def _launch_text(launch: dict) -> str:
-    keys = ("grid", "block_d", "num_warps", "stages", "pipeline")
+    keys = ("grid", "block_d", "num_warps", "stages", "pipeline", "steps_per_load")
     return " ".join(f"{k}={tuple(launch[k]) if k == 'grid' else launch[k]}" for k in keys if k in launch)
 
 
