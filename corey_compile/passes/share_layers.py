@@ -341,8 +341,12 @@ def schemas_once(force: bool = False):
             schemas[key] = (subgraph, compute(subgraph, identifier, *operands))
         return schemas[key][1]
 
+    outer = vars(invoke_subgraph).get("gen_schema")  # an enclosing block's, if any
     invoke_subgraph.gen_schema = gen_schema  # the instance's attribute, in front of the class's method
     try:
         yield calls
     finally:
-        del invoke_subgraph.gen_schema
+        if outer is None:
+            del invoke_subgraph.gen_schema
+        else:
+            invoke_subgraph.gen_schema = outer

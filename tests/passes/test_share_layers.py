@@ -154,9 +154,15 @@ def test_a_shared_bodys_schema_is_computed_once_for_all_its_calls():
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     # asked directly, as torch 2.11's functionalization asks at every call: computed once per body
     calls = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is INVOKE]
+
+    def ask(call):
+        operands = [a.meta.get("example_value", a.meta.get("val")) for a in call.args[2:]]
+        return INVOKE.gen_schema(getattr(gm, call.args[0].target), call.args[1], *operands)
+
     with schemas_once(force=True) as computed:
-        schemas = [INVOKE.gen_schema(getattr(gm, n.args[0].target), n.args[1],
-                                     *[a.meta["example_value"] if "example_value" in a.meta else a.meta["val"]
-                                       for a in n.args[2:]]) for n in calls]
+        schemas = [ask(call) for call in calls]
+        with schemas_once(force=True):  # a block inside another gives the outer one back when it ends
+            pass
+        assert ask(calls[0]) is schemas[0]
     assert computed["computed"] == 2 and len(schemas) == 4
     assert schemas[0] is schemas[1] and schemas[2] is schemas[3] and schemas[0] is not schemas[2]
