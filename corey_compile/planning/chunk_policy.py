@@ -21,7 +21,8 @@ MIN_CHUNK, MAX_CHUNK = 16, 256
 # half precision, b=1: chunk 128 within 5 % of the best at d=2048, 4096 and 5120 (l=2048) and 1.2x of it at
 # d=1536 (256 there); chunk 64 never the best. b=8: chunk 32 the best at d=2048 and 4096 (347 and 677 µs,
 # 128 took 409 and 789); chunk 16 took 740 µs at b=8, d=2048 on 2026-12-01. Float32: chunk 128 the best or
-# within 10 % at every shape but b=1, d=2048, l=2048 (127 against 108 for 256), batch 8 included.
+# within 2 % at every shape but two, batch 8 included; at b=1, d=2048 it took 127 against 108 µs (256) at
+# l=2048 and 36 against 30 (128 without the 32-byte loads) at l=512.
 OCCUPANCY_WARPS_PER_SM, OCCUPANCY_MAX_CHUNK = 16, 128
 OCCUPANCY_MIN_CHUNK = {2: 32, 4: 128}  # by element size; other sizes take the half-precision minimum
 # The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
