@@ -2,7 +2,8 @@
 
 Usage (on the GPU machine):
     python benchmarks/entropy_policies.py --out results.json [--presets 370m 1.4b] [--buckets 512 2048 8192 32768]
-        [--inputs random outliers] [--model-presets 370m] [--model-buckets 512 2048 8192] [--budget 240]
+        [--inputs random outliers trained] [--model-presets 370m] [--model-buckets 512 2048 8192] [--budget 240]
+        [--total-budget SECONDS]
     python benchmarks/entropy_policies.py --plot results.json --png policies.png
 
 Kernel part, per preset, bucket (short 512, medium 2048, long 8192, ultra 32768) and inputs. The scan's
@@ -260,6 +261,10 @@ def main() -> None:
     parser.add_argument("--model-buckets", nargs="+", type=int, default=[512, 2048, 8192])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--budget", type=float, default=240.0, help="seconds per model configuration")
+    parser.add_argument("--total-budget", type=float,
+                        help="seconds for the whole run: the kernel part stops starting rows, and each model "
+                             "configuration gets at most what is left, so that a limit outside the script does not "
+                             "stop it before it writes")
     parser.add_argument("--out")
     parser.add_argument("--plot", help="a results JSON to plot (with --png) instead of measuring")
     parser.add_argument("--png")
@@ -283,11 +288,16 @@ def main() -> None:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1)
 
+    deadline = time.perf_counter() + args.total_budget if args.total_budget else float("inf")
     for preset in args.presets:
         for kind in args.inputs:
             if kind == "trained" and preset != args.presets[0]:
                 continue  # one model whatever the preset: once
             for seqlen in args.buckets:
+                if time.perf_counter() > deadline - 30:
+                    results["kernel"].append({"preset": preset, "seqlen": seqlen, "inputs": kind,
+                                              "error": "not started: the total budget was spent"})
+                    continue
                 try:
                     row = kernel_part(preset, seqlen, kind)
                 except Exception as exc:  # noqa: BLE001 - say which shape failed and go on
@@ -299,13 +309,18 @@ def main() -> None:
         best = next((r["best_static"] for r in results["kernel"] if r.get("preset") == preset
                      and r.get("seqlen") == 2048 and r.get("inputs") == "random"), None)
         for options in model_configs(best):
+            budget = min(args.budget, deadline - time.perf_counter() - 5)
+            if budget < 10:
+                results["model"].append({"preset": preset, "options": options, "prefill": [],
+                                         "note": "not started: the total budget was spent"})
+                continue
             job = json.dumps({"preset": preset, "options": options, "buckets": args.model_buckets, "reps": args.reps})
             started = time.perf_counter()
             lines, err, finished, code = run_job([sys.executable, os.path.abspath(__file__), "--job", job],
-                                                 dict(os.environ, PYTHONUNBUFFERED="1"), args.budget)
+                                                 dict(os.environ, PYTHONUNBUFFERED="1"), budget)
             entry = {"preset": preset, "options": options, "prefill": lines, "wall_s": round(time.perf_counter() - started, 1)}
             if not finished:
-                entry["note"] = f"not done within {args.budget:.0f} s"
+                entry["note"] = f"not done within {budget:.0f} s"
             elif code:
                 entry["note"] = f"failed (exit {code}): {err.strip().splitlines()[-1] if err.strip() else ''}"
             results["model"].append(entry)
