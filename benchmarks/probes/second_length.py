@@ -6,7 +6,8 @@ Usage: python benchmarks/probes/second_length.py --out-dir DIR [--preset 130m] [
 A fresh process with empty Triton and Inductor caches compiles a transformers Mamba of the preset's shapes
 (fp16, random weights) with ``backend="corey"`` and calls it at the first length; the call at the second
 length then runs under cProfile. Writes ``second_length.json`` (each call's seconds, corey's stage times
-for the new graph, torch's own compile timers after each call) and ``second_length_cprofile.txt`` (the 60
+for the new graph, the Triton kernels compiled or loaded in this process during the call, torch's own
+compile timers after each call) and ``second_length_cprofile.txt`` (the 60
 functions with the most cumulative time, and the 40 with the most own time).
 """
 from __future__ import annotations
@@ -20,6 +21,25 @@ import pstats
 import sys
 import tempfile
 import time
+
+
+def listen_to_triton() -> list:
+    """Every Triton compilation in this process from now on, as (kernel, cache hit, seconds), through Triton's
+    compilation listener (``triton.knobs.compilation.listener``; an empty list where this Triton has none).
+    The warm-up's children and Inductor's compile workers are other processes: what lands here is what the
+    call itself waited for."""
+    seen: list = []
+    try:
+        from triton import knobs
+    except ImportError:
+        return seen
+
+    def listener(src, metadata, metadata_group, times, cache_hit):
+        seen.append({"kernel": metadata.get("name"), "cache_hit": cache_hit, "seconds": round(times.total / 1e6, 3)})
+
+    if hasattr(getattr(knobs, "compilation", None), "listener"):
+        knobs.compilation.listener = listener
+    return seen
 
 
 def main() -> None:
@@ -38,6 +58,7 @@ def main() -> None:
     import corey_compile
     from corey_compile.models import build_mamba
 
+    compiled_here = listen_to_triton()
     model = build_mamba(args.preset, dtype=torch.float16, device="cuda")
     model.compile(backend="corey")
     calls = []
@@ -56,11 +77,17 @@ def main() -> None:
             profiler.disable()
         headers, values = compile_times(repr="csv", aggregate=True)
         calls.append({"seqlen": seqlen, "seconds": round(time.perf_counter() - start, 3),
+                      "triton_in_this_process": compiled_here[:],
                       "corey_graphs": [{"seconds": r.seconds, "recompile_reason": r.recompile_reason,
                                         "passes": {p.name: p.seconds for p in r.passes}}
                                        for r in corey_compile.all_reports()[before:]],
                       "torch_compile_times_s": {k: round(float(v), 3) for k, v in zip(headers, values)}})
-        print(json.dumps({k: v for k, v in calls[-1].items() if k != "torch_compile_times_s"}), flush=True)
+        compiled_here.clear()
+        shown = {k: v for k, v in calls[-1].items() if k not in ("torch_compile_times_s", "triton_in_this_process")}
+        triton_here = calls[-1]["triton_in_this_process"]
+        shown["triton_compiled_here"] = [t for t in triton_here if not t["cache_hit"]]
+        shown["triton_loaded_here"] = sum(t["cache_hit"] for t in triton_here)
+        print(json.dumps(shown), flush=True)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "second_length.json"), "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "calls": calls}, f, indent=1)
