@@ -205,6 +205,7 @@ def _compile_sharing_layers(gm: fx.GraphModule, example_inputs, options, mode, c
     report.shared_layers = shared.summary()  # with why a layer stays inline: compiled all the same, not declined
     if not shared.shared:
         return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
+    _restart_with_constant_floats(shared.float_symbols)
     try:
         with schemas_once():
             return _inner_compile(shared_gm, example_inputs, options, mode, cuda_graphs)
@@ -215,6 +216,31 @@ def _compile_sharing_layers(gm: fx.GraphModule, example_inputs, options, mode, c
         report.shared_layers += f"; the inner compiler refused it ({type(exc).__name__}: {first_line}), " \
                                 "so every layer was compiled"
         return _inner_compile(gm, example_inputs, options, mode, cuda_graphs)
+
+
+def _restart_with_constant_floats(symbols: list) -> None:
+    """Have Dynamo trace again with these float inputs as constants, now rather than after AOT autograd.
+
+    Where Dynamo made a float an input (``dynamic=True`` does so with a norm's epsilon), ``share_layers``
+    hands the shared bodies the 0-d tensor in place of its ``.item()``. Inductor's scalar pass then finds
+    the float's symbol unused and has Dynamo trace the frame again with every float it could not turn
+    into tensor arithmetic a constant (``TensorifyScalarRestartAnalysis``), but only after AOT autograd has
+    traced the whole graph, the slowest part of the inner compiler. This asks for the same restart, the
+    same way the pass does (``TensorifyState.specialize``), before any of that work, for every float input
+    the graph reads (``symbols``: where the pass would have kept one as a tensor, a change of its value now
+    compiles again). Nothing to do where no float was unwrapped."""
+    if not symbols or None in symbols:  # a read without its symbol: leave the restart to Inductor
+        return
+    try:
+        from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+        from torch._dynamo.symbolic_convert import TensorifyState
+    except ImportError:  # a torch without the mechanism: Inductor restarts, or not, as it would
+        return
+    if all(TensorifyState.should_specialize(name) for name in symbols):
+        return  # asked for already, and Dynamo traced them as inputs all the same: never ask twice
+    for name in symbols:
+        TensorifyState.specialize(name)
+    raise TensorifyScalarRestartAnalysis
 
 
 # Methods and functions that give a view of their first argument: a write to the view writes the input.

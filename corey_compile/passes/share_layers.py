@@ -42,6 +42,9 @@ class SharedLayers:
     layers: int = 0
     shared: list = field(default_factory=list)  # (body name, how many layers call it)
     declined: list = field(default_factory=list)  # (layer, kind of reason, the reason in full)
+    # where some float input's .item() reads became tensor arithmetic (``_unwrap_float_inputs``): the symbols
+    # of every float input the graph reads, which Inductor would have Dynamo make constants (``float_input_symbols``)
+    float_symbols: list = field(default_factory=list)
 
     def summary(self) -> str:
         if not self.layers:
@@ -121,7 +124,19 @@ def _floating_tensor(node) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
 
 
-def _unwrap_float_inputs(gm: fx.GraphModule) -> int:
+def float_input_symbols(gm: fx.GraphModule) -> list:
+    """The symbols (Dynamo's ``zf0``...) of the float inputs ``gm`` reads with ``.item()``; None for one whose
+    placeholder carries no symbol."""
+    symbols = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" and any(u.op == "call_method" and u.target == "item" for u in node.users):
+            memo = getattr(node.meta.get("example_value"), "item_memo", None)
+            expr = getattr(getattr(memo, "node", None), "_expr", None)
+            symbols.append(getattr(expr, "name", None))
+    return symbols
+
+
+def _unwrap_float_inputs(gm: fx.GraphModule) -> list:
     """Where Dynamo made a float an input (``dynamic=True`` does so with a norm's epsilon), it passes a
     0-d float64 tensor and reads it with ``.item()`` in the layer; a shared body cannot read a tensor's
     value. Where every use is arithmetic with a floating tensor, use the 0-d tensor itself: PyTorch
@@ -239,7 +254,9 @@ def _subgraph(nodes: list) -> tuple[fx.Graph, list, list]:
 def share_layers(gm: fx.GraphModule) -> SharedLayers:
     """Rewrite ``gm`` in place so that layers with the same body call one subgraph; say what it did."""
     result = SharedLayers()
-    _unwrap_float_inputs(gm)
+    floats = float_input_symbols(gm)
+    if _unwrap_float_inputs(gm):
+        result.float_symbols = floats
     layers = _assign_layers(gm)
     names = list(dict.fromkeys(layer for layer in layers.values() if layer is not None))
     result.layers = len(names)

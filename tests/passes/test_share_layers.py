@@ -119,9 +119,20 @@ def test_a_graph_without_module_lists_is_left_alone():
 
 
 @pytest.mark.parametrize("dynamic", [None, True])
-def test_mamba_under_inductor_shares_its_layers(dynamic):
+def test_mamba_under_inductor_shares_its_layers(dynamic, monkeypatch):
     # dynamic=True makes each layer's norm epsilon a float input read with .item(), which a shared body cannot
-    # take: the pass hands Inductor the 0-d tensor, and Inductor has Dynamo trace again with the float constant
+    # take: the pass hands the bodies the 0-d tensor, and corey has Dynamo trace again with the float constant
+    # before the inner compiler starts (Inductor would ask for the same after AOT autograd's trace)
+    import corey_compile.backend as backend
+
+    inner_compiles = []
+    real_inner_compile = backend._inner_compile
+
+    def counted(gm, *args, **kwargs):
+        inner_compiles.append(gm)
+        return real_inner_compile(gm, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "_inner_compile", counted)
     model = build_mamba("tiny", num_hidden_layers=3, use_associative_scan=False, seed=0)
     prompt = torch.randint(1, 256, (1, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -132,6 +143,7 @@ def test_mamba_under_inductor_shares_its_layers(dynamic):
     (report,) = corey_compile.all_reports()
     assert report.shared_layers == "3 layers, 3 of them calling 1 shared body (corey_layer_0 ×3)"
     assert bool(report.symbolic) == bool(dynamic)
+    assert len(inner_compiles) == 1  # with dynamic=True, the first trace's graph never reached Inductor
 
 
 def test_a_shared_bodys_schema_is_computed_once_for_all_its_calls():
