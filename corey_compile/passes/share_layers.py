@@ -129,14 +129,15 @@ def float_input_symbols(gm: fx.GraphModule) -> list:
     placeholder carries no symbol."""
     symbols = []
     for node in gm.graph.nodes:
-        if node.op == "placeholder" and any(u.op == "call_method" and u.target == "item" for u in node.users):
+        if node.op == "placeholder" and _floating_tensor(node) and any(u.op == "call_method" and u.target == "item"
+                                                                      for u in node.users):
             memo = getattr(node.meta.get("example_value"), "item_memo", None)
             expr = getattr(getattr(memo, "node", None), "_expr", None)
             symbols.append(getattr(expr, "name", None))
     return symbols
 
 
-def _unwrap_float_inputs(gm: fx.GraphModule) -> list:
+def _unwrap_float_inputs(gm: fx.GraphModule) -> int:
     """Where Dynamo made a float an input (``dynamic=True`` does so with a norm's epsilon), it passes a
     0-d float64 tensor and reads it with ``.item()`` in the layer; a shared body cannot read a tensor's
     value. Where every use is arithmetic with a floating tensor, use the 0-d tensor itself: PyTorch
