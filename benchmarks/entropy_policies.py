@@ -44,7 +44,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from jobs import run_job  # noqa: E402  (benchmarks/, the script's own folder, is on sys.path)
+from jobs import budget_before, deadline_after, run_job  # noqa: E402  (benchmarks/ is on sys.path)
 
 CHUNKS = (16, 32, 64, 128, 256)
 POLICIES = ("occupancy", "seqlen", "entropy", "entropy-guarded", "autotune")
@@ -288,7 +288,7 @@ def main() -> None:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=1)
 
-    deadline = time.perf_counter() + args.total_budget if args.total_budget else float("inf")
+    deadline = deadline_after(args.total_budget)
     for preset in args.presets:
         for kind in args.inputs:
             if kind == "trained" and preset != args.presets[0]:
@@ -309,8 +309,8 @@ def main() -> None:
         best = next((r["best_static"] for r in results["kernel"] if r.get("preset") == preset
                      and r.get("seqlen") == 2048 and r.get("inputs") == "random"), None)
         for options in model_configs(best):
-            budget = min(args.budget, deadline - time.perf_counter() - 5)
-            if budget < 10:
+            budget = budget_before(deadline, args.budget)
+            if budget is None:
                 results["model"].append({"preset": preset, "options": options, "prefill": [],
                                          "note": "not started: the total budget was spent"})
                 continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 
 def run_job(command: list, env: dict, budget: float) -> tuple[list, str, bool, int]:
@@ -21,3 +22,15 @@ def run_job(command: list, env: dict, budget: float) -> tuple[list, str, bool, i
         out, err = process.communicate()
         finished = False
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")], err, finished, process.returncode
+
+
+def deadline_after(total: float | None) -> float:
+    """The ``time.perf_counter()`` by which a run of ``total`` seconds must end (never, without one)."""
+    return time.perf_counter() + total if total else float("inf")
+
+
+def budget_before(deadline: float, budget: float) -> float | None:
+    """A configuration's seconds: ``budget``, or less so that it ends (and reports) 5 s before ``deadline``;
+    None where under 10 s would be left, too little to start one."""
+    left = min(budget, deadline - time.perf_counter() - 5)
+    return left if left >= 10 else None

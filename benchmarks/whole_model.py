@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 
-from jobs import run_job  # benchmarks/, the script's own folder, is on sys.path
+from jobs import budget_before, deadline_after, run_job  # benchmarks/, this script's folder, is on sys.path
 
 CONFIGS = ("transformers", "mamba-ssm", "corey", "corey-cudagraphs", "corey-hadamard", "corey-hadamard-cudagraphs",
            "inductor", "mamba-ssm-lm")
@@ -262,12 +262,12 @@ def main() -> None:
 
     document = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
                 "args": {k: v for k, v in vars(args).items() if k != "job"}, "results": []}
-    deadline = time.perf_counter() + args.total_budget if args.total_budget else float("inf")
+    deadline = deadline_after(args.total_budget)
     with tempfile.TemporaryDirectory() as cache:  # shared by the configurations: kernels compile once per run
         for preset in args.presets:
             for config in args.configs:
-                budget = min(args.budget, deadline - time.perf_counter() - 5)
-                if budget < 10:
+                budget = budget_before(deadline, args.budget)
+                if budget is None:
                     document["results"].append({"config": config, "preset": preset, "rows": [],
                                                 "not_done": "not started: the total budget was spent"})
                     continue

@@ -146,8 +146,8 @@ def _capturing(device: torch.device) -> bool:
 
 def scan_chunk(shape, element_size: int, device, chunk_size: int, chunk_policy: str) -> int:
     """The chunk a ``selective_scan`` call of u's ``shape`` (b, d, l) and ``element_size`` runs: the planned
-    one, or where the planner left it to the call (0), the one ``chunk_policy`` gives this shape. For ``autotune``, which
-    times the call's own inputs, and the run-time entropy policy, which reads them, the occupancy
+    one, or where the planner left it to the call (0), the one ``chunk_policy`` gives this shape. For
+    ``autotune``, which times the call's own inputs, and the run-time entropy policy, which reads them, the occupancy
     policy's: what the warm-up compiles ahead, and what a call under CUDA graph capture runs."""
     policy = "occupancy" if chunk_policy == "autotune" or chunk_policy.startswith(RUNTIME_PREFIX) else chunk_policy
     return chunk_size or run_time_chunk(policy, *shape, element_size, device)

@@ -142,14 +142,14 @@ def _decide(facts: RegionFacts, chunk_policy: str, chunk_size: int, fusion: str,
         return Plan(chunk_size, SCAN_KERNEL, {}, producers, consumers,
                     [f"fixed policy: chunk_size={chunk_size}; {said} symbolic: the launch is chosen per call",
                      fusion_reason])
+    element_size = ELEMENT_SIZES.get(facts.dtype, 4)
     if chunk_policy not in ("entropy", "entropy-guarded"):
         chunk, chunk_reason = choose_chunk(chunk_policy, facts.batch, facts.dim, facts.seqlen, sms, chunk_size,
-                                           ELEMENT_SIZES.get(facts.dtype, 4))
+                                           element_size)
         chunk_reason = fallback + chunk_reason
     if facts.seqlen == 1:  # the op sends a one-step scan to the decode kernel
         launch = step_launch(facts.batch, facts.dim, facts.dstate, facts.groups)
         return Plan(chunk, STEP_KERNEL, launch.as_dict(), producers, consumers,
                     [chunk_reason, "one step: the op runs the decode kernel, so the chunk is not used", fusion_reason])
-    launch = scan_launch(facts.batch, facts.dim, facts.groups, ELEMENT_SIZES.get(facts.dtype, 4),
-                         facts.bc_dtype == "bfloat16", chunk)
+    launch = scan_launch(facts.batch, facts.dim, facts.groups, element_size, facts.bc_dtype == "bfloat16", chunk)
     return Plan(chunk, SCAN_KERNEL, launch.as_dict(), producers, consumers, [chunk_reason, fusion_reason])
