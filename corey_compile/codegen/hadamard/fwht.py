@@ -71,11 +71,9 @@ def _cached_mixing_matrix(n: int, device: torch.device) -> torch.Tensor:
 # Measured on an H200, fp16, CUDA-graph replay (benchmarks/results/h200_2026-12-02c/hadamard_rows.json): at
 # 1 row the split took 1.4-1.7 µs against 6.0-13.2 (widths 1536, 2560, 5120), at 128-256 programs 2.8-8.8
 # against 6.4-14.8; at 1024-2048 programs it was slower (12.2-53.5 against 9.2-39.5). Between 256 and 1024
-# programs it was not measured. That run timed the launch but did not check its results, and its test
-# (tests/codegen/test_hadamard.py, both launches against the dense product) has run only in Triton's
-# interpreter, which cannot show lane effects: 0, the split only where a caller asks for it, until that test
-# passes compiled on a GPU; then 512.
-SPLIT_BELOW_PROGRAMS = 0
+# programs it was not measured. Both launches' test (tests/codegen/test_hadamard.py, against the dense
+# product) passed compiled on an H200 on 2026-12-02 (benchmarks/results/h200_2026-12-02d/).
+SPLIT_BELOW_PROGRAMS = 512
 
 
 def hadamard_transform(x: torch.Tensor, mixing: torch.Tensor | None = None, block_rows: int | None = None,
