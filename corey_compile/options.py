@@ -136,6 +136,10 @@ OPTIONS = (
                "with Inductor on a CUDA GPU, write matrix products with one row (weights up to 32 MiB) and "
                "depthwise conv1d read at their last position as products and sums, which Inductor fuses with "
                "their neighbours rather than calling cuBLAS or cuDNN once each (decode steps)"),
+    OptionSpec("conv_taps", True, "COREY_CONV_TAPS", "bool",
+               "with Inductor on a CUDA GPU, write depthwise conv1d of up to 8 taps over whole sequences (a "
+               "prefill's causal convolution) as shifted products and sums, which Inductor fuses with the copy "
+               "before and the SiLU after, rather than calling cuDNN"),
     OptionSpec("hadamard", False, "COREY_HADAMARD", "bool",
                "rotate the residual stream by a normalized Hadamard matrix folded into the weights (norm weights "
                "into the projections after them), with an online Hadamard transform before each out_proj; the "

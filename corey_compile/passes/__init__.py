@@ -1,7 +1,7 @@
 """The compiler's stages, as one ordered list of passes over an FX graph.
 
     match_* (record regions) → measure_regions → plan_regions → lower_regions → fold_hadamard
-    → rewrite_token_ops
+    → rewrite_token_ops → rewrite_conv_taps
 
 Contract (README.md beside this file): ``pass_fn(gm, ctx) -> gm``; a pass
 records its decisions and declines through ``ctx``; matchers rewrite nothing;
@@ -25,6 +25,7 @@ from .measure_regions import measure_regions
 from .plan_regions import plan_regions
 from .fold_hadamard import fold_hadamard
 from .regions import match_pass
+from .rewrite_conv_taps import rewrite_conv_taps
 from .rewrite_token_ops import rewrite_token_ops
 
 
@@ -54,6 +55,8 @@ PIPELINE = (
          "rotate the residual stream by a normalized Hadamard matrix folded into the weights (option hadamard)"),
     Pass("rewrite_token_ops", rewrite_token_ops, None,
          "write one-row products and last-position depthwise convolutions as products and sums Inductor fuses"),
+    Pass("rewrite_conv_taps", rewrite_conv_taps, None,
+         "write depthwise convolutions over whole sequences as shifted products and sums Inductor fuses"),
 )
 MATCH_FORMS = tuple(p.form for p in PIPELINE if p.form)
 

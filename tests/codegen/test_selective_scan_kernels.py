@@ -308,3 +308,42 @@ def test_ops_agree_with_their_fake_kernels_on_non_contiguous_inputs(path, monkey
                            None, torch.randn(d, b).t(), None, True), test_utils=("test_schema", "test_faketensor"))
     out, last = torch.ops.corey.selective_scan(u, delta, -torch.rand(d, n), B, C, None, None, None, True, h0, 16)
     assert out.is_contiguous() and last.is_contiguous()
+
+
+def test_prefill_op_hands_the_kernel_adjacent_steps(monkeypatch):
+    # transformers' layouts: the gate a transposed slice of in_proj's (b, l, 2d) output, B and C of x_proj's
+    # (b, l, r + 2n). The kernel reads a lane's steps in one load: the op gives it every input with adjacent
+    # steps, and the answer is the one the strided views give the reference.
+    from corey_compile.codegen import ops
+
+    b, d, l, n, r = 2, 6, 40, 4, 3
+    xz = torch.randn(b, l, 2 * d)
+    x_dbl = torch.randn(b, l, r + 2 * n)
+    inputs = dict(u=torch.randn(b, d, l), delta=torch.randn(b, l, d).transpose(1, 2), A=-torch.rand(d, n) - 0.1,
+                  B=x_dbl[..., r:r + n].transpose(1, 2), C=x_dbl[..., r + n:].transpose(1, 2), D=torch.randn(d),
+                  z=xz[..., d:].transpose(1, 2), delta_bias=torch.randn(d) * 0.5)
+    assert inputs["z"].stride(-1) == 2 * d and inputs["B"].stride(-1) == r + 2 * n
+    seen = []
+    real = ops.selective_scan_chunked
+
+    def spy(u, delta, A, B, C, D, z, *args, **kwargs):
+        seen.append({name: t.stride(-1) for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z))})
+        return real(u, delta, A, B, C, D, z, *args, **kwargs)
+
+    monkeypatch.setattr(ops, "selective_scan_chunked", spy)
+    i = inputs
+    out, last = torch.ops.corey.selective_scan(i["u"], i["delta"], i["A"], i["B"], i["C"], i["D"], i["z"],
+                                               i["delta_bias"], True, None, 16)
+    assert seen == [{"u": 1, "delta": 1, "B": 1, "C": 1, "z": 1}]
+    ref_out, ref_last = _reference(inputs, {}, True, None)
+    torch.testing.assert_close(out.double(), ref_out, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(last.double(), ref_last, rtol=1e-4, atol=1e-4)
+
+
+def test_prefill_op_asks_inductor_for_contiguous_inputs():
+    # Where torch has the tag, Inductor's producers write the op's inputs contiguous (or copy once, planned),
+    # so that the op's own copies are not needed in a compiled graph.
+    tag = getattr(torch.Tag, "needs_contiguous_strides", None)
+    if tag is None:
+        pytest.skip("this torch has no needs_contiguous_strides tag: the op copies")
+    assert tag in torch.ops.corey.selective_scan.default.tags
