@@ -9,6 +9,7 @@ Usage: python benchmarks/gpu_equivalence.py --out results.json
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -16,8 +17,9 @@ import transformers
 
 from transformers.models.mamba import modeling_mamba
 
-import corey_compile
-from corey_compile.models import build_mamba
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # corey_compile from the checkout
+import corey_compile  # noqa: E402
+from corey_compile.models import build_mamba  # noqa: E402
 
 
 def exporting_flag_is_wrong() -> bool:
