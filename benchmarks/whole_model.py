@@ -165,6 +165,7 @@ def job(config: str, preset: str, dtypes, lengths, batches, decode_batches, new_
 
             print(json.dumps({"dtype": dtype_name, "graphs": [
                 {"graph": r.graph_index, "regions": len(r.regions), "cuda_graphs": r.cuda_graphs,
+                 "recompile_reason": r.recompile_reason,
                  "static_inputs": len(r.static_inputs), "seconds": r.seconds} for r in corey_compile.all_reports()]}),
                 flush=True)
             corey_compile.clear_reports()

@@ -71,7 +71,7 @@ def test_report_is_json_and_lists_the_pipeline():
     data = json.loads(corey_compile.last_report().to_json())
     assert data["pipeline"] == ["match_unrolled_recurrence", "match_associative_scan", "match_state_update",
                                 "match_known_calls", "measure_regions", "plan_regions", "lower_regions", "fold_hadamard",
-                                "rewrite_token_ops"]
+                                "rewrite_token_ops", "rewrite_conv_taps"]
     assert data["regions"][0]["form"] == "F1 unrolled recurrence" and data["regions"][0]["chunk_size"] == 16
 
 
