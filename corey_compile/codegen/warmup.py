@@ -4,7 +4,8 @@ Triton compiles a kernel on its first launch, so without this the first call of 
 waits for Inductor and then for every distinct corey kernel, one after the other (the prefill
 kernel takes Triton 20-30 s, most of it in its coalescing pass). The backend starts a child
 process before it calls the inner compiler and waits for it after: the child runs each distinct
-op call of the graph (same shapes, strides, dtypes and flags: the layers of a model share one)
+op call of the graph (same shapes, dtypes and flags, and the strides its kernel will get: contiguous
+where Inductor or the op makes them so; the layers of a model share one)
 once on zero-filled tensors of the sizes of the call being compiled (a symbolic size by its value
 in the example inputs), so Triton compiles exactly the specializations the first run needs, into
 its on-disk cache, where the parent's first launch finds them. Each of the scan's two kernels
@@ -87,6 +88,38 @@ def _length_classes(u, chunk_of) -> list:
     return [{symbol: int(hint)}] + [{symbol: value} for value in (whole, whole + 16, whole + 1, whole + 2)]
 
 
+# The scan's inputs whose steps the op makes adjacent before its kernel reads them (``ops._steps_contiguous``).
+_STEP_INPUTS = ("u", "delta", "B", "C", "z")
+
+
+def _contiguous_strides(sizes: list) -> list:
+    strides, step = [], 1
+    for size in reversed(sizes):
+        strides.append(step)
+        step *= max(size, 1)
+    return strides[::-1]
+
+
+def _as_the_kernel_gets_it(name: str, spec, contiguous_inputs: bool):
+    """A tensor argument's spec as the kernel will get it at run time, not as the graph's metadata has it.
+
+    With the op's ``needs_contiguous_strides`` tag (``contiguous_inputs``), Inductor hands the op every
+    tensor contiguous; without it, the op copies an input whose steps are apart itself. Either way a
+    transposed view in the metadata (transformers' gate, B and C) reaches the kernel contiguous, and Triton
+    specializes on that (a step stride of 1 is a constant): compiled as the metadata has it, the warm-up
+    would compile a kernel the run never launches, and the run would compile its own."""
+    if not isinstance(spec, dict):
+        return spec
+    sizes, strides = spec["sizes"], spec["strides"]
+    canonical = _contiguous_strides(sizes)
+    if contiguous_inputs:
+        if all(size <= 1 or stride == want for size, stride, want in zip(sizes, strides, canonical)):
+            return spec
+    elif name not in _STEP_INPUTS or not sizes or sizes[-1] <= 1 or strides[-1] == 1:
+        return spec
+    return {**spec, "strides": canonical, "offset": 0, "aligned": True}
+
+
 def _specialization(value):
     """What Triton specializes an integer argument on: 1, divisible by 16, or neither."""
     if isinstance(value, dict):  # a tensor's offset counts through its alignment alone
@@ -109,7 +142,7 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
     concrete arguments, and for a scan its chunk and which of its two kernels), and for a scan over a
     symbolic length the kernels of the lengths after it too (``_length_classes``)."""
     from ..passes.graph_reading import meta_value
-    from .ops import scan_chunk
+    from .ops import _CONTIGUOUS_INPUTS, scan_chunk
     from .selective_scan.chunk import scan_kernel_parts
 
     specs, seen = [], set()
@@ -126,10 +159,15 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
             return scan_chunk(shape, bound["u"].dtype.itemsize, device, _concrete(bound["chunk_size"], {}),
                               bound["chunk_policy"])
 
+        names = [argument.name for argument in node.target._schema.arguments]
+        contiguous_inputs = bool(_CONTIGUOUS_INPUTS)
         for index, values in enumerate(_length_classes(bound["u"], chunk_of) or [{}]):
             try:
-                call = {"op": node.target._opname, "args": [_spec(a, values) for a in args],
-                        "kwargs": {k: _spec(v, values) for k, v in kwargs.items()}}
+                call = {"op": node.target._opname,
+                        "args": [_as_the_kernel_gets_it(names[i], _spec(a, values), contiguous_inputs)
+                                 for i, a in enumerate(args)],
+                        "kwargs": {k: _as_the_kernel_gets_it(k, _spec(v, values), contiguous_inputs)
+                                   for k, v in kwargs.items()}}
                 seqlen = _concrete(bound["u"].shape[-1], values)
                 chunk = chunk_of(seqlen, values)
             except (ValueError, TypeError):

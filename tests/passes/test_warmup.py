@@ -37,21 +37,21 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
     jobs = warmup.op_calls(symbolic)
     kernels = [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"]) for j in jobs]
     # 300 steps: two whole chunks and a partial one. Then the kernels of later lengths: 256 (16 divides it, no
-    # partial chunk), 272 (16 divides it, a partial chunk; its whole-chunk kernel is 256's), 257 (neither; B's
-    # batch stride 36·l is not divisible by 16 either, unlike 300's). 258 compiles like 257.
-    assert kernels == [(300, 128, "whole"), (300, 128, "tail"), (256, 128, "whole"), (272, 128, "tail"),
-                       (257, 128, "whole"), (257, 128, "tail")]
+    # partial chunk), 272 (16 divides it, a partial chunk; its whole-chunk kernel is 256's). 257 and 258 (16
+    # divides neither) compile like 300: with B and C contiguous, every stride but the length's own is a
+    # multiple of 16 at all three.
+    assert kernels == [(300, 128, "whole"), (300, 128, "tail"), (256, 128, "whole"), (272, 128, "tail")]
     # The compilation waits for the kernels of 300 steps only; the others compile on in the background
-    assert [j["needed"] for j in jobs] == [True, True, False, False, False, False]
+    assert [j["needed"] for j in jobs] == [True, True, False, False]
     for j in jobs:
-        # The strides follow the length: u is delta's (b, d, l) layout, B a view of x_proj's (b, l, 36) output.
+        # The strides follow the length, as the kernel gets them: u is delta's (b, d, l) layout; B, in the graph a
+        # view of x_proj's (b, l, 36) output (steps 36 apart), reaches the kernel contiguous (the op, or Inductor
+        # for it, copies it so), and the job's B is that copy.
         seqlen = j["kwargs"]["u"]["sizes"][-1]
         assert j["kwargs"]["u"]["strides"] == [128 * seqlen, seqlen, 1]
-        assert j["kwargs"]["B"]["strides"] == [36 * seqlen, 1, 36] and j["kwargs"]["B"]["sizes"] == [1, 16, seqlen]
-        # B and C are views of x_proj's float32 output after its 4 dt_rank columns: B starts 16 bytes into it, C
-        # 80 bytes (both 16-byte aligned); the jobs' tensors start there too.
-        assert (j["kwargs"]["B"]["offset"], j["kwargs"]["B"]["aligned"]) == (4, True)
-        assert (j["kwargs"]["C"]["offset"], j["kwargs"]["C"]["aligned"]) == (20, True)
+        assert j["kwargs"]["B"]["strides"] == [16 * seqlen, seqlen, 1] and j["kwargs"]["B"]["sizes"] == [1, 16, seqlen]
+        assert (j["kwargs"]["B"]["offset"], j["kwargs"]["B"]["aligned"]) == (0, True)
+        assert (j["kwargs"]["C"]["offset"], j["kwargs"]["C"]["aligned"]) == (0, True)
     shifted = warmup._from_spec({"sizes": [2, 3], "strides": [1, 2], "dtype": "float16", "offset": 3}, "cpu")
     assert shifted.storage_offset() == 3 and shifted.stride() == (1, 2) and not shifted.any()
     key = warmup._kernel_key
@@ -95,3 +95,36 @@ def test_a_warm_up_child_imports_the_kernels_without_the_compiler():
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, COREY_KERNELS_ONLY="1"),
                          capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "False"]  # the ops registered, the compiler (Dynamo's stand-ins) not imported
+
+
+def test_the_warm_up_compiles_the_layout_the_run_launches(monkeypatch):
+    # Triton specializes on strides (a stride of 1 is a constant): the job must give the kernel the strides the
+    # compiled graph's run gives it. transformers' gate, B and C are transposed views in the graph; through
+    # Inductor (and the op's own copies) they reach the kernel contiguous, and so must the job's.
+    from corey_compile.codegen import ops
+
+    graphs, launched = [], []
+    real_inner, real_kernel = corey_compile.backend._inner_compile, ops.selective_scan_chunked
+
+    def spy_inner(gm, example_inputs, options, *rest):
+        graphs.append(gm)
+        return real_inner(gm, example_inputs, options, *rest)
+
+    def spy_kernel(u, delta, A, B, C, D, z, delta_bias, *args, **kwargs):
+        launched.append({name: (list(t.stride()), t.storage_offset() * t.element_size() % 16 == 0)
+                         for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("z", z))})
+        return real_kernel(u, delta, A, B, C, D, z, delta_bias, *args, **kwargs)
+
+    monkeypatch.setattr(corey_compile.backend, "_inner_compile", spy_inner)
+    monkeypatch.setattr(ops, "selective_scan_chunked", spy_kernel)
+    torch._dynamo.reset()
+    model = build_mamba("tiny", num_hidden_layers=1, seed=0)
+    compiled = torch.compile(model, backend="corey", options={"warm_up_kernels": False, "share_layers": False})
+    with torch.no_grad():
+        compiled(torch.randint(1, 256, (1, 48)), use_cache=False)
+    (job,) = [j for j in warmup.op_calls(graphs[-1]) if j["needed"]]
+    names = [a.name for a in torch.ops.corey.selective_scan.default._schema.arguments]
+    given = {**dict(zip(names, job["args"])), **job["kwargs"]}
+    assert launched, "the compiled graph ran its scan through the kernel"
+    for name, (strides, aligned) in launched[-1].items():
+        assert (given[name]["strides"], given[name]["aligned"]) == (strides, aligned), name
