@@ -8,16 +8,17 @@ b=1, l=8192, and 406 µs at b=8, l=2048 (``benchmarks/results/h200_2026-12-02d/`
 input and writing its output once take about 32 µs at either shape; causal-conv1d's kernel took 44 µs at
 the first.
 
-Written as k products of shifted slices of the padded input, summed, the convolution is a pointwise
-expression: Inductor generates one kernel for the copy, the taps, the bias, the slice and the SiLU. The
+Written as k products of shifted slices of the zero-extended input, summed, the convolution is a
+pointwise expression, which Inductor can fuse with the copy before it and the slice and SiLU after it. The
 products and sums are computed in float32 and rounded once to the input's dtype, as cuDNN does for half
-precision; only the order of the sum can differ.
+precision; only the order of the sum can differ. Measured on the H200 together with the prefill op's
+contiguous inputs (not apart from it): the 1.4b prefill at b=8, l=2048 went from 163 to 124 ms.
 
 What is rewritten: ``conv1d(x, w, b, stride=1, padding=p, dilation=1, groups=channels)`` on a
 (batch, channels, length) input with a weight of (channels, 1, k), k at most ``MAX_TAPS``; the length
 may be symbolic (the slices are written from the ends, never from the length). Like ``rewrite_token_ops``
-it runs with Inductor as the inner compiler and on CUDA graphs only (``DEVICES``), under the option
-``conv_taps``; a convolution read at its last position alone is that pass's.
+it runs with Inductor as the inner compiler and on graphs whose tensors are on a CUDA GPU (``DEVICES``),
+under the option ``conv_taps``; a convolution read at its last position alone is that pass's.
 """
 from __future__ import annotations
 
