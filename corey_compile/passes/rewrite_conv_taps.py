@@ -29,7 +29,7 @@ import torch.fx as fx
 
 from .graph_reading import live_users, meta_value
 from .lower_regions import fake_mode_of, set_fake_values
-from .rewrite_token_ops import _CONV1D, _argument
+from .rewrite_token_ops import _CONV1D, _argument, rewrite_applies
 
 MAX_TAPS = 8
 DEVICES = ("cuda",)  # where the rewrite was measured (the tests add "cpu")
@@ -91,18 +91,7 @@ def _rewrite(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
 
 def rewrite_conv_taps(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     """Rewrite depthwise conv1d over whole sequences as shifted products and sums (module docstring)."""
-    options = ctx.options
-    if not options.conv_taps:
-        ctx.decide("off (option conv_taps)")
-        return gm
-    if options.inner_compiler != "inductor":
-        ctx.decide(f"off: the inner compiler is {options.inner_compiler}, which would run each tap as a kernel "
-                   "where the model had one library call")
-        return gm
-    devices = {v.device.type for v in (meta_value(n) for n in gm.graph.nodes) if isinstance(v, torch.Tensor)}
-    if not devices or not devices <= set(DEVICES):
-        ctx.decide(f"off: the graph runs on {', '.join(sorted(devices)) or 'no tensors'}; the rewrite is measured on "
-                   f"{', '.join(DEVICES)} only")
+    if not rewrite_applies(gm, ctx, "conv_taps", DEVICES, "each tap as a kernel"):
         return gm
     graph, fake_mode = gm.graph, fake_mode_of(gm)
     count = 0

@@ -143,20 +143,29 @@ def _rewrite_conv1d(graph: fx.Graph, node: fx.Node) -> list | None:
     return [(user, out) for user in users]
 
 
+def rewrite_applies(gm: fx.GraphModule, ctx, option: str, devices: tuple, eager_runs: str) -> bool:
+    """Whether a rewrite for Inductor runs on ``gm``: its ``option`` on, Inductor the inner compiler (with the
+    eager one the graph would run ``eager_runs`` where the model had one library call), and every tensor on
+    one of ``devices``, where the rewrite was measured. Where it does not, the reason is recorded."""
+    options = ctx.options
+    if not getattr(options, option):
+        ctx.decide(f"off (option {option})")
+        return False
+    if options.inner_compiler != "inductor":
+        ctx.decide(f"off: the inner compiler is {options.inner_compiler}, which would run {eager_runs} "
+                   "where the model had one library call")
+        return False
+    found = {v.device.type for v in (meta_value(n) for n in gm.graph.nodes) if isinstance(v, torch.Tensor)}
+    if not found or not found <= set(devices):
+        ctx.decide(f"off: the graph runs on {', '.join(sorted(found)) or 'no tensors'}; the rewrite is measured on "
+                   f"{', '.join(devices)} only")
+        return False
+    return True
+
+
 def rewrite_token_ops(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     """Rewrite one-row products and last-position depthwise convolutions as products and sums (module docstring)."""
-    options = ctx.options
-    if not options.token_reductions:
-        ctx.decide("off (option token_reductions)")
-        return gm
-    if options.inner_compiler != "inductor":
-        ctx.decide(f"off: the inner compiler is {options.inner_compiler}, which would run a product and a sum "
-                   "where the model had one library call")
-        return gm
-    devices = {v.device.type for v in (meta_value(n) for n in gm.graph.nodes) if isinstance(v, torch.Tensor)}
-    if not devices or not devices <= set(DEVICES):
-        ctx.decide(f"off: the graph runs on {', '.join(sorted(devices)) or 'no tensors'}; the rewrite is measured on "
-                   f"{', '.join(DEVICES)} only")
+    if not rewrite_applies(gm, ctx, "token_reductions", DEVICES, "a product and a sum"):
         return gm
     graph, fake_mode = gm.graph, fake_mode_of(gm)
     counts = {"linear": 0, "matmul": 0, "conv1d": 0}
