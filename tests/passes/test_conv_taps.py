@@ -14,7 +14,7 @@ conv_taps = importlib.import_module("corey_compile.passes.rewrite_conv_taps")  #
 
 @pytest.fixture(autouse=True)
 def _on_the_cpu_too(request, monkeypatch):
-    # The pass runs on CUDA graphs only (where it was measured); the tests run its rewrites on the CPU.
+    # The pass runs on graphs on a CUDA GPU only (where it was measured); the tests run its rewrites on the CPU.
     if "gpu_only" not in request.node.name:
         monkeypatch.setattr(conv_taps, "DEVICES", ("cuda", "cpu"))
 
