@@ -49,3 +49,18 @@ def compile_capturing(fn, **options):
 def targets(gm) -> list:
     """Every call_function/call_method target of a graph, as strings."""
     return [str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+
+
+def decisions_of(report, pass_name: str) -> list:
+    """What the pass ``pass_name`` decided, as the report records it."""
+    return next(p.decisions for p in report.passes if p.name == pass_name)
+
+
+def rewritten_by(pass_name: str, fn, *args, **options) -> tuple[list, list]:
+    """Compile ``fn`` through corey's pipeline, check it against ``fn`` on ``args``, and return the last graph's
+    targets and what ``pass_name`` decided."""
+    compiled, captured = compile_capturing(fn, **options)
+    out = compiled(*args)
+    torch.testing.assert_close(out, fn(*args), rtol=1e-5, atol=1e-5)
+    gm, report = captured[-1]
+    return targets(gm), decisions_of(report, pass_name)

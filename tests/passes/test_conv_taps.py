@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import corey_compile
 from corey_compile.models import build_mamba
-from tests.helpers import compile_capturing, targets
+from tests.helpers import compile_capturing, decisions_of, rewritten_by, targets
 
 conv_taps = importlib.import_module("corey_compile.passes.rewrite_conv_taps")  # the module, not the pass function
 
@@ -20,15 +20,11 @@ def _on_the_cpu_too(request, monkeypatch):
 
 
 def _decisions(report) -> list:
-    return next(p.decisions for p in report.passes if p.name == "rewrite_conv_taps")
+    return decisions_of(report, "rewrite_conv_taps")
 
 
 def _rewritten(fn, *args, **options):
-    compiled, captured = compile_capturing(fn, **options)
-    out = compiled(*args)
-    torch.testing.assert_close(out, fn(*args), rtol=1e-5, atol=1e-5)
-    gm, report = captured[-1]
-    return targets(gm), _decisions(report)
+    return rewritten_by("rewrite_conv_taps", fn, *args, **options)
 
 
 def _mamba_conv(weight, bias, padding):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import corey_compile
 from corey_compile.models import build_mamba
-from tests.helpers import compile_capturing, targets
+from tests.helpers import decisions_of, rewritten_by
 
 token_ops = importlib.import_module("corey_compile.passes.rewrite_token_ops")  # the module, not the pass function
 
@@ -20,15 +20,11 @@ def _on_the_cpu_too(request, monkeypatch):
 
 
 def _decisions(report) -> list:
-    return next(p.decisions for p in report.passes if p.name == "rewrite_token_ops")
+    return decisions_of(report, "rewrite_token_ops")
 
 
 def _rewritten(fn, *args, **options):
-    compiled, captured = compile_capturing(fn, **options)
-    out = compiled(*args)
-    torch.testing.assert_close(out, fn(*args), rtol=1e-5, atol=1e-5)
-    gm, report = captured[-1]
-    return targets(gm), _decisions(report)
+    return rewritten_by("rewrite_token_ops", fn, *args, **options)
 
 
 @pytest.mark.parametrize("bias", [True, False])
