@@ -146,6 +146,7 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
     from .selective_scan.chunk import scan_kernel_parts
 
     specs, seen = [], set()
+    contiguous_inputs = bool(_CONTIGUOUS_INPUTS)  # the op carries the tag: Inductor hands it every tensor contiguous
     for node in gm.graph.nodes:
         if node.op != "call_function" or getattr(node.target, "namespace", None) != "corey":
             continue
@@ -160,7 +161,6 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
                               bound["chunk_policy"])
 
         names = [argument.name for argument in node.target._schema.arguments]
-        contiguous_inputs = bool(_CONTIGUOUS_INPUTS)
         for index, values in enumerate(_length_classes(bound["u"], chunk_of) or [{}]):
             try:
                 call = {"op": node.target._opname,
