@@ -2,8 +2,8 @@
 
 Usage (on the GPU machine):
     python benchmarks/entropy_policies.py --out results.json [--presets 370m 1.4b] [--buckets 512 2048 8192 32768]
-        [--inputs random outliers trained] [--model-presets 370m] [--model-buckets 512 2048 8192] [--budget 240]
-        [--total-budget SECONDS]
+        [--inputs random outliers trained] [--model-presets 370m] [--model-buckets 2048] [--budget 240]
+        [--total-budget SECONDS] [--parts kernel model] [--kernel-from EARLIER.json] [--model-configs I ...]
     python benchmarks/entropy_policies.py --plot results.json --png policies.png
 
 Kernel part, per preset, bucket (short 512, medium 2048, long 8192, ultra 32768) and inputs. The scan's
@@ -29,8 +29,10 @@ text, whatever the preset (its rows are labelled ``tiny_stdlib``).
   torch ops), replayed from a CUDA graph, with the plan's DRAM bytes.
 
 Model part: for each policy and plan, a process of its own compiles ``MambaForCausalLM`` at the preset
-(``model.compile(backend="corey", options=...)``) and times prefill at each model bucket (the first
-call and the median of the timed calls), within ``--budget`` seconds.
+(``model.compile(backend="corey", options={..., "cuda_graphs": True})``) and times prefill at each model
+bucket (the first call and the median of the timed replays), within ``--budget`` seconds; the last
+configuration, no neighbour absorbed and a static chunk of 64, is the nearest corey has to the paper's
+unoptimized baseline.
 """
 from __future__ import annotations
 
@@ -199,7 +201,8 @@ def model_job(preset: str, options: dict, buckets: list, reps: int) -> None:
     from corey_compile.models import build_mamba
 
     model = build_mamba(preset, dtype=torch.float16, device="cuda")
-    model.compile(backend="corey", options=options)
+    # CUDA graphs, so that the kernels' time shows and not the host's (the policies differ by tens of µs a layer)
+    model.compile(backend="corey", options={**options, "cuda_graphs": True})
     g = torch.Generator(device="cuda").manual_seed(0)
     with torch.no_grad():
         for seqlen in buckets:
@@ -224,7 +227,49 @@ def model_configs(best_static: int | None) -> list:
     if best_static:
         configs.append({"chunk_policy": "fixed", "chunk_size": best_static})
     configs += [{"fusion": f} for f in ("none", "fixed-depth", "cost-model", "entropy")]  # "all" is the default above
+    # the nearest corey has to the paper's unoptimized baseline: no neighbour absorbed, the prototype's static 64
+    configs.append({"fusion": "none", "chunk_policy": "fixed", "chunk_size": 64})
     return configs
+
+
+def rule_now(row: dict) -> int:
+    """The chunk today's occupancy policy gives a kernel row's shape (batch 1, half precision, 132
+    multiprocessors as on the H100 and H200): read off the row's own static sweep, so that a rule changed
+    after the run is compared on the run's timings."""
+    from corey_compile.planning.chunk_policy import occupancy_chunk
+
+    return occupancy_chunk(1, row["dim"], row["seqlen"], 132, 2)
+
+
+def table(results_path: str) -> str:
+    """The kernel part as a markdown table: each policy's time over the best static chunk (its chunk); the
+    occupancy and seqlen policies as the run chose and as today's rules choose (read off the sweep); the fusion
+    plan that absorbs no neighbour over the one that absorbs all; the capture's time; the run-time entropy
+    policy's plain call over the same chunk's without the histogram."""
+    results = json.load(open(results_path))
+    from corey_compile.planning.chunk_policy import seqlen_chunk
+
+    lines = ["| preset, inputs | l | best static | H / log K | entropy | occupancy (run) | occupancy (now) | seqlen (run) | "
+             "seqlen (now) | autotune | static 64 | no neighbour absorbed | capture | run-time histogram |",
+             "|" + "---|" * 14]
+    for r in results["kernel"]:
+        if "policies" not in r:
+            continue
+        p, best = r["policies"], r["best_static_us"]
+
+        def cell(entry):
+            return f"{entry['us'] / best:.2f} ({entry['chunk']})"
+
+        now = rule_now(r)
+        lines.append(
+            f"| {r['preset']}, {r['inputs']} | {r['seqlen']} | {r['best_static']}: {best:.1f} µs | "
+            f"{r['entropy_ratio_u']:.3f} | {cell(p['entropy'])} | {cell(p['occupancy'])} | "
+            f"{r['static_us'][str(now)] / best:.2f} ({now}) | {cell(p['seqlen'])} | "
+            f"{r['static_us'][str(seqlen_chunk(r['seqlen']))] / best:.2f} ({seqlen_chunk(r['seqlen'])}) | "
+            f"{cell(p['autotune'])} | {r['static_us']['64'] / best:.2f} | "
+            f"{r['fusion']['none']['us'] / r['fusion']['all']['us']:.2f}× | {r['capture_s'] * 1e3:.1f} ms | "
+            f"{p['entropy-runtime']['plain_us'] / p['entropy-runtime']['same_chunk_plain_us']:.1f}× |")
+    return "\n".join(lines)
 
 
 def plot(results_path: str, png: str) -> None:
@@ -241,6 +286,8 @@ def plot(results_path: str, png: str) -> None:
         for policy in POLICIES:
             ax.plot([r["seqlen"] for r in subset], [r["policies"][policy]["over_best_static"] for r in subset],
                     marker="o", label=policy)
+        ax.plot([r["seqlen"] for r in subset], [r["static_us"][str(rule_now(r))] / r["best_static_us"] for r in subset],
+                marker="x", ls="--", label="occupancy, today's rule (from the sweep)")
         ax.set_xscale("log", base=2)
         ax.set_title(f"{key[0]}, {key[1]}")
         ax.set_xlabel("sequence length")
@@ -258,7 +305,13 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", default=["random", "outliers", "trained"],
                         choices=["random", "outliers", "trained"])
     parser.add_argument("--model-presets", nargs="*", default=["370m"])
-    parser.add_argument("--model-buckets", nargs="+", type=int, default=[512, 2048, 8192])
+    parser.add_argument("--model-buckets", nargs="+", type=int, default=[2048],
+                        help="each bucket after the first compiles again (with a symbolic length)")
+    parser.add_argument("--parts", nargs="+", default=["kernel", "model"], choices=["kernel", "model"])
+    parser.add_argument("--kernel-from", help="an earlier run's JSON: its best static chunks for the model part, "
+                                              "where this run skips the kernel part")
+    parser.add_argument("--model-configs", nargs="*", type=int,
+                        help="indices into the model configurations (model_configs) to run; all by default")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--budget", type=float, default=240.0, help="seconds per model configuration")
     parser.add_argument("--total-budget", type=float,
@@ -268,10 +321,13 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--plot", help="a results JSON to plot (with --png) instead of measuring")
     parser.add_argument("--png")
+    parser.add_argument("--table", help="a results JSON to print as a markdown table instead of measuring")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plot:
         return plot(args.plot, args.png)
+    if args.table:
+        return print(table(args.table))
     if args.job:
         job = json.loads(args.job)
         return model_job(job["preset"], job["options"], job["buckets"], job["reps"])
@@ -289,7 +345,7 @@ def main() -> None:
                 json.dump(results, f, indent=1)
 
     deadline = deadline_after(args.total_budget)
-    for preset in args.presets:
+    for preset in args.presets if "kernel" in args.parts else ():
         for kind in args.inputs:
             if kind == "trained" and preset != args.presets[0]:
                 continue  # one model whatever the preset: once
@@ -305,10 +361,12 @@ def main() -> None:
                 results["kernel"].append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("static_us", "fusion")}), flush=True)
                 save()
-    for preset in args.model_presets:
-        best = next((r["best_static"] for r in results["kernel"] if r.get("preset") == preset
-                     and r.get("seqlen") == 2048 and r.get("inputs") == "random"), None)
-        for options in model_configs(best):
+    kernel_rows = results["kernel"] + (json.load(open(args.kernel_from))["kernel"] if args.kernel_from else [])
+    for preset in args.model_presets if "model" in args.parts else ():
+        best = next((r["best_static"] for r in kernel_rows if r.get("preset") == preset
+                     and r.get("seqlen") == args.model_buckets[0] and r.get("inputs") == "random"), None)
+        configs = model_configs(best)
+        for options in [configs[i] for i in args.model_configs] if args.model_configs is not None else configs:
             budget = budget_before(deadline, args.budget)
             if budget is None:
                 results["model"].append({"preset": preset, "options": options, "prefill": [],

@@ -287,6 +287,25 @@ def _parameters(fn) -> tuple:
     return tuple(inspect.signature(fn).parameters)
 
 
+def _library_function(obj) -> types.FunctionType | None:
+    """The Python function a module-level name stands for: the function itself, or, where transformers (5.25
+    and later, with the ``kernels`` package) made it an ``nn.Module`` instance whose ``forward`` calls it
+    unless a hub kernel replaces it, the function that ``forward`` calls when none does (the library's own,
+    which Dynamo reaches through the wrapper, and which corey stands in for)."""
+    if isinstance(obj, types.FunctionType):
+        return obj
+    forward = getattr(type(obj), "forward", None)
+    if not isinstance(obj, torch.nn.Module) or not isinstance(forward, types.FunctionType):
+        return None
+    try:
+        called = inspect.getclosurevars(forward).nonlocals.get("func")
+    except (TypeError, ValueError):
+        return None
+    while isinstance(getattr(called, "__wrapped__", None), types.FunctionType):  # functools.wraps around it
+        called = called.__wrapped__
+    return called if isinstance(called, types.FunctionType) else None
+
+
 def install(modules: dict | None = None) -> dict:
     """Register the stand-in of every known function whose module is imported; returns what was installed.
 
@@ -300,8 +319,8 @@ def install(modules: dict | None = None) -> dict:
             module = modules.get(known.module)
             if module is None or known.site in _installed:
                 continue
-            original = getattr(module, known.name, None)
-            if not isinstance(original, types.FunctionType):
+            original = _library_function(getattr(module, known.name, None))
+            if original is None:
                 _installed[known.site] = f"{known.name} is not a Python function here"
                 continue
             if _parameters(original) != known.parameters:

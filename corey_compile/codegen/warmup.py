@@ -9,9 +9,13 @@ where Inductor or the op makes them so; the layers of a model share one)
 once on zero-filled tensors of the sizes of the call being compiled (a symbolic size by its value
 in the example inputs), so Triton compiles exactly the specializations the first run needs, into
 its on-disk cache, where the parent's first launch finds them. Each of the scan's two kernels
-(whole chunks, partial chunk) compiles in a child of its own. Where the length is symbolic, the
-kernels of the lengths after it are compiled too (divisible by 16 or not, with a partial chunk or
-without). Nothing the user owns is read or written.
+(whole chunks, partial chunk) compiles in a child of its own. The kernels of the lengths after it
+are compiled too, in the background at a lower priority (divisible by 16 or not, with a partial
+chunk or without, and at the chunk the policy gives long sequences): where the length is symbolic
+they are what the next lengths launch, and where it is static what the recompilation with a
+symbolic length that Dynamo makes at the next length will wait for. A kernel already being
+compiled for an earlier graph of the process is not compiled twice: the later graph waits for that
+child. Nothing the user owns is read or written.
 """
 from __future__ import annotations
 
@@ -68,14 +72,33 @@ def _bound(node_target, args, kwargs) -> dict:
     return bound
 
 
-def _length_classes(u, chunk_of) -> list:
-    """The values of a scan's symbolic length to compile at: one per kernel the next lengths may launch.
+# Lengths at which the chunk policy is asked which chunk later calls take (the occupancy policy gives
+# half-precision inputs a longer chunk from ``chunk_policy.LONG_SEQUENCE`` steps on).
+_PROBE_LENGTHS = (512, 2048, 8192, 32768)
 
-    Triton compiles a length divisible by 16 and one that is not separately, and the whole chunks
-    and the partial one after them are two kernels (``chunk.scan_kernel_parts``): around the example
-    length, a multiple of the chunk, one more partial chunk of 16 steps, and two lengths that 16 does
-    not divide. Kernels that come out the same are compiled once (``_kernel_key``). Empty where the
-    length is not one symbol with an example value."""
+
+def _later_lengths(example: int, chunk_of) -> list[int]:
+    """Lengths whose kernels are those later calls may launch, around ``example``: for the example's chunk
+    and each other chunk the policy gives at ``_PROBE_LENGTHS``, a multiple of the chunk, one more partial
+    chunk of 16 steps, and two lengths that 16 does not divide.
+
+    Triton compiles a length divisible by 16 and one that is not separately, and the whole chunks and the
+    partial one after them are two kernels (``chunk.scan_kernel_parts``). Kernels that come out the same are
+    compiled once (``_kernel_key``)."""
+    lengths, chunks = [], []
+    for seqlen in (example, *_PROBE_LENGTHS):
+        chunk = chunk_of(seqlen)
+        if chunk in chunks:
+            continue
+        chunks.append(chunk)
+        whole = chunk * max(1, round(seqlen / chunk))
+        lengths += [whole, whole + 16, whole + 1, whole + 2]
+    return lengths
+
+
+def _length_classes(u, chunk_of) -> list:
+    """The values of a scan's symbolic length to compile at: the example's, then those of ``_later_lengths``.
+    Empty where the length is not one symbol with an example value."""
     length = u.shape[-1] if isinstance(u, torch.Tensor) else None
     if not isinstance(length, torch.SymInt) or length.node.maybe_as_int() is not None:
         return []
@@ -83,9 +106,26 @@ def _length_classes(u, chunk_of) -> list:
     hint = length.node.shape_env.var_to_val.get(symbol) if getattr(symbol, "is_Symbol", False) else None
     if hint is None:
         return []
-    chunk = chunk_of(int(hint))
-    whole = chunk * max(1, round(int(hint) / chunk))
-    return [{symbol: int(hint)}] + [{symbol: value} for value in (whole, whole + 16, whole + 1, whole + 2)]
+    return [{symbol: int(hint)}] + [{symbol: value} for value in _later_lengths(int(hint), chunk_of)]
+
+
+def _at_length(call: dict, names: list, seqlen: int) -> dict | None:
+    """A static graph's op call with its length replaced by ``seqlen``: the inputs along the steps
+    (``_STEP_INPUTS``) take the new length and contiguous strides, as the kernel gets them. None where one of
+    them is not contiguous as the kernel gets it (its other strides might hold the length: not guessed)."""
+    def at(name, spec):
+        if name not in _STEP_INPUTS or not isinstance(spec, dict):
+            return spec
+        if spec["strides"] != _contiguous_strides(spec["sizes"]):
+            raise ValueError(name)
+        sizes = spec["sizes"][:-1] + [seqlen]
+        return {**spec, "sizes": sizes, "strides": _contiguous_strides(sizes)}
+
+    try:
+        return {"op": call["op"], "args": [at(names[i], a) for i, a in enumerate(call["args"])],
+                "kwargs": {k: at(k, v) for k, v in call["kwargs"].items()}}
+    except ValueError:
+        return None
 
 
 # The scan's inputs whose steps the op makes adjacent before its kernel reads them (``ops._steps_contiguous``).
@@ -161,6 +201,7 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
                               bound["chunk_policy"])
 
         names = [argument.name for argument in node.target._schema.arguments]
+        calls = []  # (call, its length, whether the first run launches it)
         for index, values in enumerate(_length_classes(bound["u"], chunk_of) or [{}]):
             try:
                 call = {"op": node.target._opname,
@@ -169,14 +210,20 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
                         "kwargs": {k: _as_the_kernel_gets_it(k, _spec(v, values), contiguous_inputs)
                                    for k, v in kwargs.items()}}
                 seqlen = _concrete(bound["u"].shape[-1], values)
-                chunk = chunk_of(seqlen, values)
             except (ValueError, TypeError):
                 continue  # a size with no example value: the first run compiles this one
+            # the first length is the example's, which the first run launches: the compilation waits for it
+            calls.append((call, seqlen, index == 0))
+        if len(calls) == 1 and calls[0][2] and calls[0][1] > 1:  # a static length: the next lengths' kernels too
+            call, seqlen, _ = calls[0]
+            calls += [(later, n, False) for n in _later_lengths(seqlen, chunk_of)
+                      if (later := _at_length(call, names, n)) is not None]
+        for call, seqlen, needed in calls:
             if seqlen == 1:
                 continue  # one step runs the decode kernel, which compiles in under a second
+            chunk = chunk_of(seqlen)
             for part in scan_kernel_parts(seqlen, chunk):
-                # the first length is the example's, which the first run launches: the compilation waits for it
-                spec = {**call, "chunk": chunk, "kernels": part, "needed": index == 0}
+                spec = {**call, "chunk": chunk, "kernels": part, "needed": needed}
                 key = _kernel_key(spec)
                 if key not in seen:
                     seen.add(key)
@@ -195,7 +242,21 @@ def _from_spec(spec, device):
 
 
 # What a child runs (imported, not run as ``-m``, so the module is not loaded twice).
-_CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys.argv[1:3])"
+_CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys.argv[1:4])"
+
+
+# The children this process started, by what decides their kernel (``_process_key``): a later graph that needs a
+# kernel an earlier one's child compiles (or compiled) waits for that child rather than compiling it again.
+_STARTED: dict = {}
+_BACKGROUND_NICENESS = 10  # the kernels of later lengths yield the cores to the compilation under way
+
+
+def _process_key(spec: dict, device) -> str:
+    """``_kernel_key`` and what else a kernel's compilation depends on across graphs: the device and the exact
+    sizes of A (channels and states; the states size the kernel's tiles)."""
+    a = dict(zip([arg.name for arg in getattr(torch.ops.corey, spec["op"]).default._schema.arguments], spec["args"]))
+    a = {**a, **spec["kwargs"]}.get("A")
+    return json.dumps([_kernel_key(spec), str(device), a.get("sizes") if isinstance(a, dict) else None])
 
 
 class Warmup:
@@ -203,8 +264,10 @@ class Warmup:
     Triton compiles the kernels into its on-disk cache beside the parent's inner compiler (a thread would share
     the parent's interpreter lock with it; one process per kernel compiles them side by side). The parent's
     first launch then loads them from the cache. ``join()`` waits for those the first run launches; the kernels
-    of later lengths go on compiling in the background (a later length that comes before its kernel is in the
-    cache compiles it itself, as it would without the warm-up)."""
+    of later lengths go on compiling in the background, at a lower priority (a later length that comes before
+    its kernel is in the cache compiles it itself, as it would without the warm-up). A kernel whose child an
+    earlier graph of this process started, still running or ended well, is waited for there, not compiled
+    again."""
 
     def __init__(self, specs: list, device: torch.device):
         self.error, self.seconds = None, 0.0
@@ -213,10 +276,20 @@ class Warmup:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
                    COREY_KERNELS_ONLY="1")
         self.start_time = time.perf_counter()
-        self.processes = [subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(device), json.dumps([spec])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if needed else subprocess.DEVNULL,
-            text=True, env=env) for spec, needed in zip(specs, self.needed)]
+        self.processes, self.own, self.reused = [], [], 0
+        for spec, needed in zip(specs, self.needed):
+            key = _process_key(spec, device)
+            earlier = _STARTED.get(key)
+            if earlier is not None and earlier.poll() in (None, 0):
+                self.processes.append(earlier)
+                self.reused += 1
+                continue
+            process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, str(device), json.dumps([spec]), "0" if needed else str(_BACKGROUND_NICENESS)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if needed else subprocess.DEVNULL, text=True, env=env)
+            _STARTED[key] = process
+            self.processes.append(process)
+            self.own.append(process)
 
     @property
     def background(self) -> int:
@@ -224,18 +297,23 @@ class Warmup:
         return self.needed.count(False)
 
     def cancel(self) -> None:
-        """Stop the children (the compilation they served failed)."""
-        for process in self.processes:
+        """Stop the children this graph started (the compilation they served failed)."""
+        for process in self.own:
             if process.poll() is None:
                 process.kill()
-            process.communicate()
+            process.wait()
 
     def join(self, timeout: float = 600.0) -> float:
         for process, needed in zip(self.processes, self.needed):
             if not needed:
                 continue
             try:
-                _, err = process.communicate(timeout=max(1.0, timeout - (time.perf_counter() - self.start_time)))
+                remaining = max(1.0, timeout - (time.perf_counter() - self.start_time))
+                if process.stderr is None or process.stderr.closed:  # an earlier graph's background child
+                    process.wait(timeout=remaining)
+                    err = ""
+                else:
+                    _, err = process.communicate(timeout=remaining)
                 if process.returncode != 0 and self.error is None:
                     lines = (err or "").strip().splitlines()
                     self.error = lines[-1] if lines else f"exit status {process.returncode}"
@@ -254,7 +332,9 @@ def start_warmup(gm: fx.GraphModule, device: torch.device) -> Warmup | None:
     return Warmup(specs, device) if specs else None
 
 
-def _main(device: str, specs: str) -> None:
+def _main(device: str, specs: str, niceness: str = "0") -> None:
+    if int(niceness) and hasattr(os, "nice"):
+        os.nice(int(niceness))  # a background child: the kernels of later lengths
     from .ops import uses_triton
 
     if not uses_triton(torch.device(device)):

@@ -31,9 +31,10 @@ def _parse_update(new: fx.Node, state: fx.Node) -> tuple:
         product = strip_casts(product)
         if op_name(product) != "mul":
             continue
-        factors = flatten_product(product)
-        if len(factors) == 2 and state in factors:
-            decay = factors[1] if factors[0] is state else factors[0]
+        factors = flatten_product(product)  # through casts and clones: transformers 5.25 updates a clone of the cache
+        read = strip_casts(state)
+        if len(factors) == 2 and read in [strip_casts(f) for f in factors]:
+            decay = factors[1] if strip_casts(factors[0]) is read else factors[0]
             return decay, drive, {new, product}
     raise NoMatch(f"{new.name}: the written value is not state*decay + drive")
 

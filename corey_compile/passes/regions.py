@@ -114,12 +114,15 @@ _ROOT = re.compile(r"^L\[[^\]]*\](\[\d+\])?\.?")
 
 
 def layer_of(nodes) -> str:
-    """The innermost module the nodes were traced in (Dynamo's ``nn_module_stack``), e.g. ``backbone.layers.0.mixer``."""
+    """The innermost module of the model the nodes were traced in (Dynamo's ``nn_module_stack``), e.g.
+    ``backbone.layers.0.mixer``. Modules a library keeps as module globals (``G[...]``: transformers 5.25 makes
+    its scan functions ``nn.Module`` instances) are not the model's and are passed over."""
     best = ""
     for node in nodes:
         stack = node.meta.get("nn_module_stack") or {}
-        if stack:
-            path = _ROOT.sub("", list(stack.values())[-1][0])  # L['self'].backbone… or L['args'][0].backbone…
+        paths = [str(entry[0]) for entry in stack.values() if not str(entry[0]).startswith("G")]
+        if paths:
+            path = _ROOT.sub("", paths[-1])  # L['self'].backbone… or L['args'][0].backbone…
             path = path.replace("[", ".").replace("]", "")
             if len(path) > len(best):
                 best = path

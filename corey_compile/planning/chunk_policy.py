@@ -25,9 +25,17 @@ MIN_CHUNK, MAX_CHUNK = 16, 256
 # l=2048 and 36 against 30 (128 without the 32-byte loads) at l=512.
 OCCUPANCY_WARPS_PER_SM, OCCUPANCY_MAX_CHUNK = 16, 128
 OCCUPANCY_MIN_CHUNK = {2: 32, 4: 128}  # by element size; other sizes take the half-precision minimum
-# The "seqlen" policy's table: short prompts take short chunks (less wasted work in the last,
-# partial chunk); long ones take the tile that keeps the most work in flight.
-SEQLEN_CHUNKS = ((16, 16), (64, 32), (float("inf"), 64))
+# Where half-precision inputs take the kernel's longest chunk, 256, in place of 128: a warp with at most
+# FEW_CHANNELS_PER_WARP channels, at any length, or one with at most LONG_CHANNELS_PER_WARP channels from
+# LONG_SEQUENCE steps on. Measured, CUDA-graph replay at b=1: on an H100 (benchmarks/results/h100_2026-12-07,
+# entropy_policies.json) 256 beat 128 by 3-6 % at d=2048 and 4096 from l=8192 (up to 32768) and by
+# 1.3-2.2x at d=384, where 128 was faster at d=2048 and 4096 up to l=2048 (by 6-41 %); on an H200
+# (h200_2026-12-02c) by 1.23x at d=5120, l=8192, and 1.20x at d=1536, l=2048. Float32 keeps 128.
+FEW_CHANNELS_PER_WARP, LONG_CHANNELS_PER_WARP, LONG_SEQUENCE = 0.75, 2.5, 8192
+# The "seqlen" policy's table, the best static chunk at b=1 by length alone in the same H100 run (half
+# precision, d=384 to 4096): 64 to 128 up to 512 steps, 128 up to 2048, 256 from 8192. The batch and the
+# width move the best chunk as much (32 at b=8), which a table of lengths cannot see.
+SEQLEN_CHUNKS = ((16, 16), (64, 32), (256, 64), (4096, 128), (float("inf"), 256))
 
 
 def is_run_time_policy(policy: str) -> bool:
@@ -49,7 +57,8 @@ def sm_count(device) -> int:
 def occupancy_chunk(batch: int, dim: int, seqlen: int, sms: int, element_size: int = 2,
                     warps_per_sm: int = OCCUPANCY_WARPS_PER_SM) -> int:
     """The chunk, a power of two in ``[OCCUPANCY_MIN_CHUNK, OCCUPANCY_MAX_CHUNK]``, nearest to keeping about
-    ``warps_per_sm`` one-warp programs on every multiprocessor.
+    ``warps_per_sm`` one-warp programs on every multiprocessor; in half precision 256 where a warp has few
+    channels, or not many and a long sequence (the constants above, as measured).
 
     A warp holds ``256 / chunk`` channels (``launch.program_shape``), ``chunk / 8`` lanes along
     the sequence. Few channels (one sequence, a small model) want long chunks, spreading each
@@ -61,6 +70,10 @@ def occupancy_chunk(batch: int, dim: int, seqlen: int, sms: int, element_size: i
     ideal = WARP_SIZE * STEPS_PER_LANE / max(channels_per_warp, 1.0)
     lowest = OCCUPANCY_MIN_CHUNK.get(element_size, OCCUPANCY_MIN_CHUNK[2])
     chunk = min(OCCUPANCY_MAX_CHUNK, max(lowest, 1 << round(math.log2(ideal))))
+    if chunk == OCCUPANCY_MAX_CHUNK and element_size == 2 and (
+            channels_per_warp <= FEW_CHANNELS_PER_WARP
+            or (seqlen >= LONG_SEQUENCE and channels_per_warp <= LONG_CHANNELS_PER_WARP)):
+        chunk = MAX_CHUNK
     return min(chunk, max(MIN_CHUNK, next_power_of_2(seqlen)))
 
 

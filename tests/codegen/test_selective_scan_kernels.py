@@ -271,9 +271,28 @@ def test_occupancy_chunk_follows_the_channels_per_multiprocessor():
     assert occupancy_chunk(batch=8, dim=2048, seqlen=2048, sms=132) == 32  # many channels: short chunks
     assert occupancy_chunk(batch=8, dim=4096, seqlen=2048, sms=132) == 32  # never shorter than 32 ...
     assert occupancy_chunk(batch=8, dim=4096, seqlen=2048, sms=132, element_size=4) == 128  # ... or 128 in float32
-    assert occupancy_chunk(batch=1, dim=64, seqlen=4096, sms=132) == 128  # never longer than 128
-    assert occupancy_chunk(batch=1, dim=2048, seqlen=40, sms=132) == 64  # nor than the sequence needs
+    assert occupancy_chunk(batch=1, dim=2048, seqlen=40, sms=132) == 64  # never longer than the sequence needs
     assert occupancy_chunk(batch=64, dim=8192, seqlen=1, sms=132) == 16
+
+
+def test_occupancy_chunk_takes_256_for_few_channels_or_long_sequences_in_half_precision():
+    from corey_compile.planning.chunk_policy import occupancy_chunk
+
+    # few channels a warp (0.75 or fewer): the longest chunk at any length
+    assert occupancy_chunk(batch=1, dim=1536, seqlen=2048, sms=132) == 256
+    assert occupancy_chunk(batch=1, dim=64, seqlen=4096, sms=132) == 256
+    # up to 2.5 channels a warp: 128 until the sequence is long, 256 from 8192 steps
+    for dim in (2048, 4096, 5120):
+        assert occupancy_chunk(batch=1, dim=dim, seqlen=4096, sms=132) == 128
+        assert occupancy_chunk(batch=1, dim=dim, seqlen=8192, sms=132) == 256
+        assert occupancy_chunk(batch=1, dim=dim, seqlen=32768, sms=132) == 256
+    # more channels, or float32: as before
+    assert occupancy_chunk(batch=2, dim=4096, seqlen=8192, sms=132) == 64
+    assert occupancy_chunk(batch=8, dim=2048, seqlen=8192, sms=132) == 32
+    assert occupancy_chunk(batch=1, dim=1536, seqlen=2048, sms=132, element_size=4) == 128
+    assert occupancy_chunk(batch=1, dim=2048, seqlen=8192, sms=132, element_size=4) == 128
+    # and never longer than the sequence
+    assert occupancy_chunk(batch=1, dim=1536, seqlen=100, sms=132) == 128
 
 
 def test_steps_per_load_must_divide_a_lanes_steps():

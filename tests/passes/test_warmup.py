@@ -31,9 +31,17 @@ def _graphs_for(lengths, monkeypatch):
 def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_lengths(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the ops' torch path: only the calls matter here
     static, symbolic = _graphs_for([512, 300], monkeypatch)
-    (job,) = warmup.op_calls(static)  # two identical layers, and 512 steps are four whole chunks of 128: one kernel
+    job, *later = warmup.op_calls(static)  # two identical layers, and 512 steps are four whole chunks of 128: one kernel
     assert job["op"] == "selective_scan" and job["kwargs"]["u"]["sizes"] == [1, 128, 512]
-    assert (job["chunk"], job["kernels"]) == (128, "whole")
+    assert (job["chunk"], job["kernels"], job["needed"]) == (128, "whole", True)
+    # and in the background the kernels a next length's graph (Dynamo's, with a symbolic length) will launch:
+    # a partial chunk after whole ones (528 steps), and a length 16 does not divide (513: both kernels)
+    assert [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"], j["needed"]) for j in later] == [
+        (528, 128, "tail", False), (513, 128, "whole", False), (513, 128, "tail", False)]
+    for j in later:
+        seqlen = j["kwargs"]["u"]["sizes"][-1]
+        assert j["kwargs"]["u"]["strides"] == [128 * seqlen, seqlen, 1]
+        assert j["kwargs"]["B"]["sizes"] == [1, 16, seqlen] and j["kwargs"]["B"]["strides"] == [16 * seqlen, seqlen, 1]
     jobs = warmup.op_calls(symbolic)
     kernels = [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"]) for j in jobs]
     # 300 steps: two whole chunks and a partial one. Then the kernels of later lengths: 256 (16 divides it, no
