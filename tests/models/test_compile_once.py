@@ -138,7 +138,8 @@ def test_other_backends_and_eager_run_the_library_function_as_written():
     installed = known_functions.install()
     original, _ = installed[SITE]
     if not LOOP_IN_METHOD:  # Dynamo keeps the stand-in aside: the module's function is the library's own
-        assert modeling.mamba_selective_scan is original
+        # (from transformers 5.25 behind the kernels package's nn.Module, which calls it)
+        assert known_functions._library_function(modeling.mamba_selective_scan) is original
 
 
 @pytest.mark.parametrize("why", ["float64", "grad"])

@@ -88,7 +88,9 @@ def test_the_state_update_matcher_records_a_step_region():
 
 @pytest.mark.parametrize("policy, batch, dim, seqlen, expected", [
     ("occupancy", 1, 2048, 2048, 128), ("occupancy", 8, 2048, 2048, 32), ("occupancy", 1, 2048, 40, 64),
-    ("seqlen", 1, 2048, 10, 16), ("seqlen", 1, 2048, 50, 32), ("seqlen", 1, 2048, 5000, 64),
+    ("occupancy", 1, 2048, 8192, 256), ("occupancy", 1, 1536, 2048, 256),
+    ("seqlen", 1, 2048, 10, 16), ("seqlen", 1, 2048, 50, 32), ("seqlen", 1, 2048, 200, 64),
+    ("seqlen", 1, 2048, 2048, 128), ("seqlen", 1, 2048, 5000, 256),
     ("fixed", 1, 2048, 2048, 32), ("fixed", 8, 2048, 7, 32),
 ])
 def test_the_planner_under_every_chunk_policy(policy, batch, dim, seqlen, expected):
