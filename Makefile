@@ -9,7 +9,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CPU_TORCH ?= torch==2.13.0
-LEGACY_TRANSFORMERS ?= transformers==5.2.0
+# The kernels release that transformers 5.2 was written against: the newest (which transformers 5.25 and
+# later require) fails at its import.
+LEGACY_TRANSFORMERS ?= transformers==5.2.0 "kernels>=0.10.2,<0.11"
 LEGACY_DIR := $(VENV)/legacy
 
 .PHONY: demo test test-legacy setup legacy clean
@@ -28,8 +30,8 @@ $(BIN)/.ready: pyproject.toml
 
 setup: $(BIN)/.ready
 
-$(LEGACY_DIR)/.ready: $(BIN)/.ready
-	$(BIN)/pip install -q --target $(LEGACY_DIR) "$(LEGACY_TRANSFORMERS)"
+$(LEGACY_DIR)/.ready: $(BIN)/.ready Makefile
+	$(BIN)/pip install -q --upgrade --target $(LEGACY_DIR) $(LEGACY_TRANSFORMERS)
 	@touch $@
 
 legacy: $(LEGACY_DIR)/.ready

@@ -136,6 +136,21 @@ def state_update_step(state, x, dt, A, B, C, D, z, dt_bias):
     return out * F.silu(z)
 
 
+def step_on_a_clone_of_the_cache(state, x, dt, A, B, C, D, z, dt_bias):
+    """transformers' decode step from 5.25: the step updates a clone of the cached state in place, read through a
+    cast, and the cache then takes the clone."""
+    next_state = state.clone()
+    dt = F.softplus(dt + dt_bias.to(dt.dtype))
+    dA = torch.exp(dt.float()[..., None] * A.float()).to(device=next_state.device)
+    dBx = dt.float()[..., None] * B.float()[:, None, :] * x.float()[..., None]
+    new_state = next_state.float() * dA + dBx
+    next_state.copy_(new_state.to(next_state.dtype))
+    out = torch.matmul(new_state.to(C.dtype), C.unsqueeze(-1)).squeeze(-1)
+    out = (out + x * D) * F.silu(z)
+    state.copy_(next_state)
+    return out
+
+
 def state_update_not_elementwise(state, x, dt, A, B, C, D, z, dt_bias):
     """Near miss: the state is mixed across channels (a matmul), not updated elementwise."""
     dt = F.softplus(dt + dt_bias)

@@ -103,3 +103,25 @@ def test_time_invariant_B_and_C_are_traced_as_written(interface):
     (report,) = corey_compile.all_reports()
     assert report.known_calls == {SITE: ["traced as written: B and C are not input-dependent (b, n, l)"]}
     assert not any(r.form == "F4 known function" for r in report.regions)
+
+
+def test_a_function_behind_a_hub_wrapper_module_is_the_one_stood_in_for():
+    # transformers 5.25 with the kernels package: the module-level name is an nn.Module instance whose forward
+    # calls a functools.wraps wrapper, which calls the library's own function when no hub kernel replaces it
+    import functools
+
+    def library_scan(u):
+        return u
+
+    @functools.wraps(library_scan)
+    def func(*args, **kwargs):
+        return library_scan(*args, **kwargs)
+
+    class Func(torch.nn.Module):
+        def forward(self, *args, **kwargs):
+            return func(*args, **kwargs)
+
+    assert known_functions._library_function(Func()) is library_scan
+    assert known_functions._library_function(library_scan) is library_scan
+    assert known_functions._library_function(torch.nn.Linear(2, 2)) is None  # a module that wraps no function
+    assert known_functions._library_function(None) is None
