@@ -246,7 +246,35 @@ def _emit_step(graph: fx.Graph, region: Region, args: dict) -> int:
     graph.erase_node(copy)
     # A, D and the bias as the model computed them, if nothing else reads them
     parameters = [region.A.node] + [operand.node for operand in (args["D"], args["delta_bias"]) if operand]
-    return 1 + erase_dead(graph, [output, *args["replaced"], *(region.covered - {copy}), *parameters])
+    erased = 1 + erase_dead(graph, [output, *args["replaced"], *(region.covered - {copy}), *parameters])
+    return erased + write_through_clone(graph, step)
+
+
+def write_through_clone(graph: fx.Graph, step: fx.Node) -> int:
+    """Where the step's state is a clone of a tensor that the graph copies the clone back into afterwards
+    (transformers 5.25's decode step: ``new = cache.clone()``, the step on ``new``, ``cache.copy_(new)``), the
+    op writes that tensor itself: the clone and the copy back, a kernel each per layer and token, go. Only where
+    nothing else reads the clone, and nothing reads the tensor between the clone and the copy back (it would see
+    the new state early). Returns the nodes removed (0 where the step is left as it is)."""
+    clone = step.kwargs["state"]
+    if not (clone.op == "call_method" and clone.target == "clone" and len(clone.args) == 1 and not clone.kwargs):
+        return 0
+    source = clone.args[0]
+    back = [u for u in clone.users if u is not step]
+    if not isinstance(source, fx.Node) or len(back) != 1:
+        return 0
+    (back,) = back
+    if not (back.op == "call_method" and back.target == "copy_" and back.args == (source, clone) and not back.kwargs):
+        return 0
+    position = {n: i for i, n in enumerate(graph.nodes)}
+    if position[back] < position[step] or any(position[clone] < position[u] < position[back]
+                                               for u in source.users if u is not back):
+        return 0
+    step.update_kwarg("state", source)
+    back.replace_all_uses_with(source)  # copy_ returns the tensor it wrote
+    graph.erase_node(back)
+    graph.erase_node(clone)
+    return 2
 
 
 def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
