@@ -15,7 +15,9 @@ their nodes compute the same operations on inputs of the same shapes, strides an
 (``body_key``). A layer stays inline, with the reason recorded, where its nodes are not contiguous in
 the graph, it writes to a tensor it did not create (a cache updated in place), it reads a number out of
 a tensor, it hands anything but tensors to what follows, or it calls a submodule. Nothing is shared
-unless some body occurs at least twice.
+unless some body occurs at least twice. A layer that differs from a shared body only by a half-precision
+input where the body's is float32, and that only casts that input (the first layer of a model that keeps
+its residual stream in float32), reads it widened to float32, which is exact, and shares the body.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ class SharedLayers:
     # where some float input's .item() reads became tensor arithmetic (``_unwrap_float_inputs``): the symbols
     # of every float input the graph reads, which Inductor would have Dynamo make constants (``float_input_symbols``)
     float_symbols: list = field(default_factory=list)
+    widened: list = field(default_factory=list)  # (layer, input, from dtype): inputs widened to share a body
 
     def summary(self) -> str:
         if not self.layers:
@@ -64,6 +67,8 @@ class SharedLayers:
         for kind, layers in alike.items():
             text += f"; {layers[0][0]}" + (f" and {len(layers) - 1} more" if len(layers) > 1 else "")
             text += f" not shared: {kind} ({layers[0][1]})"
+        for layer, name, dtype in self.widened:
+            text += f"; {layer} shares its body with its {dtype} input {name} widened to float32 (it only casts it)"
         return text
 
 
@@ -208,6 +213,67 @@ def body_key(nodes: list, inputs: list) -> tuple:
     return operations, tuple(_describe(meta_value(i)) for i in inputs)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+_CAST_METHODS = {"float", "half", "bfloat16"}
+
+
+def _only_cast(node: fx.Node, members: set) -> bool:
+    """Whether every use of ``node`` among ``members`` casts it to a floating dtype and does nothing else (so
+    that casting a half-precision ``node`` to float32 first, which is exact, changes none of their values)."""
+    for user in node.users:
+        if user not in members:
+            continue
+        if user.op != "call_method" or user.args[0] is not node:
+            return False
+        if user.target in _CAST_METHODS and len(user.args) == 1 and not user.kwargs:
+            continue
+        dtype = user.kwargs.get("dtype") if len(user.args) == 1 else user.args[1] if len(user.args) == 2 else None
+        if user.target == "to" and isinstance(dtype, torch.dtype) and dtype.is_floating_point \
+                and set(user.kwargs) <= {"dtype"} and not (len(user.args) == 2 and user.kwargs):
+            continue
+        return False
+    return True
+
+
+def _widening(key: tuple, others: list) -> list | None:
+    """The inputs (by position) whose half-precision dtype alone keeps a layer of body ``key`` from sharing a body
+    in ``others``: same operations, and every other input described alike. None where there is no such body."""
+    operations, described = key
+    for other_operations, other_described in others:
+        if other_operations != operations or len(other_described) != len(described):
+            continue
+        positions = []
+        for i, (mine, theirs) in enumerate(zip(described, other_described)):
+            if mine == theirs:
+                continue
+            if (mine[0] == theirs[0] == "tensor" and mine[2:] == theirs[2:] and theirs[1] == "torch.float32"
+                    and mine[1] in ("torch.float16", "torch.bfloat16")):
+                positions.append(i)
+                continue
+            break
+        else:
+            if positions:
+                return positions
+    return None
+
+
+def _widen_inputs(gm: fx.GraphModule, nodes: list, inputs: list, positions: list) -> list:
+    """Cast the layer's inputs at ``positions`` to float32 before it and have the layer read the casts; returns
+    (layer input, dtype it had) for each."""
+    from .lower_regions import fake_mode_of, set_fake_values
+
+    members, widened = set(nodes), []
+    for i in positions:
+        source = inputs[i]
+        with gm.graph.inserting_before(nodes[0]):
+            cast = gm.graph.call_method("to", (source, torch.float32))
+        set_fake_values([cast], fake_mode_of(gm))
+        cast.meta["corey_pass"] = "share_layers"
+        source.replace_all_uses_with(cast, delete_user_cb=lambda user: user in members)
+        widened.append((source.name, str(meta_value(source).dtype).removeprefix("torch.")))
+    return widened
+
+
 def _contiguous_groups(gm: fx.GraphModule, layers: dict) -> dict:
     """Layer → its nodes in graph order, for layers whose nodes follow each other with nothing between."""
     groups: dict = {}
@@ -280,6 +346,21 @@ def share_layers(gm: fx.GraphModule) -> SharedLayers:
     counts: dict = {}
     for *_, key in candidates:
         counts[key] = counts.get(key, 0) + 1
+    # A layer alone in its body because an input of it is in half precision where the others' is float32 (the
+    # first layer of a model that keeps its residual stream in float32 reads the embedding's half-precision
+    # output), and which only casts that input: widened to float32, which is exact, it computes the same values
+    # and shares their body.
+    shared_keys = [key for key, count in counts.items() if count >= 2]
+    for index, (layer, nodes, graph, inputs, outputs, key) in enumerate(candidates):
+        positions = _widening(key, shared_keys) if counts[key] == 1 else None
+        if not positions or not all(_only_cast(inputs[i], set(nodes)) for i in positions):
+            continue
+        result.widened += [(layer, *entry) for entry in _widen_inputs(gm, nodes, inputs, positions)]
+        graph, inputs, outputs = _subgraph(nodes)
+        counts[key] -= 1
+        key = body_key(nodes, inputs)
+        counts[key] = counts.get(key, 0) + 1
+        candidates[index] = (layer, nodes, graph, inputs, outputs, key)
     bodies: dict = {}  # key -> name
     uses: dict = {}  # name -> layers calling it
     replaced: dict = {}  # a layer's output -> what reads it from the call

@@ -178,3 +178,73 @@ def test_a_shared_bodys_schema_is_computed_once_for_all_its_calls():
         assert ask(calls[0]) is schemas[0]
     assert computed["computed"] == 2 and len(schemas) == 4
     assert schemas[0] is schemas[1] and schemas[2] is schemas[3] and schemas[0] is not schemas[2]
+
+
+class CastingBlock(nn.Module):
+    """A block that keeps its stream in float32 and reads its input only through a cast, as Mamba's blocks do with
+    ``residual_in_fp32``; ``touch`` also multiplies the input as it comes (no longer only a cast)."""
+
+    def __init__(self, width: int, touch: bool = False):
+        super().__init__()
+        self.proj = nn.Linear(width, width)
+        self.touch = touch
+
+    def forward(self, x):
+        h = x.to(torch.float32)
+        if self.touch:
+            h = h + (x * 2).float()
+        return h + torch.nn.functional.silu(self.proj(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-5)))
+
+
+class CastingNet(nn.Module):
+    def __init__(self, touch: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(CastingBlock(8, touch) for _ in range(4))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_first_layer_that_only_casts_its_half_precision_input_shares_the_body(dtype):
+    # the first layer reads the half-precision input, the others the float32 stream: widened to float32 (exact),
+    # the first layer computes the same values in the others' body
+    torch.manual_seed(0)
+    gm, inputs = dynamo_graph(CastingNet().eval(), torch.randn(2, 3, 8).to(dtype))
+    with torch.no_grad():
+        ref = gm(*inputs)
+        result = share_layers(gm)
+        out = gm(*inputs)
+    assert result.shared == [("corey_layer_0", 4)] and invoked(gm) == ["corey_layer_0"] * 4
+    assert [(layer, widened_from) for layer, _, widened_from in result.widened] == [
+        ("layers.0", str(dtype).removeprefix("torch."))]
+    assert "widened to float32" in result.summary()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_a_first_layer_that_computes_with_its_half_precision_input_stays_inline():
+    torch.manual_seed(0)
+    gm, inputs = dynamo_graph(CastingNet(touch=True).eval(), torch.randn(2, 3, 8).half())
+    with torch.no_grad():
+        ref = gm(*inputs)
+        result = share_layers(gm)
+        out = gm(*inputs)
+    assert result.shared == [("corey_layer_0", 3)] and not result.widened  # x * 2 in half precision: not only a cast
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_a_half_precision_mamba_shares_every_layer_under_inductor():
+    # transformers' Mamba keeps its residual stream in float32: the first layer reads the bfloat16 embedding,
+    # the others float32; the first layer only casts its input, so all share one body
+    model = build_mamba("tiny", num_hidden_layers=3, seed=0, dtype=torch.bfloat16)
+    prompt = torch.randint(1, 256, (1, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(prompt, use_cache=False).logits
+        model.compile(backend="corey", options={"strict": True})
+        out = model(prompt, use_cache=False).logits
+    torch.testing.assert_close(out.float(), ref.float(), rtol=2e-2, atol=5e-2)
+    (report,) = corey_compile.all_reports()
+    assert report.shared_layers.startswith("3 layers, 3 of them calling 1 shared body (corey_layer_0 ×3)")
+    assert "backbone.layers.0 shares its body with its bfloat16 input" in report.shared_layers
