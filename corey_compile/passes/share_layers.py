@@ -355,12 +355,14 @@ def share_layers(gm: fx.GraphModule) -> SharedLayers:
         positions = _widening(key, shared_keys) if counts[key] == 1 else None
         if not positions or not all(_only_cast(inputs[i], set(nodes)) for i in positions):
             continue
-        result.widened += [(layer, *entry) for entry in _widen_inputs(gm, nodes, inputs, positions)]
+        widened = _widen_inputs(gm, nodes, inputs, positions)  # exact whatever follows: the layer only casts them
         graph, inputs, outputs = _subgraph(nodes)
         counts[key] -= 1
         key = body_key(nodes, inputs)
         counts[key] = counts.get(key, 0) + 1
         candidates[index] = (layer, nodes, graph, inputs, outputs, key)
+        if key in shared_keys:
+            result.widened += [(layer, *entry) for entry in widened]
     bodies: dict = {}  # key -> name
     uses: dict = {}  # name -> layers calling it
     replaced: dict = {}  # a layer's output -> what reads it from the call
