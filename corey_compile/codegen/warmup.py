@@ -34,6 +34,12 @@ import torch.fx as fx
 _OPS = {"selective_scan"}
 
 
+def _example_values(shape_env) -> dict:
+    """Each symbol's value in the example inputs (``backed_var_to_val`` from torch 2.13, ``var_to_val`` before)."""
+    values = getattr(shape_env, "backed_var_to_val", None)
+    return values if values is not None else shape_env.var_to_val
+
+
 def _concrete(size, values: dict) -> int:
     """A size as an int: a symbolic one evaluated at ``values`` (symbol -> int), else at the example inputs."""
     if isinstance(size, torch.SymInt):
@@ -41,7 +47,7 @@ def _concrete(size, values: dict) -> int:
         if static is not None:
             return static
         expr, shape_env = size.node.expr, size.node.shape_env
-        known = {sym: values[sym] if sym in values else shape_env.var_to_val.get(sym) for sym in expr.free_symbols}
+        known = {sym: values[sym] if sym in values else _example_values(shape_env).get(sym) for sym in expr.free_symbols}
         if any(v is None for v in known.values()):
             raise ValueError("a symbolic size without an example value")
         return int(expr.subs(known))
@@ -103,7 +109,7 @@ def _length_classes(u, chunk_of) -> list:
     if not isinstance(length, torch.SymInt) or length.node.maybe_as_int() is not None:
         return []
     symbol = length.node.expr
-    hint = length.node.shape_env.var_to_val.get(symbol) if getattr(symbol, "is_Symbol", False) else None
+    hint = _example_values(length.node.shape_env).get(symbol) if getattr(symbol, "is_Symbol", False) else None
     if hint is None:
         return []
     return [{symbol: int(hint)}] + [{symbol: value} for value in _later_lengths(int(hint), chunk_of)]
