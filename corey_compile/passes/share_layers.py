@@ -213,7 +213,6 @@ def body_key(nodes: list, inputs: list) -> tuple:
     return operations, tuple(_describe(meta_value(i)) for i in inputs)
 
 
-_HALF = (torch.float16, torch.bfloat16)
 _CAST_METHODS = {"float", "half", "bfloat16"}
 
 
@@ -227,10 +226,15 @@ def _only_cast(node: fx.Node, members: set) -> bool:
             return False
         if user.target in _CAST_METHODS and len(user.args) == 1 and not user.kwargs:
             continue
-        dtype = user.kwargs.get("dtype") if len(user.args) == 1 else user.args[1] if len(user.args) == 2 else None
-        if user.target == "to" and isinstance(dtype, torch.dtype) and dtype.is_floating_point \
-                and set(user.kwargs) <= {"dtype"} and not (len(user.args) == 2 and user.kwargs):
-            continue
+        if user.target == "to":  # x.to(dtype) or x.to(dtype=dtype), nothing else (no device, no copy=)
+            if len(user.args) == 2 and not user.kwargs:
+                dtype = user.args[1]
+            elif len(user.args) == 1 and set(user.kwargs) == {"dtype"}:
+                dtype = user.kwargs["dtype"]
+            else:
+                return False
+            if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+                continue
         return False
     return True
 
