@@ -83,28 +83,29 @@ def _bound(node_target, args, kwargs) -> dict:
 _PROBE_LENGTHS = (512, 2048, 8192, 32768)
 
 
-def _later_lengths(example: int, chunk_of) -> list[int]:
-    """Lengths whose kernels are those later calls may launch, around ``example``: for the example's chunk
-    and each other chunk the policy gives at ``_PROBE_LENGTHS``, a multiple of the chunk, one more partial
-    chunk of 16 steps, and two lengths that 16 does not divide.
+def _later_lengths(example: int, chunk_of) -> list[tuple[int, int]]:
+    """(length, chunk) pairs whose kernels are those later calls may launch: for the example's chunk and each
+    other chunk the policy gives at ``_PROBE_LENGTHS``, one whole chunk, one more partial chunk of 16 steps,
+    and two lengths that 16 does not divide.
 
     Triton compiles a length divisible by 16 and one that is not separately, and the whole chunks and the
-    partial one after them are two kernels (``chunk.scan_kernel_parts``). Kernels that come out the same are
-    compiled once (``_kernel_key``)."""
+    partial one after them are two kernels (``chunk.scan_kernel_parts``); any length of a kind compiles the
+    same kernel, so the shortest of each is taken, which keeps the children's tensors small. Kernels that come
+    out the same are compiled once (``_kernel_key``)."""
     lengths, chunks = [], []
     for seqlen in (example, *_PROBE_LENGTHS):
         chunk = chunk_of(seqlen)
         if chunk in chunks:
             continue
         chunks.append(chunk)
-        whole = chunk * max(1, round(seqlen / chunk))
-        lengths += [whole, whole + 16, whole + 1, whole + 2]
+        lengths += [(n, chunk) for n in (chunk, chunk + 16, chunk + 1, chunk + 2)]
     return lengths
 
 
 def _length_classes(u, chunk_of) -> list:
-    """The values of a scan's symbolic length to compile at: the example's, then those of ``_later_lengths``.
-    Empty where the length is not one symbol with an example value."""
+    """The values of a scan's symbolic length to compile at, each with its chunk (None: the policy's at that
+    length): the example's, then those of ``_later_lengths``. Empty where the length is not one symbol with an
+    example value."""
     length = u.shape[-1] if isinstance(u, torch.Tensor) else None
     if not isinstance(length, torch.SymInt) or length.node.maybe_as_int() is not None:
         return []
@@ -112,7 +113,7 @@ def _length_classes(u, chunk_of) -> list:
     hint = _example_values(length.node.shape_env).get(symbol) if getattr(symbol, "is_Symbol", False) else None
     if hint is None:
         return []
-    return [{symbol: int(hint)}] + [{symbol: value} for value in _later_lengths(int(hint), chunk_of)]
+    return [({symbol: int(hint)}, None)] + [({symbol: n}, chunk) for n, chunk in _later_lengths(int(hint), chunk_of)]
 
 
 def _at_length(call: dict, names: list, seqlen: int) -> dict | None:
@@ -207,8 +208,8 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
                               bound["chunk_policy"])
 
         names = [argument.name for argument in node.target._schema.arguments]
-        calls = []  # (call, its length, whether the first run launches it)
-        for index, values in enumerate(_length_classes(bound["u"], chunk_of) or [{}]):
+        calls = []  # (call, its length, its chunk or None for the policy's, whether the first run launches it)
+        for index, (values, fixed_chunk) in enumerate(_length_classes(bound["u"], chunk_of) or [({}, None)]):
             try:
                 call = {"op": node.target._opname,
                         "args": [_as_the_kernel_gets_it(names[i], _spec(a, values), contiguous_inputs)
@@ -219,15 +220,15 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
             except (ValueError, TypeError):
                 continue  # a size with no example value: the first run compiles this one
             # the first length is the example's, which the first run launches: the compilation waits for it
-            calls.append((call, seqlen, index == 0))
-        if len(calls) == 1 and calls[0][2] and calls[0][1] > 1:  # a static length: the next lengths' kernels too
-            call, seqlen, _ = calls[0]
-            calls += [(later, n, False) for n in _later_lengths(seqlen, chunk_of)
+            calls.append((call, seqlen, fixed_chunk, index == 0))
+        if len(calls) == 1 and calls[0][3] and calls[0][1] > 1:  # a static length: the next lengths' kernels too
+            call, seqlen, _, _ = calls[0]
+            calls += [(later, n, chunk, False) for n, chunk in _later_lengths(seqlen, chunk_of)
                       if (later := _at_length(call, names, n)) is not None]
-        for call, seqlen, needed in calls:
+        for call, seqlen, fixed_chunk, needed in calls:
             if seqlen == 1:
                 continue  # one step runs the decode kernel, which compiles in under a second
-            chunk = chunk_of(seqlen)
+            chunk = fixed_chunk or chunk_of(seqlen)
             for part in scan_kernel_parts(seqlen, chunk):
                 spec = {**call, "chunk": chunk, "kernels": part, "needed": needed}
                 key = _kernel_key(spec)
@@ -255,6 +256,7 @@ _CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys
 # kernel an earlier one's child compiles (or compiled) waits for that child rather than compiling it again.
 _STARTED: dict = {}
 _BACKGROUND_NICENESS = 10  # the kernels of later lengths yield the cores to the compilation under way
+_BACKGROUND_CHILDREN = 2  # children that compile the kernels of later lengths, one after the other in each
 
 
 def _process_key(spec: dict, device) -> str:
@@ -266,36 +268,52 @@ def _process_key(spec: dict, device) -> str:
 
 
 class Warmup:
-    """Child processes, one per distinct kernel (``op_calls``), each launching it once on zero tensors, so that
-    Triton compiles the kernels into its on-disk cache beside the parent's inner compiler (a thread would share
-    the parent's interpreter lock with it; one process per kernel compiles them side by side). The parent's
-    first launch then loads them from the cache. ``join()`` waits for those the first run launches; the kernels
-    of later lengths go on compiling in the background, at a lower priority (a later length that comes before
-    its kernel is in the cache compiles it itself, as it would without the warm-up). A kernel whose child an
-    earlier graph of this process started, still running or ended well, is waited for there, not compiled
-    again."""
+    """Child processes that launch each distinct kernel (``op_calls``) once on zero tensors, so that Triton
+    compiles the kernels into its on-disk cache beside the parent's inner compiler (a thread would share the
+    parent's interpreter lock with it). Each kernel the first run launches compiles in a child of its own, side
+    by side; the parent's first launch then loads them from the cache, and ``join()`` waits for them. The
+    kernels of later lengths go on compiling in the background, at a lower priority, shared among at most
+    ``_BACKGROUND_CHILDREN`` children (each child holds a CUDA context on the user's GPU); a later length that
+    comes before its kernel is in the cache compiles it itself, as it would without the warm-up. A kernel whose
+    child an earlier graph of this process started, still running or ended well, is waited for there, not
+    compiled again."""
 
     def __init__(self, specs: list, device: torch.device):
         self.error, self.seconds = None, 0.0
-        self.needed = [spec.get("needed", True) for spec in specs]  # what join() waits for
+        self.needed = [spec.get("needed", True) for spec in specs]
         package_root = str(pathlib.Path(__file__).resolve().parents[2])  # so the child finds corey from a checkout too
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
-                   COREY_KERNELS_ONLY="1")
+        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
+                        COREY_KERNELS_ONLY="1")
+        self.device = device
         self.start_time = time.perf_counter()
-        self.processes, self.own, self.reused = [], [], 0
+        self.waited, self.own, self.reused = [], [], 0  # what join() waits for; the children this graph started
+        later = []  # (key, spec): kernels of later lengths that no earlier child compiles
         for spec, needed in zip(specs, self.needed):
             key = _process_key(spec, device)
             earlier = _STARTED.get(key)
             if earlier is not None and earlier.poll() in (None, 0):
-                self.processes.append(earlier)
                 self.reused += 1
-                continue
-            process = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, str(device), json.dumps([spec]), "0" if needed else str(_BACKGROUND_NICENESS)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if needed else subprocess.DEVNULL, text=True, env=env)
-            _STARTED[key] = process
-            self.processes.append(process)
-            self.own.append(process)
+                if needed:
+                    self.waited.append(earlier)
+            elif needed:
+                _STARTED[key] = self._start([spec], background=False)
+                self.waited.append(_STARTED[key])
+            else:
+                later.append((key, spec))
+        for i in range(min(len(later), _BACKGROUND_CHILDREN)):
+            share = later[i::_BACKGROUND_CHILDREN]
+            process = self._start([spec for _, spec in share], background=True)
+            for key, _ in share:
+                _STARTED[key] = process
+
+    def _start(self, specs: list, background: bool) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(self.device), json.dumps(specs),
+             str(_BACKGROUND_NICENESS if background else 0)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if background else subprocess.PIPE, text=True,
+            env=self.env)
+        self.own.append(process)
+        return process
 
     @property
     def background(self) -> int:
@@ -310,9 +328,7 @@ class Warmup:
             process.wait()
 
     def join(self, timeout: float = 600.0) -> float:
-        for process, needed in zip(self.processes, self.needed):
-            if not needed:
-                continue
+        for process in self.waited:
             try:
                 remaining = max(1.0, timeout - (time.perf_counter() - self.start_time))
                 if process.stderr is None or process.stderr.closed:  # an earlier graph's background child

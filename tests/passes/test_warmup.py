@@ -34,21 +34,22 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
     job, *later = warmup.op_calls(static)  # two identical layers, and 512 steps are four whole chunks of 128: one kernel
     assert job["op"] == "selective_scan" and job["kwargs"]["u"]["sizes"] == [1, 128, 512]
     assert (job["chunk"], job["kernels"], job["needed"]) == (128, "whole", True)
-    # and in the background the kernels a next length's graph (Dynamo's, with a symbolic length) will launch:
-    # a partial chunk after whole ones (528 steps), and a length 16 does not divide (513: both kernels)
+    # and in the background the kernels a next length's graph (Dynamo's, with a symbolic length) will launch, each
+    # at the shortest length of its kind: a partial chunk after a whole one (144 steps), and a length 16 does not
+    # divide (129: both kernels); one whole chunk (128) compiles 512's kernel again, so it is left out
     assert [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"], j["needed"]) for j in later] == [
-        (528, 128, "tail", False), (513, 128, "whole", False), (513, 128, "tail", False)]
+        (144, 128, "tail", False), (129, 128, "whole", False), (129, 128, "tail", False)]
     for j in later:
         seqlen = j["kwargs"]["u"]["sizes"][-1]
         assert j["kwargs"]["u"]["strides"] == [128 * seqlen, seqlen, 1]
         assert j["kwargs"]["B"]["sizes"] == [1, 16, seqlen] and j["kwargs"]["B"]["strides"] == [16 * seqlen, seqlen, 1]
     jobs = warmup.op_calls(symbolic)
     kernels = [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"]) for j in jobs]
-    # 300 steps: two whole chunks and a partial one. Then the kernels of later lengths: 256 (16 divides it, no
-    # partial chunk), 272 (16 divides it, a partial chunk; its whole-chunk kernel is 256's). 257 and 258 (16
-    # divides neither) compile like 300: with B and C contiguous, every stride but the length's own is a
-    # multiple of 16 at all three.
-    assert kernels == [(300, 128, "whole"), (300, 128, "tail"), (256, 128, "whole"), (272, 128, "tail")]
+    # 300 steps: two whole chunks and a partial one. Then the kernels of later lengths, each at the shortest length
+    # of its kind: 128 (16 divides it, no partial chunk), 144 (16 divides it, a partial chunk; its whole-chunk
+    # kernel is 128's). 129 and 130 (16 divides neither) compile like 300: with B and C contiguous, every stride
+    # but the length's own is a multiple of 16 at all three.
+    assert kernels == [(300, 128, "whole"), (300, 128, "tail"), (128, 128, "whole"), (144, 128, "tail")]
     # The compilation waits for the kernels of 300 steps only; the others compile on in the background
     assert [j["needed"] for j in jobs] == [True, True, False, False]
     for j in jobs:
@@ -82,17 +83,39 @@ def test_the_compilation_waits_for_the_kernels_of_its_own_length_only():
     # A Warmup whose children are stand-ins: one the first run needs (it ends), one for a later length (it sleeps)
     run = warmup.Warmup.__new__(warmup.Warmup)
     run.error, run.seconds, run.start_time = None, 0.0, __import__("time").perf_counter()
-    run.processes = [subprocess.Popen([sys.executable, "-c", "pass"], stderr=subprocess.PIPE, text=True),
-                     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
-    run.needed = [True, False]
+    needed = subprocess.Popen([sys.executable, "-c", "pass"], stderr=subprocess.PIPE, text=True)
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    run.waited, run.own, run.needed = [needed], [needed, later], [True, False]
     try:
         assert run.background == 1
         run.join()
-        assert run.processes[0].returncode == 0 and run.error is None
-        assert run.processes[1].poll() is None  # still compiling in the background
+        assert needed.returncode == 0 and run.error is None
+        assert later.poll() is None  # still compiling in the background
+        run.cancel()
+        assert later.poll() is not None
     finally:
-        run.processes[1].kill()
-        run.processes[1].wait()
+        if later.poll() is None:
+            later.kill()
+        later.wait()
+
+
+def test_background_kernels_share_two_children_and_a_later_graph_reuses_what_an_earlier_started(monkeypatch):
+    # On the CPU a child imports the ops and returns (no kernel to compile): only who starts what is checked
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(warmup, "_STARTED", {})
+    static, _ = _graphs_for([512, 300], monkeypatch)
+    jobs = warmup.op_calls(static)
+    assert [j["needed"] for j in jobs] == [True, False, False, False]
+    first = warmup.Warmup(jobs, torch.device("cpu"))
+    assert len(first.own) == 3 and len(first.waited) == 1  # one child for 512's kernel, two for the three later
+    second = warmup.Warmup(jobs, torch.device("cpu"))  # a later graph with the same kernels
+    assert second.own == [] and second.reused == 4 and second.waited == first.waited
+    first.join()
+    second.join()
+    assert first.error is None and second.error is None
+    for process in first.own:
+        process.wait(timeout=60)
+        assert process.returncode == 0
 
 
 def test_a_warm_up_child_imports_the_kernels_without_the_compiler():
