@@ -155,13 +155,7 @@ def step_on_a_clone_read_before_the_copy_back(state, x, dt, A, B, C, D, z, dt_bi
     """Near miss for writing the cache directly: the cached state is read after the step on its clone and before
     the copy back, so it must still hold the old state there."""
     next_state = state.clone()
-    dt = F.softplus(dt + dt_bias.to(dt.dtype))
-    dA = torch.exp(dt.float()[..., None] * A.float())
-    dBx = dt.float()[..., None] * B.float()[:, None, :] * x.float()[..., None]
-    new_state = next_state.float() * dA + dBx
-    next_state.copy_(new_state.to(next_state.dtype))
-    out = torch.matmul(new_state.to(C.dtype), C.unsqueeze(-1)).squeeze(-1)
-    out = (out + x * D) * F.silu(z)
+    out = state_update_step(next_state, x, dt, A, B, C, D, z, dt_bias)
     old_total = state.sum(-1).to(out.dtype)  # the cache as it was before this step
     state.copy_(next_state)
     return out + old_total
