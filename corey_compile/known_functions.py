@@ -160,6 +160,30 @@ def _conv_update_stand_in(site: str, original: Callable) -> Callable:
     return causal_conv1d_update
 
 
+def _conv_fn_stand_in(site: str, original: Callable) -> Callable:
+    """transformers' ``causal_conv1d_fn`` (5.25 and later): a prefill's depthwise causal convolution, its bias and
+    activation, written as the torch calls the library makes, without the activation module the library builds
+    from ``ACT2FN`` at every call (Dynamo traces that construction in every layer)."""
+
+    def causal_conv1d_fn(hidden_states, weight, bias=None, activation=None, **kwargs):
+        reason = ""
+        if any(value is not None for value in kwargs.values()):
+            reason = f"arguments beyond the convolution's ({', '.join(kwargs)})"
+        elif hidden_states.dim() != 3 or weight.dim() != 2:
+            reason = "hidden_states is not (b, d, l) or the weight is not (d, k)"
+        elif activation not in (None, "silu", "swish"):
+            reason = "an activation other than SiLU"
+        if not _take(site, reason):
+            return original(hidden_states, weight, bias, activation, **kwargs)
+        out = F.conv1d(hidden_states.to(weight.dtype), weight=weight.unsqueeze(1), bias=bias,
+                       padding=weight.shape[-1] - 1, groups=hidden_states.shape[1])[:, :, :hidden_states.shape[-1]]
+        if activation is not None:
+            out = F.silu(out)
+        return out.to(hidden_states.dtype)
+
+    return causal_conv1d_fn
+
+
 def _legacy_mixer_stand_in(site: str, original: Callable) -> Callable:
     """transformers' ``MambaMixer.slow_forward`` of 4.53-4.57 and 5.0-5.3 (its loop is inside the method): the
     same steps, with the loop over time as one call. Used only where the method's source is one corey knows."""
@@ -260,12 +284,16 @@ class KnownFunction:
 
 _TRANSFORMERS_MODELS = ("mamba", "falcon_mamba", "zamba", "jamba")
 _CONV_UPDATE_PARAMETERS = ("hidden_states", "conv_state", "weight", "bias", "activation")
+_CONV_FN_PARAMETERS = ("hidden_states", "weight", "bias", "activation", "kwargs")
 KNOWN = tuple(
     KnownFunction(f"transformers.models.{model}.modeling_{model}", "mamba_selective_scan", _TRANSFORMERS_PARAMETERS,
                   _transformers_stand_in) for model in _TRANSFORMERS_MODELS
 ) + tuple(
     KnownFunction(f"transformers.models.{model}.modeling_{model}", "causal_conv1d_update", _CONV_UPDATE_PARAMETERS,
                   _conv_update_stand_in) for model in _TRANSFORMERS_MODELS
+) + tuple(
+    KnownFunction(f"transformers.models.{model}.modeling_{model}", "causal_conv1d_fn", _CONV_FN_PARAMETERS,
+                  _conv_fn_stand_in) for model in _TRANSFORMERS_MODELS
 ) + tuple(
     KnownFunction("mamba_ssm.ops.selective_scan_interface", name, _SCAN_PARAMETERS, _mamba_ssm_stand_in)
     for name in ("selective_scan_fn", "selective_scan_ref")
