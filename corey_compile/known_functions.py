@@ -18,6 +18,14 @@ corey and whether it understands the arguments:
   it calls an untouched copy of the library's function, which Dynamo traces as
   it always did. The report says which calls were taken and why others were not.
 
+Two of transformers' convolutions are known as well: ``causal_conv1d_update``, a decode step's, which
+becomes ``corey::causal_conv1d_update``, and ``causal_conv1d_fn`` (5.25 and later), a prefill's, which
+becomes the torch calls it makes without the activation module it builds at every call.
+
+From 5.25 transformers' module-level functions are ``nn.Module`` instances made by the ``kernels``
+package; the stand-in is registered for the library function that such a module calls
+(``_library_function``).
+
 transformers before 5.15 writes its loop inside a method
 (``MambaMixer.slow_forward``), and Dynamo substitutes functions, not methods.
 For a release whose method source corey knows (``KNOWN_METHODS``), the class
