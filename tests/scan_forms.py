@@ -161,6 +161,17 @@ def step_on_a_clone_read_before_the_copy_back(state, x, dt, A, B, C, D, z, dt_bi
     return out + old_total
 
 
+def step_on_a_clone_read_through_a_view_before_the_copy_back(state, x, dt, A, B, C, D, z, dt_bias):
+    """Near miss for writing the cache directly: a view of the cached state, taken before the step, is read after
+    the step on the clone and before the copy back."""
+    first_channel = state[:, :1]
+    next_state = state.clone()
+    out = state_update_step(next_state, x, dt, A, B, C, D, z, dt_bias)
+    old_first = first_channel.sum((-2, -1)).to(out.dtype)[:, None]  # the cache's first channel before this step
+    state.copy_(next_state)
+    return out + old_first
+
+
 def state_update_not_elementwise(state, x, dt, A, B, C, D, z, dt_bias):
     """Near miss: the state is mixed across channels (a matmul), not updated elementwise."""
     dt = F.softplus(dt + dt_bias)

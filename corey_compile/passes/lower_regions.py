@@ -267,9 +267,19 @@ def write_through_clone(graph: fx.Graph, step: fx.Node) -> int:
     if not (back.op == "call_method" and back.target == "copy_" and back.args == (source, clone) and not back.kwargs):
         return 0
     position = {n: i for i, n in enumerate(graph.nodes)}
-    if position[back] < position[step] or any(position[clone] < position[u] < position[back]
-                                               for u in source.users if u is not back):
+    if position[back] < position[step]:
         return 0
+    # Whatever reads the tensor, directly or through anything made from it (a view taken before the clone
+    # included), between the clone and the copy back: conservatively, every node that depends on it there.
+    seen, stack = set(), [u for u in source.users if u not in (clone, back, step)]
+    while stack:
+        node = stack.pop()
+        if node in seen or position[node] > position[back]:
+            continue
+        if position[node] > position[clone]:
+            return 0
+        seen.add(node)
+        stack.extend(u for u in node.users if u not in (clone, back, step))
     step.update_kwarg("state", source)
     back.replace_all_uses_with(source)  # copy_ returns the tensor it wrote
     graph.erase_node(back)

@@ -124,9 +124,11 @@ def test_scans_over_heads_run_as_groups(form, dtype, inner):
     assert region.absorbed == HEADS[form] and region.shape == {"batch": 2, "dim": 6, "seqlen": 5, "dstate": 4}
 
 
+@pytest.mark.parametrize("form", ["step_on_a_clone_read_before_the_copy_back",
+                                  "step_on_a_clone_read_through_a_view_before_the_copy_back"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: str(t).split(".")[1])
-def test_a_step_on_a_clone_keeps_it_where_the_state_is_read_before_the_copy_back(dtype):
-    fn = forms.step_on_a_clone_read_before_the_copy_back
+def test_a_step_on_a_clone_keeps_it_where_the_state_is_read_before_the_copy_back(dtype, form):
+    fn = getattr(forms, form)
     state, args = step_inputs(3, 6, 4, dtype)
     ref_state = state.clone()
     compiled, captured = compile_capturing(fn)
