@@ -233,12 +233,12 @@ def model_configs(best_static: int | None) -> list:
 
 
 def rule_now(row: dict) -> int:
-    """The chunk today's occupancy policy gives a kernel row's shape (batch 1, half precision, 132
-    multiprocessors as on the H100 and H200): read off the row's own static sweep, so that a rule changed
-    after the run is compared on the run's timings."""
-    from corey_compile.planning.chunk_policy import occupancy_chunk
+    """The chunk today's occupancy policy gives a kernel row's shape (batch 1, half precision, the H100's and
+    H200's multiprocessors): read off the row's own static sweep, so that a rule changed after the run is
+    compared on the run's timings."""
+    from corey_compile.planning.chunk_policy import NOMINAL_SM_COUNT, occupancy_chunk
 
-    return occupancy_chunk(1, row["dim"], row["seqlen"], 132, 2)
+    return occupancy_chunk(1, row["dim"], row["seqlen"], NOMINAL_SM_COUNT, 2)
 
 
 def table(results_path: str) -> str:
@@ -246,8 +246,9 @@ def table(results_path: str) -> str:
     occupancy and seqlen policies as the run chose and as today's rules choose (read off the sweep); the fusion
     plan that absorbs no neighbour over the one that absorbs all; the capture's time; the run-time entropy
     policy's plain call over the same chunk's without the histogram."""
-    results = json.load(open(results_path))
     from corey_compile.planning.chunk_policy import seqlen_chunk
+
+    results = json.load(open(results_path))
 
     lines = ["| preset, inputs | l | best static | H / log K | entropy | occupancy (run) | occupancy (now) | seqlen (run) | "
              "seqlen (now) | autotune | static 64 | no neighbour absorbed | capture | run-time histogram |",

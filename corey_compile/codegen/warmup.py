@@ -202,8 +202,8 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), meta_value)
         bound = _bound(node.target, args, kwargs)
 
-        def chunk_of(seqlen, values=None):
-            shape = [_concrete(x, values or {}) for x in bound["u"].shape[:-1]] + [seqlen]
+        def chunk_of(seqlen):
+            shape = [_concrete(x, {}) for x in bound["u"].shape[:-1]] + [seqlen]
             return scan_chunk(shape, bound["u"].dtype.itemsize, device, _concrete(bound["chunk_size"], {}),
                               bound["chunk_policy"])
 
@@ -262,8 +262,7 @@ _BACKGROUND_CHILDREN = 2  # children that compile the kernels of later lengths, 
 def _process_key(spec: dict, device) -> str:
     """``_kernel_key`` and what else a kernel's compilation depends on across graphs: the device and the exact
     sizes of A (channels and states; the states size the kernel's tiles)."""
-    a = dict(zip([arg.name for arg in getattr(torch.ops.corey, spec["op"]).default._schema.arguments], spec["args"]))
-    a = {**a, **spec["kwargs"]}.get("A")
+    a = _bound(getattr(torch.ops.corey, spec["op"]).default, spec["args"], spec["kwargs"]).get("A")
     return json.dumps([_kernel_key(spec), str(device), a.get("sizes") if isinstance(a, dict) else None])
 
 
@@ -331,7 +330,7 @@ class Warmup:
         for process in self.waited:
             try:
                 remaining = max(1.0, timeout - (time.perf_counter() - self.start_time))
-                if process.stderr is None or process.stderr.closed:  # an earlier graph's background child
+                if process.stderr is None or process.stderr.closed:  # a background child, or one already joined
                     process.wait(timeout=remaining)
                     err = ""
                 else:
