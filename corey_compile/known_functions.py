@@ -456,12 +456,16 @@ def _take(site: str, reason: str) -> bool:
     options = compiling_for_corey()
     if options is None:
         return False
+    from .backend import start_inductor_workers
     from .options import resolve_options
 
     try:
-        forms = resolve_options(options).match_forms
+        resolved = resolve_options(options)
     except ValueError:
         forms = ()  # the backend will report the bad option; here, trace the library's function
+    else:
+        forms = resolved.match_forms
+        start_inductor_workers(resolved, "at the first known call Dynamo traced")
     if "F4" not in forms:
         reason = reason or "match_forms leaves out F4"
     calls = _DECISIONS.setdefault(_compile_id(), {}).setdefault(site, [])

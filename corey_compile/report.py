@@ -77,6 +77,7 @@ class CompileReport:
     cuda_graphs: str = ""  # "" (not asked for), "on", or why the inner compiler left them off
     shared_layers: str = ""  # what passes/share_layers.py did: layers, distinct bodies, each body's calls
     static_inputs: list = field(default_factory=list)  # inputs written in place, marked as fixed-address for CUDA graphs
+    inductor_workers: str = ""  # when corey started Inductor's compile workers for this process ("" where it did not)
     # per activation a Hadamard rotation changed (option hadamard with measure): its metrics before and after
     hadamard_metrics: list = field(default_factory=list)
 

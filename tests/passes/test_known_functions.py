@@ -125,3 +125,43 @@ def test_a_function_behind_a_hub_wrapper_module_is_the_one_stood_in_for():
     assert known_functions._library_function(library_scan) is library_scan
     assert known_functions._library_function(torch.nn.Linear(2, 2)) is None  # a module that wraps no function
     assert known_functions._library_function(None) is None
+
+
+def test_inductor_workers_start_while_dynamo_traces_the_first_known_call(interface, monkeypatch):
+    # Inductor compiles in its worker pool only once the pool is up: corey starts it at the first known call,
+    # while Dynamo still traces, before the backend gets the graph (recorded here in the order it happens).
+    from corey_compile import backend
+    from corey_compile.options import resolve_options
+
+    events = []
+
+    def start(options, when):
+        events.append(when)
+        return ""
+
+    monkeypatch.setattr(backend, "start_inductor_workers", start)
+    monkeypatch.setattr(backend, "resolve_options",
+                        lambda options: events.append("backend") or resolve_options(options))
+    fn = _call(interface)
+    torch.compile(fn, backend="corey", options=EAGER)(**scan_inputs(l=5))
+    assert events == ["at the first known call Dynamo traced", "backend", "when the backend was called"]
+
+
+def test_inductor_workers_start_once_on_a_cuda_machine_with_inductor(monkeypatch):
+    import torch._inductor.async_compile as async_compile
+
+    from corey_compile import backend
+    from corey_compile.options import resolve_options
+
+    started = []
+    monkeypatch.setattr(async_compile, "maybe_warm_pool", lambda: started.append(True))
+    monkeypatch.setitem(backend._INDUCTOR_WORKERS, "started", "")
+    inductor, eager = resolve_options({}), resolve_options({"inner_compiler": "eager"})
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend.start_inductor_workers(inductor, "first") == "" and not started  # no GPU: Inductor's CPU code
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert backend.start_inductor_workers(eager, "first") == "" and not started  # nothing of Inductor's runs
+    assert backend.start_inductor_workers(inductor, "first") == "first" and started == [True]
+    assert backend.start_inductor_workers(inductor, "second") == "" and started == [True]  # once per process
+    assert backend._INDUCTOR_WORKERS["started"] == "first"
