@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from jobs import run_job  # benchmarks/, the script's own folder, is on sys.path
+from jobs import listen_to_triton, run_job  # benchmarks/, the script's own folder, is on sys.path
 
 LENGTHS = (2048, 1000, 3000, 4096, 8192)
 CONFIGS = (
@@ -65,6 +65,7 @@ def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
         compiled = torch.compile(model, backend="corey", options=options, dynamic=True if backend == "corey-dynamic" else None)
     from torch._dynamo.utils import counters
 
+    triton_here = listen_to_triton()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     for seqlen in lengths:
@@ -80,11 +81,19 @@ def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
                    "symbolic": sorted({s for v in r.symbolic.values() for s in v}),
                    "recompile_reason": r.recompile_reason, "regions": len(r.regions),
                    "forms": sorted({x.form for x in r.regions}), "nodes": r.nodes_before,
-                   "shared_layers": r.shared_layers,
+                   "shared_layers": r.shared_layers, "inductor_workers": r.inductor_workers,
                    "passes": {p.name: p.seconds for p in r.passes}}
                   for r in corey_compile.all_reports()[reports_before:]]
+        built = [t for t in triton_here if not t["cache_hit"]]
         print(json.dumps({"seqlen": seqlen, "seconds": round(seconds, 3),
-                          "graphs_total": int(counters["stats"]["unique_graphs"]), "new_graphs": graphs}), flush=True)
+                          "graphs_total": int(counters["stats"]["unique_graphs"]), "new_graphs": graphs,
+                          # Triton kernels this process compiled during the call (not Inductor's workers, not
+                          # corey's warm-up children): what the call waited for
+                          "triton_compiled_here": {"kernels": len(built),
+                                                   "seconds": round(sum(t["seconds"] for t in built), 3),
+                                                   "names": sorted({t["kernel"] for t in built})},
+                          "triton_loaded_here": sum(t["cache_hit"] for t in triton_here)}), flush=True)
+        triton_here.clear()
 
 
 def run_config(preset: str, backend: str, form: str, budget: float, device: str, lengths, shared_cache: str) -> dict:

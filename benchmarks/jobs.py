@@ -34,3 +34,22 @@ def budget_before(deadline: float, budget: float) -> float | None:
     None where under 10 s would be left, too little to start one."""
     left = min(budget, deadline - time.perf_counter() - 5)
     return left if left >= 10 else None
+
+
+def listen_to_triton() -> list:
+    """Every Triton compilation in this process from now on, as (kernel, cache hit, seconds), through Triton's
+    compilation listener (``triton.knobs.compilation.listener``; an empty list where this Triton has none).
+    The warm-up's children and Inductor's compile workers are other processes: what lands here is what the
+    call itself waited for."""
+    seen: list = []
+    try:
+        from triton import knobs
+    except ImportError:
+        return seen
+
+    def listener(src, metadata, metadata_group, times, cache_hit):
+        seen.append({"kernel": metadata.get("name"), "cache_hit": cache_hit, "seconds": round(times.total / 1e6, 3)})
+
+    if hasattr(getattr(knobs, "compilation", None), "listener"):
+        knobs.compilation.listener = listener
+    return seen

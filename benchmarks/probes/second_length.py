@@ -23,25 +23,6 @@ import tempfile
 import time
 
 
-def listen_to_triton() -> list:
-    """Every Triton compilation in this process from now on, as (kernel, cache hit, seconds), through Triton's
-    compilation listener (``triton.knobs.compilation.listener``; an empty list where this Triton has none).
-    The warm-up's children and Inductor's compile workers are other processes: what lands here is what the
-    call itself waited for."""
-    seen: list = []
-    try:
-        from triton import knobs
-    except ImportError:
-        return seen
-
-    def listener(src, metadata, metadata_group, times, cache_hit):
-        seen.append({"kernel": metadata.get("name"), "cache_hit": cache_hit, "seconds": round(times.total / 1e6, 3)})
-
-    if hasattr(getattr(knobs, "compilation", None), "listener"):
-        knobs.compilation.listener = listener
-    return seen
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", required=True)
@@ -55,7 +36,9 @@ def main() -> None:
     from torch._dynamo.utils import compile_times
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import corey_compile
+    from jobs import listen_to_triton
     from corey_compile.models import build_mamba
 
     compiled_here = listen_to_triton()
