@@ -189,6 +189,7 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
     concrete arguments, and for a scan its chunk and which of its two kernels), and for a scan over a
     symbolic length the kernels of the lengths after it too (``_length_classes``)."""
     from ..passes.graph_reading import meta_value
+    from ..passes.lower_regions import LATER_CHUNK
     from .ops import _CONTIGUOUS_INPUTS, scan_chunk
     from .selective_scan.chunk import scan_kernel_parts
 
@@ -202,10 +203,12 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), meta_value)
         bound = _bound(node.target, args, kwargs)
 
-        def chunk_of(seqlen):
+        def chunk_of(seqlen, planned=_concrete(bound["chunk_size"], {})):
             shape = [_concrete(x, {}) for x in bound["u"].shape[:-1]] + [seqlen]
-            return scan_chunk(shape, bound["u"].dtype.itemsize, device, _concrete(bound["chunk_size"], {}),
-                              bound["chunk_policy"])
+            return scan_chunk(shape, bound["u"].dtype.itemsize, device, planned, bound["chunk_policy"])
+
+        # A static graph's plan fixes its own length's chunk; the graph of a later length gets LATER_CHUNK
+        later_chunk = node.meta.get(LATER_CHUNK, _concrete(bound["chunk_size"], {}))
 
         names = [argument.name for argument in node.target._schema.arguments]
         calls = []  # (call, its length, its chunk or None for the policy's, whether the first run launches it)
@@ -223,7 +226,8 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
             calls.append((call, seqlen, fixed_chunk, index == 0))
         if len(calls) == 1 and calls[0][3] and calls[0][1] > 1:  # a static length: the next lengths' kernels too
             call, seqlen, _, _ = calls[0]
-            calls += [(later, n, chunk, False) for n, chunk in _later_lengths(seqlen, chunk_of)
+            calls += [(later, n, chunk, False)
+                      for n, chunk in _later_lengths(seqlen, lambda n: chunk_of(n, later_chunk))
                       if (later := _at_length(call, names, n)) is not None]
         for call, seqlen, fixed_chunk, needed in calls:
             if seqlen == 1:

@@ -149,7 +149,17 @@ def absorbed_arguments(region: Region) -> dict:
                 absorbed=absorbed)
 
 
-def _emit_scan(graph: fx.Graph, region: Region, args: dict, run_time_policy: str) -> int:
+# The chunk the op will get in the graph Dynamo compiles for a later length (symbolic), kept on a scan op of a
+# static graph for the kernel warm-up: 0 (the run-time policy's per call) under a policy the op applies per
+# call, else the planned one (``fixed``, and the entropy policies, whose chunk does not follow the length).
+LATER_CHUNK = "corey_later_chunk_size"
+
+
+def _later_chunk(policy: str, planned: int) -> int:
+    return 0 if policy in RUNTIME_CHUNK_POLICIES or policy == "entropy-runtime" else planned
+
+
+def _emit_scan(graph: fx.Graph, region: Region, args: dict, run_time_policy: str, policy: str) -> int:
     output, replaced = args["output"], set(region.covered) | set(args["replaced"])
     anchor = region.op_anchor(len(args["replaced"]), {n: i for i, n in enumerate(graph.nodes)})
     delta = args["delta"]
@@ -171,6 +181,7 @@ def _emit_scan(graph: fx.Graph, region: Region, args: dict, run_time_policy: str
             delta_bias=vector(args["delta_bias"]), delta_softplus=args["softplus"],
             initial_state=channels_to(graph, initial, BDN, sizes, heads) if initial else None,
             chunk_size=region.plan.chunk_size, chunk_policy=run_time_policy))
+        scan.meta[LATER_CHUNK] = _later_chunk(policy, region.plan.chunk_size)
         out = graph.call_function(operator.getitem, (scan, 0))
         out, out_labels = _split_heads(graph, region, out, BDL)
         if "l" not in region.output_labels:
@@ -302,7 +313,7 @@ def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         if region.kind == "step":
             erased = _emit_step(graph, region, args)
         else:
-            erased = _emit_scan(graph, region, args, run_time_policy)
+            erased = _emit_scan(graph, region, args, run_time_policy, options.chunk_policy)
         set_fake_values([n for n in graph.nodes if n not in before], fake_mode)
         op = "corey::selective_state_update" if region.kind == "step" else "corey::selective_scan"
         absorbed = args["absorbed"] + (["initial_state"] if region.initial_state is not None else [])

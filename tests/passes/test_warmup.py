@@ -11,7 +11,7 @@ from corey_compile.codegen import warmup
 from corey_compile.models import build_mamba
 
 
-def _graphs_for(lengths, monkeypatch):
+def _graphs_for(lengths, monkeypatch, **options):
     graphs = []
     real = corey_compile.backend._inner_compile
 
@@ -21,7 +21,7 @@ def _graphs_for(lengths, monkeypatch):
 
     monkeypatch.setattr(corey_compile.backend, "_inner_compile", spy)
     model = build_mamba("tiny", num_hidden_layers=2, seed=0)
-    compiled = torch.compile(model, backend="corey", options={"inner_compiler": "eager"})
+    compiled = torch.compile(model, backend="corey", options={"inner_compiler": "eager", **options})
     with torch.no_grad():
         for seqlen in lengths:
             compiled(torch.randint(1, 256, (1, seqlen)), use_cache=False)
@@ -77,6 +77,24 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
             if isinstance(j["kwargs"].get(name), dict):
                 j["kwargs"][name]["sizes"][0] = 4
     warmup._main("cpu", json.dumps(jobs[:2]))
+
+
+def test_a_static_graph_warms_the_chunks_the_policy_gives_later_lengths(monkeypatch):
+    # The static graph's plan fixes 300 steps' chunk (128 under the seqlen policy); the graph Dynamo compiles for
+    # the next length leaves the chunk to each call, and the policy gives 256 from l=4097: its kernels compile in
+    # the background too (the 1.4b shapes' l=8192 waited 6.4 s for one on an H100 before this)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    static, *_ = _graphs_for([300], monkeypatch, chunk_policy="seqlen")
+    assert not corey_compile.all_reports()[0].symbolic  # a static graph: its plan fixed the chunk, 128
+    assert [r.chunk_size for r in corey_compile.all_reports()[0].regions] == [128, 128]
+    jobs = warmup.op_calls(static)
+    assert [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"], j["needed"]) for j in jobs] == [
+        (300, 128, "whole", True), (300, 128, "tail", True),
+        (128, 128, "whole", False), (144, 128, "tail", False),
+        (256, 256, "whole", False), (272, 256, "tail", False), (257, 256, "whole", False), (257, 256, "tail", False)]
+    # A fixed chunk stays the same at every length: nothing of other chunks compiles
+    static, *_ = _graphs_for([300], monkeypatch, chunk_policy="fixed", chunk_size=64)
+    assert {j["chunk"] for j in warmup.op_calls(static)} == {64}
 
 
 def test_the_compilation_waits_for_the_kernels_of_its_own_length_only():
