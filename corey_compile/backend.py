@@ -442,6 +442,8 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
         report.seconds["kernel_warmup_waited"] = round(time.perf_counter() - start, 4)
         if warmup.background:
             report.seconds["kernel_warmup_background"] = warmup.background  # kernels of later lengths, not waited for
+        if warmup.reused:  # kernels whose child started earlier: while Dynamo traced, or for an earlier graph
+            report.seconds["kernel_warmup_reused"] = warmup.reused
         if warmup.error:
             report.decline("kernel warm-up", f"{warmup.error}; the first run compiles the kernels instead")
     if recorder is not None:

@@ -470,9 +470,68 @@ def _take(site: str, reason: str) -> bool:
         reason = reason or "match_forms leaves out F4"
     calls = _DECISIONS.setdefault(_compile_id(), {}).setdefault(site, [])
     calls.append(f"traced as written: {reason}" if reason else "one call")
+    if not reason and site.endswith(".mamba_selective_scan"):
+        _start_kernels_early(resolved)
     while len(_DECISIONS) > _MAX_DECISIONS:
         del _DECISIONS[next(iter(_DECISIONS))]
     return not reason
+
+
+# transformers' ``mamba_selective_scan`` parameters as the ``selective_scan`` op that lowering makes of the call
+# gets them (fusion "all": the op absorbs the bias, the softplus, D and the gate that the stand-in emits).
+_TRANSFORMERS_TO_OP = {"hidden_states": "u", "dt": "delta", "A": "A", "B": "B", "C": "C", "D": "D", "z": "z",
+                       "delta_bias": "delta_bias", "delta_softplus": "delta_softplus"}
+
+
+# Vectors the lowered op reads behind their casts (the neighbours' matchers strip them): transformers passes
+# ``self.D.float()`` and ``dt_proj.bias.float()``, and the op gets the parameters in the model's dtype.
+_READ_BEHIND_CASTS = ("D", "delta_bias")
+
+
+def _traced_arguments(names) -> dict | None:
+    """The values Dynamo is tracing for the calling stand-in's parameters ``names``: a tensor's fake value
+    (behind its casts for ``_READ_BEHIND_CASTS``), a constant as itself. Read from Dynamo's translator of the
+    innermost frame, the stand-in's; None where this torch's Dynamo does not expose them so."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        from .passes.graph_reading import strip_casts
+
+        frame = InstructionTranslator.current_tx().output.current_tx
+        if frame.f_code.co_name != "mamba_selective_scan":
+            return None
+        values = {}
+        for name in names:
+            variable = frame.symbolic_locals[name]
+            if variable.is_python_constant():
+                values[name] = variable.as_python_constant()
+                continue
+            node = variable.as_proxy().node
+            if names[name] in _READ_BEHIND_CASTS:
+                node = strip_casts(node)
+            values[name] = node.meta.get("example_value")
+            if not isinstance(values[name], torch.Tensor):
+                return None
+        return values
+    except Exception:  # noqa: BLE001 - Dynamo's internals moved: the backend starts the kernels, as before
+        return None
+
+
+def _start_kernels_early(options) -> None:
+    """Start compiling the prefill kernels of the scan Dynamo is tracing now (``warmup.start_early``), on a GPU
+    with Inductor: the Triton compilation, the first call's longest part after Dynamo (about 9 s of a 12.9 s
+    first call on an H100), then runs beside Dynamo's trace and corey's passes as well as beside Inductor."""
+    if not (options.warm_up_kernels and options.inner_compiler == "inductor"):
+        return
+    arguments = _traced_arguments(_TRANSFORMERS_TO_OP)
+    if arguments is None:
+        return
+    from .codegen.warmup import start_early
+
+    try:
+        start_early({_TRANSFORMERS_TO_OP[name]: value for name, value in arguments.items()}, options)
+    except Exception:  # noqa: BLE001 - the backend's own warm-up starts them after the trace
+        pass
 
 
 class _InstallAfterImport:

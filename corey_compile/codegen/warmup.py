@@ -349,6 +349,49 @@ class Warmup:
         return self.seconds
 
 
+# The policies whose chunk a static shape decides alone (``planning.choose_chunk``): what the early start can apply.
+_EARLY_POLICIES = ("occupancy", "seqlen", "fixed")
+
+
+def early_specs(arguments: dict, options, device: torch.device) -> list:
+    """The kernels the backend's warm-up will ask for a scan whose arguments Dynamo is tracing now: the jobs
+    ``op_calls`` will give the ``selective_scan`` op that lowering makes of it, from the arguments as the op will
+    get them (u, delta, A, B, C, D, z, delta_bias as tensors, delta_softplus), before Dynamo has finished the
+    graph. Empty where that op cannot be foreseen from them alone: a symbolic size, a policy that reads
+    measurements or times the call, a fusion plan other than ``all`` (which absorbs all four neighbours)."""
+    from ..planning import RUNTIME_CHUNK_POLICIES, choose_chunk, sm_count
+    from .ops import _CONTIGUOUS_INPUTS
+    from .selective_scan.chunk import scan_kernel_parts
+
+    if options.fusion != "all" or options.chunk_policy not in _EARLY_POLICIES:
+        return []
+    tensors = [v for v in arguments.values() if isinstance(v, torch.Tensor)]
+    if any(isinstance(x, torch.SymInt) for t in tensors for x in (*t.shape, *t.stride(), t.storage_offset())):
+        return []
+    u = arguments["u"]
+    batch, dim, seqlen = u.shape
+    if seqlen <= 1:
+        return []  # a decode step's kernel
+    chunk = choose_chunk(options.chunk_policy, batch, dim, seqlen, sm_count(device), options.chunk_size,
+                         u.element_size())[0]
+    policy = options.chunk_policy if options.chunk_policy in RUNTIME_CHUNK_POLICIES else "occupancy"
+    kwargs = {**arguments, "initial_state": None, "chunk_size": chunk, "chunk_policy": policy}
+    call = {"op": "selective_scan", "args": [],
+            "kwargs": {k: _as_the_kernel_gets_it(k, _spec(v, {}), bool(_CONTIGUOUS_INPUTS)) for k, v in kwargs.items()}}
+    return [{**call, "chunk": chunk, "kernels": part, "needed": True} for part in scan_kernel_parts(seqlen, chunk)]
+
+
+def start_early(arguments: dict, options) -> int:
+    """Start compiling, while Dynamo still traces, the kernels ``early_specs`` foresees, each in a child of its
+    own (on a CUDA device; once per kernel and process): the backend's warm-up then waits for these children
+    rather than starting its own after Dynamo and corey's passes. Returns how many children it started."""
+    device = arguments["u"].device
+    if device.type != "cuda":
+        return 0
+    specs = [spec for spec in early_specs(arguments, options, device) if _process_key(spec, device) not in _STARTED]
+    return len(Warmup(specs, device).own) if specs else 0
+
+
 def start_warmup(gm: fx.GraphModule, device: torch.device) -> Warmup | None:
     """Start compiling the kernels of ``gm``'s corey ops in child processes, on a CUDA device; else None."""
     if device.type != "cuda":

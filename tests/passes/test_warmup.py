@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import corey_compile
@@ -177,3 +178,31 @@ def test_the_warm_up_compiles_the_layout_the_run_launches(monkeypatch):
     assert launched, "the compiled graph ran its scan through the kernel"
     for name, (strides, aligned) in launched[-1].items():
         assert (given[name]["strides"], given[name]["aligned"]) == (strides, aligned), name
+
+
+@pytest.mark.skipif(not hasattr(__import__("transformers.models.mamba.modeling_mamba", fromlist=["x"]),
+                                "mamba_selective_scan"), reason="this transformers writes its loop in a method")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_kernels_start_while_dynamo_traces_the_scan_as_the_backend_will_ask_for_them(monkeypatch, dtype):
+    # At transformers' scan, Dynamo's trace hands the warm-up the arguments; the jobs foreseen from them are the
+    # ones the backend's warm-up asks for once the graph is lowered, so the backend waits for those children
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    early = []
+    monkeypatch.setattr(warmup, "start_early", lambda arguments, options: early.append(
+        warmup.early_specs(arguments, options, torch.device("cpu"))))
+    monkeypatch.setattr(corey_compile.backend, "_inner_compile", lambda gm, *rest: (graphs.append(gm), gm.forward)[1])
+    graphs = []
+    model = build_mamba("tiny", num_hidden_layers=2, seed=0, dtype=dtype)
+    options = {"inner_compiler": "inductor", "share_layers": False}  # only Inductor's compilations start them early
+    with torch.no_grad():
+        torch.compile(model, backend="corey", options=options)(torch.randint(1, 256, (1, 300)), use_cache=False)
+    assert len(early) == 2 and early[0] == early[1]  # each layer's call; the children start once
+    key = lambda spec: warmup._process_key(spec, torch.device("cpu"))  # noqa: E731
+    needed = [key(spec) for spec in warmup.op_calls(graphs[0]) if spec["needed"]]
+    assert [key(spec) for spec in early[0]] == needed and len(needed) == 2  # 300 steps: whole chunks and a tail
+    # A symbolic length cannot be foreseen from the trace: nothing starts early, the backend starts its own
+    early.clear()
+    with torch.no_grad():
+        torch.compile(model, backend="corey", options=options, dynamic=True)(torch.randint(1, 256, (1, 200)),
+                                                                           use_cache=False)
+    assert early and all(specs == [] for specs in early)
