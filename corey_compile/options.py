@@ -124,7 +124,7 @@ OPTIONS = (
                "after"),
     OptionSpec("warm_up_kernels", True, "COREY_WARM_UP_KERNELS", "bool",
                "on a GPU, with Inductor, compile the prefill kernels of corey's ops in child processes while "
-               "Inductor works, rather than at the first run"),
+               "Inductor works (for transformers' scan, from while Dynamo traces it), rather than at the first run"),
     OptionSpec("cuda_graphs", False, "COREY_CUDA_GRAPHS", "bool",
                "capture each compiled graph in CUDA graphs, replayed on later calls (Inductor's CUDA graph "
                "trees); mode=\"reduce-overhead\" turns it on"),
