@@ -100,15 +100,73 @@ def fake_mode_of(gm: fx.GraphModule):
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
-def set_fake_values(nodes, fake_mode) -> None:
-    """Give each created node ``meta["val"]``, computed on its inputs' fake values, in graph order."""
+# Functions and methods whose fake result depends only on their arguments' metadata (never on values: no
+# ``item``) and which write nothing: a node of one of these may take the fake value an identical earlier node got.
+_PURE_FUNCTIONS = frozenset({operator.getitem, operator.mul, operator.add, torch.mul, torch.add, torch.cat,
+                             torch.zeros_like, torch.exp, torch.neg})
+_PURE_METHODS = frozenset({"float", "half", "bfloat16", "to", "expand", "squeeze", "unsqueeze", "transpose",
+                           "permute", "flatten", "reshape", "view", "contiguous"})
+
+
+def _size(size):
+    """A size as a key: an int, or a symbolic size's expression (sympy's, hashed by structure; printing it costs
+    more than the fake value it would save)."""
+    return size.node.expr if isinstance(size, torch.SymInt) else size
+
+
+def _signature(value):
+    """What a fake computation reads of ``value``: a tensor's sizes, strides, offset, dtype and device (symbolic
+    sizes by their expressions); None where ``value`` is something this does not describe."""
+    if isinstance(value, torch.Tensor):
+        if getattr(value, "constant", None) is not None:
+            return None  # a fake that carries a real value: results may differ by it
+        return ("tensor", tuple(map(_size, value.shape)), tuple(map(_size, value.stride())),
+                _size(value.storage_offset()), value.dtype, str(value.device), value.requires_grad)
+    if isinstance(value, torch.SymInt):
+        return ("size", _size(value))
+    if isinstance(value, (tuple, list)):
+        parts = tuple(_signature(v) for v in value)
+        return None if any(p is None for p in parts) else (type(value).__name__, parts)
+    if isinstance(value, slice):
+        parts = (_signature(value.start), _signature(value.stop), _signature(value.step))
+        return None if any(p is None for p in parts) else ("slice", parts)
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device, type(Ellipsis))):
+        return ("constant", type(value).__name__, value)
+    return None
+
+
+def _memo_key(node, args, kwargs):
+    """A key under which ``node``'s fake value equals that of any earlier node with the same key, or None."""
+    if node.op == "call_method" and node.target in _PURE_METHODS:
+        target = node.target
+    elif node.op == "call_function" and node.target in _PURE_FUNCTIONS:
+        target = node.target
+    else:
+        return None
+    signature = _signature((tuple(args), tuple(sorted(kwargs.items()))))
+    return None if signature is None else (node.op, target, signature)
+
+
+def set_fake_values(nodes, fake_mode, memo: dict | None = None) -> None:
+    """Give each created node ``meta["val"]``, computed on its inputs' fake values, in graph order.
+
+    With ``memo`` (a dict the caller keeps for one graph), a pure node whose target and arguments' metadata
+    are those of a node computed before takes that node's fake value rather than computing its own: with a
+    symbolic length, a FakeTensor costs about a millisecond to make, and a 48-layer graph's rewrites make the
+    same few hundred again in every layer. The fake values are read, never written, by what comes after."""
     for node in nodes:
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), meta_value)
+        key = _memo_key(node, args, kwargs) if memo is not None else None
+        if key is not None and key in memo:
+            node.meta["val"] = memo[key]
+            continue
         with fake_mode:
             if node.op == "call_function":
                 node.meta["val"] = node.target(*args, **kwargs)
             elif node.op == "call_method":
                 node.meta["val"] = getattr(args[0], node.target)(*args[1:], **kwargs)
+        if key is not None:
+            memo[key] = node.meta["val"]
 
 
 def _cast_like(graph: fx.Graph, node: fx.Node, like: fx.Node, computed_dtype: torch.dtype) -> fx.Node:
@@ -307,6 +365,7 @@ def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     if options.chunk_policy == "entropy-runtime":  # its settings travel in the policy's string
         run_time_policy = runtime_policy(options.entropy_bins, options.entropy_sample,
                                          (options.entropy_chunk_min, options.entropy_chunk_max))
+    memo = {}  # the layers' identical views and casts share their fake values (set_fake_values)
     for region in ctx.regions:
         args = absorbed_arguments(region)
         before = set(graph.nodes)
@@ -314,7 +373,7 @@ def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
             erased = _emit_step(graph, region, args)
         else:
             erased = _emit_scan(graph, region, args, run_time_policy, options.chunk_policy)
-        set_fake_values([n for n in graph.nodes if n not in before], fake_mode)
+        set_fake_values([n for n in graph.nodes if n not in before], fake_mode, memo)
         op = "corey::selective_state_update" if region.kind == "step" else "corey::selective_scan"
         absorbed = args["absorbed"] + (["initial_state"] if region.initial_state is not None else [])
         ctx.report.regions.append(RegionRecord(

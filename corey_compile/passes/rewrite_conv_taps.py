@@ -94,7 +94,7 @@ def rewrite_conv_taps(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     if not rewrite_applies(gm, ctx, "conv_taps", DEVICES, "each tap as a kernel"):
         return gm
     graph, fake_mode = gm.graph, fake_mode_of(gm)
-    count = 0
+    count, memo = 0, {}  # every layer's convolution makes the same fake values
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in _CONV1D or not live_users(node):
             continue
@@ -102,7 +102,7 @@ def rewrite_conv_taps(gm: fx.GraphModule, ctx) -> fx.GraphModule:
         out = _rewrite(graph, node)
         if out is None:
             continue
-        set_fake_values([n for n in graph.nodes if n not in before], fake_mode)
+        set_fake_values([n for n in graph.nodes if n not in before], fake_mode, memo)
         node.replace_all_uses_with(out)
         graph.erase_node(node)
         count += 1

@@ -117,3 +117,40 @@ def test_transformers_prefill_through_inductor_matches_eager():
     rewrites = [d for r in corey_compile.all_reports() for p in r.passes if p.name == "rewrite_conv_taps"
                 for d in p.decisions]
     assert rewrites and all(d == "rewrote 2 depthwise conv1d as shifted products and sums" for d in rewrites)
+
+
+def test_identical_convolutions_share_their_fake_values_and_compute_alike():
+    # Each layer's rewrite makes the same fake values; under a symbolic length each costs about a millisecond, so
+    # an identical one is taken from the first (lower_regions.set_fake_values' memo), and a different one is not
+    torch._dynamo.reset()
+    six = [(torch.randn(6, 1, 4), torch.randn(6)) for _ in range(2)]
+    eight = (torch.randn(8, 1, 4), torch.randn(8))
+
+    def fn(x, y):
+        return _mamba_conv(*six[1], 3)(_mamba_conv(*six[0], 3)(x)), _mamba_conv(*eight, 3)(y)
+
+    compiled, captured = compile_capturing(fn)
+    for length in (9, 13):  # the second graph has a symbolic length
+        x, y = torch.randn(1, 6, length), torch.randn(1, 8, length)
+        for got, want in zip(compiled(x, y), fn(x, y)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    gm, report = captured[-1]
+    assert _decisions(report) == ["rewrote 3 depthwise conv1d as shifted products and sums"]
+    products = [n for n in gm.graph.nodes if n.target is torch.mul]
+    assert len(products) == 12  # four taps each
+    first, second, other = (products[i].meta["val"] for i in (0, 4, 8))
+    assert isinstance(first.shape[-1], torch.SymInt)
+    assert first is second and first is not other and other.shape[1] == 8
+
+
+def test_the_memo_leaves_out_what_reads_values_or_writes():
+    from corey_compile.passes.lower_regions import _memo_key
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    x.meta["val"] = torch.zeros(())
+    for method in ("item", "copy_", "add_"):
+        node = graph.call_method(method, (x,))
+        assert _memo_key(node, (x.meta["val"],), {}) is None
+    node = graph.call_method("float", (x,))
+    assert _memo_key(node, (x.meta["val"],), {}) is not None
