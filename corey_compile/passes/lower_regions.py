@@ -66,6 +66,16 @@ def groups_to(graph: fx.Graph, operand: Operand, want: tuple, sizes: dict):
     return broadcast_to(graph, operand, want, sizes)
 
 
+def _pure_corey_op(node: fx.Node) -> bool:
+    """Whether ``node`` calls one of corey's ops that writes nothing (``unplanned_scan``, the known call F4
+    replaces): left without users, it would still run (the eager inner compiler keeps it)."""
+    target = node.target if node.op == "call_function" else None
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        target = getattr(target, "default", None)
+    return (isinstance(target, torch._ops.OpOverload) and target.namespace == "corey"
+            and not target._schema.is_mutable)
+
+
 def erase_dead(graph: fx.Graph, roots) -> int:
     """Erase nodes left without users, walking from ``roots`` to their inputs.
 
@@ -79,7 +89,8 @@ def erase_dead(graph: fx.Graph, roots) -> int:
             continue
         if node.op == "call_method" and node.target.endswith("_"):
             continue
-        if node.op != "get_attr" and (op_name(node) is None or (node.op == "call_function" and node.is_impure())):
+        if node.op != "get_attr" and not _pure_corey_op(node) and (
+                op_name(node) is None or (node.op == "call_function" and node.is_impure())):
             continue
         inputs = list(node.all_input_nodes)
         graph.erase_node(node)

@@ -94,6 +94,22 @@ def test_mamba_ssm_reference_becomes_one_planned_scan(interface, dtype):
         assert region.form == "F4 known function" and region.absorbed == ["delta_bias", "softplus", "D", "z"]
 
 
+def test_the_known_call_leaves_nothing_behind_once_lowered(interface, monkeypatch):
+    # F4's unplanned_scan becomes a planned selective_scan; the call it replaces must leave the graph (an unused
+    # op still runs where the inner compiler does not remove dead code, as the eager one does not)
+    from corey_compile import backend
+
+    graphs = []
+    real = backend._inner_compile
+    monkeypatch.setattr(backend, "_inner_compile", lambda gm, *rest: (graphs.append(gm), real(gm, *rest))[1])
+    fn = _call(interface)
+    torch.compile(fn, backend="corey", options=EAGER)(**scan_inputs(l=9))
+    (gm,) = graphs
+    called = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert any("selective_scan" in str(t) for t in called)
+    assert not any("unplanned_scan" in str(t) for t in called)
+
+
 def test_time_invariant_B_and_C_are_traced_as_written(interface):
     fn = _call(interface)
     inputs = scan_inputs(l=5)
