@@ -348,7 +348,7 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
             else []) + [[f"inner compiler ({report.inner_compiler})", f"{report.seconds.get('inner_compiler', 0):.3f}"]]
         lines += ["", "timings (s):", tabulate(times, tablefmt="plain")]
         if report.inductor_workers:
-            lines.append(f"Inductor's compile workers: started {report.inductor_workers}")
+            lines.append(f"Inductor's compile workers, started by corey: {report.inductor_workers}")
         if pass_name and report.debug_dir:
             code = _pass_code(report, pass_name)
             lines += ["", f"-- graph {report.graph_index} before {pass_name}:", code["before"],

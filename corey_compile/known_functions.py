@@ -488,10 +488,11 @@ _TRANSFORMERS_TO_OP = {"hidden_states": "u", "dt": "delta", "A": "A", "B": "B", 
 _READ_BEHIND_CASTS = ("D", "delta_bias")
 
 
-def _traced_arguments(names) -> dict | None:
-    """The values Dynamo is tracing for the calling stand-in's parameters ``names``: a tensor's fake value
-    (behind its casts for ``_READ_BEHIND_CASTS``), a constant as itself. Read from Dynamo's translator of the
-    innermost frame, the stand-in's; None where this torch's Dynamo does not expose them so."""
+def _traced_arguments(names: dict) -> dict | None:
+    """The values Dynamo is tracing for the calling stand-in's parameters, under the names ``names`` maps them
+    to: a tensor's fake value (behind its casts for ``_READ_BEHIND_CASTS``), a constant as itself. Read from
+    Dynamo's translator of the innermost frame, the stand-in's; None where this torch's Dynamo does not expose
+    them so."""
     try:
         from torch._dynamo.symbolic_convert import InstructionTranslator
 
@@ -501,16 +502,14 @@ def _traced_arguments(names) -> dict | None:
         if frame.f_code.co_name != "mamba_selective_scan":
             return None
         values = {}
-        for name in names:
+        for name, as_named in names.items():
             variable = frame.symbolic_locals[name]
             if variable.is_python_constant():
-                values[name] = variable.as_python_constant()
+                values[as_named] = variable.as_python_constant()
                 continue
             node = variable.as_proxy().node
-            if names[name] in _READ_BEHIND_CASTS:
-                node = strip_casts(node)
-            values[name] = node.meta.get("example_value")
-            if not isinstance(values[name], torch.Tensor):
+            values[as_named] = (strip_casts(node) if as_named in _READ_BEHIND_CASTS else node).meta.get("example_value")
+            if not isinstance(values[as_named], torch.Tensor):
                 return None
         return values
     except Exception:  # noqa: BLE001 - Dynamo's internals moved: the backend starts the kernels, as before
@@ -529,7 +528,7 @@ def _start_kernels_early(options) -> None:
     from .codegen.warmup import start_early
 
     try:
-        start_early({_TRANSFORMERS_TO_OP[name]: value for name, value in arguments.items()}, options)
+        start_early(arguments, options)
     except Exception:  # noqa: BLE001 - the backend's own warm-up starts them after the trace
         pass
 

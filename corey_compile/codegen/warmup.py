@@ -203,12 +203,14 @@ def op_calls(gm: fx.GraphModule, device: torch.device = torch.device("cpu")) -> 
         args, kwargs = fx.node.map_arg((node.args, node.kwargs), meta_value)
         bound = _bound(node.target, args, kwargs)
 
-        def chunk_of(seqlen, planned=_concrete(bound["chunk_size"], {})):
+        planned = _concrete(bound["chunk_size"], {})
+
+        def chunk_of(seqlen, planned=planned):
             shape = [_concrete(x, {}) for x in bound["u"].shape[:-1]] + [seqlen]
             return scan_chunk(shape, bound["u"].dtype.itemsize, device, planned, bound["chunk_policy"])
 
         # A static graph's plan fixes its own length's chunk; the graph of a later length gets LATER_CHUNK
-        later_chunk = node.meta.get(LATER_CHUNK, _concrete(bound["chunk_size"], {}))
+        later_chunk = node.meta.get(LATER_CHUNK, planned)
 
         names = [argument.name for argument in node.target._schema.arguments]
         calls = []  # (call, its length, its chunk or None for the policy's, whether the first run launches it)
@@ -359,7 +361,8 @@ def early_specs(arguments: dict, options, device: torch.device) -> list:
     get them (u, delta, A, B, C, D, z, delta_bias as tensors, delta_softplus), before Dynamo has finished the
     graph. Empty where that op cannot be foreseen from them alone: a symbolic size, a policy that reads
     measurements or times the call, a fusion plan other than ``all`` (which absorbs all four neighbours)."""
-    from ..planning import RUNTIME_CHUNK_POLICIES, choose_chunk, sm_count
+    from ..passes.lower_regions import op_chunk_policy
+    from ..planning import choose_chunk, sm_count
     from .ops import _CONTIGUOUS_INPUTS
     from .selective_scan.chunk import scan_kernel_parts
 
@@ -374,8 +377,7 @@ def early_specs(arguments: dict, options, device: torch.device) -> list:
         return []  # a decode step's kernel
     chunk = choose_chunk(options.chunk_policy, batch, dim, seqlen, sm_count(device), options.chunk_size,
                          u.element_size())[0]
-    policy = options.chunk_policy if options.chunk_policy in RUNTIME_CHUNK_POLICIES else "occupancy"
-    kwargs = {**arguments, "initial_state": None, "chunk_size": chunk, "chunk_policy": policy}
+    kwargs = {**arguments, "initial_state": None, "chunk_size": chunk, "chunk_policy": op_chunk_policy(options)}
     call = {"op": "selective_scan", "args": [],
             "kwargs": {k: _as_the_kernel_gets_it(k, _spec(v, {}), bool(_CONTIGUOUS_INPUTS)) for k, v in kwargs.items()}}
     return [{**call, "chunk": chunk, "kernels": part, "needed": True} for part in scan_kernel_parts(seqlen, chunk)]
@@ -388,7 +390,7 @@ def start_early(arguments: dict, options) -> int:
     device = arguments["u"].device
     if device.type != "cuda":
         return 0
-    specs = [spec for spec in early_specs(arguments, options, device) if _process_key(spec, device) not in _STARTED]
+    specs = early_specs(arguments, options, device)  # Warmup waits for a kernel an earlier child compiles
     return len(Warmup(specs, device).own) if specs else 0
 
 

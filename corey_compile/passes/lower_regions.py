@@ -367,15 +367,21 @@ def write_through_clone(graph: fx.Graph, step: fx.Node) -> int:
     return 2
 
 
+def op_chunk_policy(options) -> str:
+    """The ``chunk_policy`` argument of the scan ops lowering emits: the policy the op applies where the plan
+    leaves the chunk to each call (the options' own where the op can apply it per call, else occupancy)."""
+    if options.chunk_policy == "entropy-runtime":  # its settings travel in the policy's string
+        return runtime_policy(options.entropy_bins, options.entropy_sample,
+                              (options.entropy_chunk_min, options.entropy_chunk_max))
+    return options.chunk_policy if options.chunk_policy in RUNTIME_CHUNK_POLICIES else "occupancy"
+
+
 def lower_regions(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     """Replace each planned region with its op; record it in the report."""
     graph, fake_mode = gm.graph, fake_mode_of(gm)
     # Where the plan leaves the chunk to each call (chunk 0: a symbolic length or batch), the op applies this policy.
     options = ctx.options
-    run_time_policy = options.chunk_policy if options.chunk_policy in RUNTIME_CHUNK_POLICIES else "occupancy"
-    if options.chunk_policy == "entropy-runtime":  # its settings travel in the policy's string
-        run_time_policy = runtime_policy(options.entropy_bins, options.entropy_sample,
-                                         (options.entropy_chunk_min, options.entropy_chunk_max))
+    run_time_policy = op_chunk_policy(options)
     memo = {}  # the layers' identical views and casts share their fake values (set_fake_values)
     for region in ctx.regions:
         args = absorbed_arguments(region)

@@ -1,5 +1,6 @@
 """The kernel warm-up's plan: which op calls a child process runs so that Triton compiles them beside
 Inductor (the compiling itself needs a GPU; here the calls are listed and run on the CPU)."""
+import importlib
 import json
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import torch
 import corey_compile
 from corey_compile.codegen import warmup
 from corey_compile.models import build_mamba
+
+LOOP_IN_METHOD = not hasattr(importlib.import_module("transformers.models.mamba.modeling_mamba"), "mamba_selective_scan")
 
 
 def _graphs_for(lengths, monkeypatch, **options):
@@ -180,8 +183,7 @@ def test_the_warm_up_compiles_the_layout_the_run_launches(monkeypatch):
         assert (given[name]["strides"], given[name]["aligned"]) == (strides, aligned), name
 
 
-@pytest.mark.skipif(not hasattr(__import__("transformers.models.mamba.modeling_mamba", fromlist=["x"]),
-                                "mamba_selective_scan"), reason="this transformers writes its loop in a method")
+@pytest.mark.skipif(LOOP_IN_METHOD, reason="this transformers writes its loop in a method")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_the_kernels_start_while_dynamo_traces_the_scan_as_the_backend_will_ask_for_them(monkeypatch, dtype):
     # At transformers' scan, Dynamo's trace hands the warm-up the arguments; the jobs foreseen from them are the
