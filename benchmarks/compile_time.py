@@ -12,7 +12,10 @@ user's first call), on random weights in float16, batch 1:
   patched to False so that its associative_scan path is taken);
 - ``corey-structural``: corey with ``match_forms=F1,F2,F3``, i.e. the library's own trace that the
   structural matchers rewrite (the path before known functions);
-- ``corey-dynamic``: corey with ``dynamic=True`` (one graph from the first call on);
+- ``corey-dynamic``: corey with ``dynamic=True`` (every size symbolic from the first call on; by default
+  corey makes the length alone symbolic from the first call, option ``symbolic_length``);
+- ``corey-static-first``: corey with ``symbolic_length=False``: Dynamo's own automatic dynamic shapes, a
+  static first graph and a symbolic one at the second length;
 - ``corey-warm-cache``: corey again, in a new process that finds the Triton and Inductor caches
   the ``corey`` run left (every later session of a user on the same machine);
 - ``corey-no-warmup``: corey without compiling its kernels beside Inductor (``warm_up_kernels=False``);
@@ -38,7 +41,7 @@ from jobs import listen_to_triton, run_job  # benchmarks/, the script's own fold
 LENGTHS = (2048, 1000, 3000, 4096, 8192)
 CONFIGS = (
     ("corey", "loop"), ("corey-warm-cache", "loop"), ("corey", "assoc"), ("corey-dynamic", "loop"),
-    ("corey-no-warmup", "loop"),
+    ("corey-no-warmup", "loop"), ("corey-static-first", "loop"),
     ("corey-structural", "assoc"), ("corey-structural", "loop"), ("inductor", "assoc"), ("inductor", "loop"),
 )
 
@@ -61,7 +64,8 @@ def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
         compiled = torch.compile(model)
     else:
         options = {"corey-structural": {"match_forms": ["F1", "F2", "F3"]},
-                   "corey-no-warmup": {"warm_up_kernels": False}}.get(backend, {})
+                   "corey-no-warmup": {"warm_up_kernels": False},
+                   "corey-static-first": {"symbolic_length": False}}.get(backend, {})
         compiled = torch.compile(model, backend="corey", options=options, dynamic=True if backend == "corey-dynamic" else None)
     from torch._dynamo.utils import counters
 
@@ -79,7 +83,7 @@ def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
         seconds = time.perf_counter() - start
         graphs = [{"graph": r.graph_index, "compile_id": r.compile_id, "seconds": r.seconds,
                    "symbolic": sorted({s for v in r.symbolic.values() for s in v}),
-                   "recompile_reason": r.recompile_reason, "regions": len(r.regions),
+                   "recompile_reason": r.recompile_reason, "length_marked": r.length_marked, "regions": len(r.regions),
                    "forms": sorted({x.form for x in r.regions}), "nodes": r.nodes_before,
                    "shared_layers": r.shared_layers, "inductor_workers": r.inductor_workers,
                    "passes": {p.name: p.seconds for p in r.passes}}

@@ -387,6 +387,7 @@ def corey_backend(gm: fx.GraphModule, example_inputs, options: dict | None = Non
     record_dynamo_facts(gm, report)
     device = _device_of(example_inputs)
     report.known_calls = known_functions.take_decisions()
+    report.length_marked = known_functions.take_length_marks()
     recorder = None
     if opts.debug_dir:
         from .debug import GraphRecorder

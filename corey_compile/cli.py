@@ -289,6 +289,9 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
         symbolic = sorted({s for symbols in report.symbolic.values() for s in symbols})
         lines.append("sizes: " + (f"symbolic ({', '.join(symbolic)}): one graph serves them all" if symbolic
                                   else "static: a new length or batch compiles again"))
+        if report.length_marked:
+            lines.append("the sequence length made symbolic at the first call (option symbolic_length): "
+                         + ", ".join(report.length_marked))
         if report.recompile_reason:
             lines.append(f"compiled again because: {report.recompile_reason}")
         if report.cuda_graphs:
@@ -382,7 +385,9 @@ def _launch_text(launch: dict) -> str:
 def dump(args) -> int:
     progress = Progress()
     kind, value = resolve_model(args.model)
-    chosen = _options(args.option)
+    # corey dump explains the plan at --seq-len: the length stays static unless asked (torch.compile's graphs
+    # make it symbolic from the first call, which --option symbolic_length=true shows)
+    chosen = {"symbolic_length": False, **_options(args.option)}
     out = _check_out_dir(args.out) if args.out else None
     from .options import resolve_options
     from .passes import pipeline_for

@@ -44,6 +44,7 @@ import functools
 import inspect
 import threading
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -474,7 +475,96 @@ def _take(site: str, reason: str) -> bool:
         _start_kernels_early(resolved)
     while len(_DECISIONS) > _MAX_DECISIONS:
         del _DECISIONS[next(iter(_DECISIONS))]
+    if not reason and resolved.symbolic_length:
+        _make_length_symbolic(site)  # may restart the trace (RestartAnalysis)
     return not reason
+
+
+# Where each known function's stand-in holds the scan's input, and that input's dimension along the steps.
+_LENGTH_AT = {"mamba_selective_scan": ("hidden_states", -1), "causal_conv1d_fn": ("hidden_states", -1),
+              "selective_scan_fn": ("u", -1), "selective_scan_ref": ("u", -1), "slow_forward": ("input_states", 1)}
+
+# The input dimensions corey marked dynamic, by Dynamo compile id: [(weak reference to the tensor, dim, its
+# source's name)]. The marks are taken off once the backend has the graph (``take_length_marks``).
+_LENGTH_MARKS: dict = {}
+
+
+def _traced_length(site: str):
+    """The scan length of the known call Dynamo is tracing at ``site``: an int, a SymInt, or None where this
+    torch's Dynamo does not expose the stand-in's frame so."""
+    name = site.rsplit(".", 1)[-1]
+    if name not in _LENGTH_AT:
+        return None
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        frame = InstructionTranslator.current_tx().output.current_tx
+        local, dim = _LENGTH_AT[name]
+        value = frame.symbolic_locals[local].as_proxy().node.meta.get("example_value")
+        return value.shape[dim] if isinstance(value, torch.Tensor) else None
+    except Exception:  # noqa: BLE001 - Dynamo's internals moved: the length stays as Dynamo traced it
+        return None
+
+
+def _make_length_symbolic(site: str) -> None:
+    """Where Dynamo traces the length of the known call at ``site`` as a constant under its automatic dynamic
+    shapes (``torch.compile``'s ``dynamic`` left unset), mark the dimensions of that size in the frame's inputs
+    dynamic (``torch._dynamo.maybe_mark_dynamic``: a dimension the model's code specializes stays static, with
+    no error) and restart the trace, once per compilation. Dynamo would mark them itself when the next length
+    fails its guard, compiling the frame again; the restart costs the trace up to this first known call.
+
+    Parameters, buffers and dimensions the user marked static are left alone. Nothing happens for
+    ``dynamic=True`` (the length is symbolic already), ``dynamic=False`` (Dynamo's automatic dynamic shapes are
+    off), a decode step (length one) or an input that no frame argument carries."""
+    config = torch._dynamo.config
+    if not (config.automatic_dynamic_shapes and config.assume_static_by_default):
+        return
+    length = _traced_length(site)
+    if not isinstance(length, int) or isinstance(length, bool) or length < 2:
+        return  # symbolic already, a decode step, or not readable
+    compile_id = _compile_id()
+    if not compile_id or compile_id in _LENGTH_MARKS:
+        return  # restarted once already: the length stayed static (the model's code specializes it)
+    from torch._dynamo.exc import RestartAnalysis
+    from torch._dynamo.symbolic_convert import InstructionTranslator
+
+    marks = []
+    for argument in InstructionTranslator.current_tx().output.graphargs:
+        try:
+            tensor, source = argument.example, argument.source.name
+        except Exception:  # noqa: BLE001 - a graph argument without a live example or a source
+            continue
+        if (not isinstance(tensor, torch.Tensor) or isinstance(tensor, torch.nn.Parameter)
+                or "._buffers[" in source or "._parameters[" in source
+                or hasattr(tensor, "_dynamo_static_input_type")):
+            continue
+        for dim, size in enumerate(tensor.shape):
+            if size == length and dim not in getattr(tensor, "_dynamo_static_indices", ()) \
+                    and dim not in getattr(tensor, "_dynamo_weak_dynamic_indices", ()):
+                torch._dynamo.maybe_mark_dynamic(tensor, dim)
+                marks.append((weakref.ref(tensor), dim, source))
+    _LENGTH_MARKS[compile_id] = marks
+    while len(_LENGTH_MARKS) > _MAX_DECISIONS:
+        _unmark(_LENGTH_MARKS.pop(next(iter(_LENGTH_MARKS))))
+    if marks:
+        _DECISIONS.pop(compile_id, None)  # the trace starts again, and so does its record
+        raise RestartAnalysis(restart_reason=f"corey: the scan's length ({length}) made symbolic")
+
+
+def _unmark(marks: list) -> None:
+    for ref, dim, _ in marks:
+        tensor = ref()
+        indices = getattr(tensor, "_dynamo_weak_dynamic_indices", None)
+        if indices is not None:
+            indices.discard(dim)
+
+
+def take_length_marks(compile_id: str | None = None) -> list:
+    """The inputs' dimensions corey marked dynamic for one compilation (the current one by default), as
+    "source dim N" strings; the marks are taken off the user's tensors (the traced graph keeps its symbols)."""
+    marks = _LENGTH_MARKS.pop(_compile_id() if compile_id is None else compile_id, [])
+    _unmark(marks)
+    return [f"{source} dim {dim}" for _, dim, source in marks]
 
 
 # transformers' ``mamba_selective_scan`` parameters as the ``selective_scan`` op that lowering makes of the call

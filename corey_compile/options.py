@@ -122,6 +122,11 @@ OPTIONS = (
                "entropy of the values each region reads (the entropy and entropy-guarded chunk policies and the entropy "
                "fusion policy do so whatever this says); with hadamard, each rotated activation's metrics before and "
                "after"),
+    OptionSpec("symbolic_length", True, "COREY_SYMBOLIC_LENGTH", "bool",
+               "where torch.compile's dynamic is left unset, make the sequence length symbolic in the first graph "
+               "of a model whose scan reaches corey as a known function (Dynamo would do so at the second length, "
+               "compiling again), so that no new prompt length compiles again: the inputs' dimensions of the scan's "
+               "length are marked with torch._dynamo.maybe_mark_dynamic and Dynamo restarts that trace"),
     OptionSpec("warm_up_kernels", True, "COREY_WARM_UP_KERNELS", "bool",
                "on a GPU, with Inductor, compile the prefill kernels of corey's ops in child processes while "
                "Inductor works (for transformers' scan, from while Dynamo traces it), rather than at the first run"),

@@ -73,6 +73,8 @@ class CompileReport:
     compile_id: str = ""  # Dynamo's id of this compilation: "frame/compilation"
     symbolic: dict = field(default_factory=dict)  # input name -> the symbols in its shape, where Dynamo made any
     recompile_reason: str = ""  # the guard that failed, when Dynamo compiled this frame again
+    # the inputs' dimensions corey marked dynamic at the first known call (option symbolic_length), "source dim N"
+    length_marked: list = field(default_factory=list)
     known_calls: dict = field(default_factory=dict)  # site -> what each call of a known function became
     cuda_graphs: str = ""  # "" (not asked for), "on", or why the inner compiler left them off
     shared_layers: str = ""  # what passes/share_layers.py did: layers, distinct bodies, each body's calls

@@ -359,27 +359,41 @@ def early_specs(arguments: dict, options, device: torch.device) -> list:
     """The kernels the backend's warm-up will ask for a scan whose arguments Dynamo is tracing now: the jobs
     ``op_calls`` will give the ``selective_scan`` op that lowering makes of it, from the arguments as the op will
     get them (u, delta, A, B, C, D, z, delta_bias as tensors, delta_softplus), before Dynamo has finished the
-    graph. Empty where that op cannot be foreseen from them alone: a symbolic size, a policy that reads
-    measurements or times the call, a fusion plan other than ``all`` (which absorbs all four neighbours)."""
+    graph. Empty where that op cannot be foreseen from them alone: a policy that reads measurements or times the
+    call, a fusion plan other than ``all`` (which absorbs all four neighbours), a symbolic size without an
+    example value, or a symbolic size under a policy the op does not apply per call as the planner would.
+
+    A symbolic size counts at its value in the example inputs, which is what the first run launches; where the
+    length is symbolic the plan leaves the chunk to the op (chunk 0), which applies ``op_chunk_policy``."""
     from ..passes.lower_regions import op_chunk_policy
     from ..planning import choose_chunk, sm_count
-    from .ops import _CONTIGUOUS_INPUTS
+    from .ops import _CONTIGUOUS_INPUTS, scan_chunk
     from .selective_scan.chunk import scan_kernel_parts
 
     if options.fusion != "all" or options.chunk_policy not in _EARLY_POLICIES:
         return []
     tensors = [v for v in arguments.values() if isinstance(v, torch.Tensor)]
-    if any(isinstance(x, torch.SymInt) for t in tensors for x in (*t.shape, *t.stride(), t.storage_offset())):
+    symbolic = any(isinstance(x, torch.SymInt) and x.node.maybe_as_int() is None
+                   for t in tensors for x in (*t.shape, *t.stride(), t.storage_offset()))
+    policy = op_chunk_policy(options)
+    if symbolic and policy != options.chunk_policy:
         return []
     u = arguments["u"]
-    batch, dim, seqlen = u.shape
+    try:
+        batch, dim, seqlen = (_concrete(x, {}) for x in u.shape)
+        specs = {k: _spec(v, {}) for k, v in arguments.items()}
+    except (ValueError, TypeError):
+        return []  # a size with no example value
     if seqlen <= 1:
         return []  # a decode step's kernel
-    chunk = choose_chunk(options.chunk_policy, batch, dim, seqlen, sm_count(device), options.chunk_size,
-                         u.element_size())[0]
-    kwargs = {**arguments, "initial_state": None, "chunk_size": chunk, "chunk_policy": op_chunk_policy(options)}
+    if symbolic:
+        chunk, planned = scan_chunk((batch, dim, seqlen), u.element_size(), device, 0, policy), 0
+    else:
+        chunk = planned = choose_chunk(options.chunk_policy, batch, dim, seqlen, sm_count(device), options.chunk_size,
+                                       u.element_size())[0]
+    kwargs = {**specs, "initial_state": None, "chunk_size": planned, "chunk_policy": policy}
     call = {"op": "selective_scan", "args": [],
-            "kwargs": {k: _as_the_kernel_gets_it(k, _spec(v, {}), bool(_CONTIGUOUS_INPUTS)) for k, v in kwargs.items()}}
+            "kwargs": {k: _as_the_kernel_gets_it(k, v, bool(_CONTIGUOUS_INPUTS)) for k, v in kwargs.items()}}
     return [{**call, "chunk": chunk, "kernels": part, "needed": True} for part in scan_kernel_parts(seqlen, chunk)]
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -71,14 +72,15 @@ def test_dump_a_saved_model_directory(tmp_path):
     assert len(graph["regions"]) == 2 and {r["dtype"] for r in graph["regions"]} == {"bfloat16"}
 
 
-def _check_debug_folder(folder: pathlib.Path, passes=PASSES):
+def _check_debug_folder(folder: pathlib.Path, passes=PASSES, length="5"):
     stems = ["00_input"] + [f"{i:02d}_{name}" for i, name in enumerate(passes, start=1)]
     for stem in stems:
         assert "def forward" in (folder / f"{stem}.py").read_text()
         svg = ET.parse(folder / f"{stem}.svg").getroot()
         assert svg.tag.endswith("svg")
     lowered = (folder / f"{stems[1 + passes.index('lower_regions')]}.svg").read_text()
-    assert "corey::selective_scan float32[1,128,5] (created)" in lowered and "(erased)" in lowered  # marked
+    assert re.search(rf"corey::selective_scan float32\[1,128,{length}\] \(created\)", lowered)  # marked
+    assert "(erased)" in lowered
     assert "(created)" not in (folder / f"{stems[1]}.svg").read_text()  # a matcher creates nothing
     assert "def _selective_scan_fwd_kernel" in (folder / "kernels" / "selective_scan_fwd.py").read_text()
     report = json.loads((folder / "report.json").read_text())
@@ -103,7 +105,7 @@ def test_debug_dir_variable_makes_torch_compile_write_the_same_folder(tmp_path):
     env["COREY_DEBUG_DIR"] = str(tmp_path / "debug")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    _check_debug_folder(tmp_path / "debug" / "graph_000")
+    _check_debug_folder(tmp_path / "debug" / "graph_000", length=r"s\d+")  # torch.compile: the length symbolic
 
 
 def test_pass_prints_the_graph_before_and_after_it():

@@ -1,5 +1,6 @@
-"""Compile once per model: transformers' scan reaches corey as one call, so a new prompt length or batch
-reuses the compiled graph, and the library's loop over time is never traced for corey.
+"""Compile once per model: transformers' scan reaches corey as one call whose length corey makes symbolic at
+the first call, so a new prompt length reuses the compiled graph (a new batch too with ``dynamic=True``), and
+the library's loop over time is never traced for corey.
 
 Traces are counted, not timed: each trace of a known function records what it became
 (``report.known_calls``), and each Dynamo graph is one report. Runs on whichever transformers
@@ -53,26 +54,58 @@ def _run_shapes(model, compiled, shapes):
     return graphs
 
 
-def test_new_prompt_lengths_reuse_the_graph_and_never_trace_the_loop():
+def _known_calls_are_one_call_per_layer(report):
+    conv = CONV_SITE in known_functions.install()  # transformers 5.25 and later: the prefill's convolution too
+    assert report.known_calls[SITE] == ["one call"] * LAYERS  # one trace per layer, none of the loop
+    assert set(report.known_calls) == ({SITE, CONV_SITE} if conv else {SITE})
+    if conv:
+        assert report.known_calls[CONV_SITE] == ["one call"] * LAYERS
+    assert [r.form for r in report.regions] == ["F4 known function"] * LAYERS
+
+
+def test_new_prompt_lengths_reuse_the_first_graph_and_never_trace_the_loop():
     model = _model()
     compiled = torch.compile(model, backend="corey", options=EAGER)
-    # The first length compiles a static graph; the second makes Dynamo mark the length dynamic; from the
-    # third on the graph is reused.
-    assert _run_shapes(model, compiled, [(1, 9), (1, 13), (1, 17), (1, 30)]) == [1, 2, 2, 2]
+    # corey makes the length symbolic at the first known call Dynamo traces (option symbolic_length), so the
+    # first graph serves every later length
+    assert _run_shapes(model, compiled, [(1, 9), (1, 13), (1, 17), (1, 30)]) == [1, 1, 1, 1]
+    (report,) = corey_compile.all_reports()
+    _known_calls_are_one_call_per_layer(report)  # the restarted trace's record alone
+    assert report.length_marked and all(mark.endswith("dim 1") for mark in report.length_marked)
+    assert not report.recompile_reason
+    length = report.regions[0].shape["seqlen"]
+    assert isinstance(length, str) and any(length in symbols for symbols in report.symbolic.values())
+    assert report.regions[0].chunk_size == 0 and "per call" in " ".join(report.regions[0].reasons)
+    assert set(report.seconds) >= {"dynamo", "passes", "inner_compiler"}
+
+
+def test_the_symbolic_length_leaves_no_mark_on_the_users_tensor_and_can_be_turned_off():
+    model = _model()
+    prompt = _prompt(1, 9)
+    with torch.no_grad():
+        torch.compile(model, backend="corey", options=EAGER)(prompt, **FORWARD)
+    (report,) = corey_compile.all_reports()
+    assert report.length_marked and not getattr(prompt, "_dynamo_weak_dynamic_indices", None)
+
+    # Turned off, Dynamo's automatic dynamic shapes decide: a static first graph, the length symbolic at the second
+    torch._dynamo.reset()
+    corey_compile.clear_reports()
+    compiled = torch.compile(model, backend="corey", options={**EAGER, "symbolic_length": False})
+    assert _run_shapes(model, compiled, [(1, 9), (1, 13), (1, 17)]) == [1, 2, 2]
     first, second = corey_compile.all_reports()
-    conv = CONV_SITE in known_functions.install()  # transformers 5.25 and later: the prefill's convolution too
     for report in (first, second):
-        assert report.known_calls[SITE] == ["one call"] * LAYERS  # one trace per layer, none of the loop
-        assert set(report.known_calls) == ({SITE, CONV_SITE} if conv else {SITE})
-        if conv:
-            assert report.known_calls[CONV_SITE] == ["one call"] * LAYERS
-        assert [r.form for r in report.regions] == ["F4 known function"] * LAYERS
+        _known_calls_are_one_call_per_layer(report)
+        assert report.length_marked == []
     assert not first.symbolic and first.regions[0].shape["seqlen"] == 9 and first.regions[0].chunk_size == 16
     assert "size mismatch at index 1" in second.recompile_reason
-    length = second.regions[0].shape["seqlen"]
-    assert isinstance(length, str) and any(length in symbols for symbols in second.symbolic.values())
-    assert second.regions[0].chunk_size == 0 and "per call" in " ".join(second.regions[0].reasons)
-    assert set(second.seconds) >= {"dynamo", "passes", "inner_compiler"}
+    assert isinstance(second.regions[0].shape["seqlen"], str)
+
+    # dynamic=False: the user asked for static shapes, a graph per length
+    torch._dynamo.reset()
+    corey_compile.clear_reports()
+    compiled = torch.compile(model, backend="corey", options=EAGER, dynamic=False)
+    assert _run_shapes(model, compiled, [(1, 9), (1, 13)]) == [1, 2]
+    assert all(not r.symbolic and not r.length_marked for r in corey_compile.all_reports())
 
 
 def test_dynamic_true_compiles_one_graph_for_every_length_and_batch():
@@ -118,7 +151,8 @@ def test_generate_after_prompts_of_different_lengths_compiles_its_decode_graph_o
     reports = corey_compile.all_reports()
     decode = [r for r in reports if r.regions and r.regions[0].shape["seqlen"] == 1]
     prefill = [r for r in reports if r.regions and r.regions[0].shape["seqlen"] != 1]
-    assert len(decode) == 1 and len(prefill) == 2, [(r.regions[0].shape, r.recompile_reason) for r in reports]
+    # one prefill graph (its length symbolic from the first prompt on) and one decode graph
+    assert len(decode) == 1 and len(prefill) == 1, [(r.regions[0].shape, r.recompile_reason) for r in reports]
 
 
 def test_other_backends_and_eager_run_the_library_function_as_written():

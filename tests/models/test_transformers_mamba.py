@@ -48,7 +48,11 @@ def test_logits_match_eager(seqlen, forms):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     (report,) = corey_compile.all_reports()
     assert [r.op for r in report.regions] == ["corey::selective_scan"] * LAYERS
-    assert all(r.shape["seqlen"] == seqlen and r.form == PREFILL_FORM[forms] for r in report.regions)
+    assert all(r.form == PREFILL_FORM[forms] for r in report.regions)
+    # corey makes a known call's length symbolic from the first call (symbolic_length); a single step stays one
+    symbolic = forms == "known" and seqlen > 1
+    assert all(isinstance(r.shape["seqlen"], str) if symbolic else r.shape["seqlen"] == seqlen for r in report.regions)
+    assert bool(report.length_marked) == symbolic
 
 
 @pytest.mark.parametrize("inner, forms", [("eager", "known"), ("inductor", "known"), ("eager", "structural")])
@@ -63,7 +67,7 @@ def test_greedy_generation_is_token_identical(inner, forms):
     assert out.shape[1] == prompt.shape[1] + 16
     assert torch.equal(out, ref)
     reports = corey_compile.all_reports()
-    prefill = [r for r in reports if r.regions and r.regions[0].shape["seqlen"] > 1]
+    prefill = [r for r in reports if r.regions and r.regions[0].shape["seqlen"] != 1]  # a length > 1 or symbolic
     decode = [r for r in reports if r.regions and r.regions[0].shape["seqlen"] == 1]
     assert prefill and decode
     for report in prefill + decode:

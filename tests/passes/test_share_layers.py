@@ -118,11 +118,12 @@ def test_a_graph_without_module_lists_is_left_alone():
     assert result.layers == 0 and result.summary() == "no layers found" and gm.code == code
 
 
-@pytest.mark.parametrize("dynamic", [None, True])
+@pytest.mark.parametrize("dynamic", [False, None, True])
 def test_mamba_under_inductor_shares_its_layers(dynamic, monkeypatch):
     # dynamic=True makes each layer's norm epsilon a float input read with .item(), which a shared body cannot
     # take: the pass hands the bodies the 0-d tensor, and corey has Dynamo trace again with the float constant
-    # before the inner compiler starts (Inductor would ask for the same after AOT autograd's trace)
+    # before the inner compiler starts (Inductor would ask for the same after AOT autograd's trace). Left unset,
+    # corey makes the length alone symbolic (symbolic_length); False keeps every size static
     import corey_compile.backend as backend
 
     inner_compiles = []
@@ -142,7 +143,7 @@ def test_mamba_under_inductor_shares_its_layers(dynamic, monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     (report,) = corey_compile.all_reports()
     assert report.shared_layers == "3 layers, 3 of them calling 1 shared body (corey_layer_0 ×3)"
-    assert bool(report.symbolic) == bool(dynamic)
+    assert bool(report.symbolic) == (dynamic is not False) and bool(report.length_marked) == (dynamic is None)
     assert len(inner_compiles) == 1  # with dynamic=True, the first trace's graph never reached Inductor
 
 

@@ -25,7 +25,9 @@ def _graphs_for(lengths, monkeypatch, **options):
 
     monkeypatch.setattr(corey_compile.backend, "_inner_compile", spy)
     model = build_mamba("tiny", num_hidden_layers=2, seed=0)
-    compiled = torch.compile(model, backend="corey", options={"inner_compiler": "eager", **options})
+    # a static first graph and Dynamo's symbolic one at the next length (corey's symbolic_length off): both kinds
+    compiled = torch.compile(model, backend="corey", options={"inner_compiler": "eager", "symbolic_length": False,
+                                                              **options})
     with torch.no_grad():
         for seqlen in lengths:
             compiled(torch.randint(1, 256, (1, seqlen)), use_cache=False)
@@ -196,15 +198,26 @@ def test_the_kernels_start_while_dynamo_traces_the_scan_as_the_backend_will_ask_
     graphs = []
     model = build_mamba("tiny", num_hidden_layers=2, seed=0, dtype=dtype)
     options = {"inner_compiler": "inductor", "share_layers": False}  # only Inductor's compilations start them early
-    with torch.no_grad():
-        torch.compile(model, backend="corey", options=options)(torch.randint(1, 256, (1, 300)), use_cache=False)
-    assert len(early) == 2 and early[0] == early[1]  # each layer's call; the children start once
     key = lambda spec: warmup._process_key(spec, torch.device("cpu"))  # noqa: E731
-    needed = [key(spec) for spec in warmup.op_calls(graphs[0]) if spec["needed"]]
+
+    def compile_at(seqlen, **kwargs):
+        early.clear()
+        graphs.clear()
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.compile(model, backend="corey", **kwargs)(torch.randint(1, 256, (1, seqlen)), use_cache=False)
+        (graph,) = graphs
+        return [key(spec) for spec in warmup.op_calls(graph) if spec["needed"]]
+
+    # A static length (corey's symbolic_length off): the planner's chunk
+    needed = compile_at(300, options={**options, "symbolic_length": False})
+    assert len(early) == 2 and early[0] == early[1]  # each layer's call; the children start once
     assert [key(spec) for spec in early[0]] == needed and len(needed) == 2  # 300 steps: whole chunks and a tail
-    # A symbolic length cannot be foreseen from the trace: nothing starts early, the backend starts its own
-    early.clear()
-    with torch.no_grad():
-        torch.compile(model, backend="corey", options=options, dynamic=True)(torch.randint(1, 256, (1, 200)),
-                                                                           use_cache=False)
+    # A symbolic length (corey's default, and dynamic=True): the op's run-time chunk at the example's length
+    for kwargs in ({"options": options}, {"options": options, "dynamic": True}):
+        needed = compile_at(600, **kwargs)
+        assert len(needed) == 2 and early, kwargs
+        assert all([key(spec) for spec in specs] == needed for specs in early[-2:]), kwargs
+    # A policy the op applies differently per call than the planner does: nothing foreseen, the backend starts them
+    compile_at(600, options={**options, "chunk_policy": "fixed", "chunk_size": 32}, dynamic=True)
     assert early and all(specs == [] for specs in early)
