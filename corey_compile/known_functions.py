@@ -528,16 +528,25 @@ def _make_length_symbolic(site: str) -> None:
     from torch._dynamo.exc import RestartAnalysis
     from torch._dynamo.symbolic_convert import InstructionTranslator
 
-    marks = []
-    for argument in InstructionTranslator.current_tx().output.graphargs:
+    output = InstructionTranslator.current_tx().output
+    candidates = []  # (tensor, its source's name): the graph's inputs so far, then the frame's own arguments
+    for argument in output.graphargs:
         try:
-            tensor, source = argument.example, argument.source.name
+            candidates.append((argument.example, argument.source.name))
         except Exception:  # noqa: BLE001 - a graph argument without a live example or a source
             continue
-        if (not isinstance(tensor, torch.Tensor) or isinstance(tensor, torch.nn.Parameter)
+    # An argument the trace has not read yet (an attention mask read after the first scan) would stay static and
+    # specialize the length where the model combines the two: the frame's arguments, and those in its
+    # tuples, lists and dicts (``*args``, ``**kwargs``), are marked too.
+    for name, value in output.root_tx.f_locals.items():
+        candidates += [(tensor, where) for tensor, where in _tensors_in(value, f"L[{name!r}]")]
+    marks, seen = [], set()
+    for tensor, source in candidates:
+        if (not isinstance(tensor, torch.Tensor) or isinstance(tensor, torch.nn.Parameter) or id(tensor) in seen
                 or "._buffers[" in source or "._parameters[" in source
                 or hasattr(tensor, "_dynamo_static_input_type")):
             continue
+        seen.add(id(tensor))
         for dim, size in enumerate(tensor.shape):
             if size == length and dim not in getattr(tensor, "_dynamo_static_indices", ()) \
                     and dim not in getattr(tensor, "_dynamo_weak_dynamic_indices", ()):
@@ -549,6 +558,18 @@ def _make_length_symbolic(site: str) -> None:
     if marks:
         _DECISIONS.pop(compile_id, None)  # the trace starts again, and so does its record
         raise RestartAnalysis(restart_reason=f"corey: the scan's length ({length}) made symbolic")
+
+
+def _tensors_in(value, where: str, depth: int = 2):
+    """The tensors in ``value``: itself, or the items of its tuples, lists and dicts down to ``depth`` levels."""
+    if isinstance(value, torch.Tensor):
+        yield value, where
+    elif depth and isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            yield from _tensors_in(item, f"{where}[{i}]", depth - 1)
+    elif depth and isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors_in(item, f"{where}[{key!r}]", depth - 1)
 
 
 def _unmark(marks: list) -> None:
