@@ -16,6 +16,7 @@ import torch
 
 from ..planning.chunk_policy import RUNTIME_CHUNK_POLICIES, is_run_time_policy, run_time_chunk
 from ..planning.entropy import RUNTIME_PREFIX, runtime_chunk
+from . import warmup
 from .selective_scan.naive import selective_scan_naive, selective_state_update_naive
 
 try:
@@ -140,7 +141,12 @@ def selective_scan(
             chunk_size = autotuned_chunk(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                          fallback=lambda: scan_chunk(u.shape, u.element_size(), u.device, 0,
                                                                      "occupancy"))
+        chunk_op = chunk_size
         chunk_size = scan_chunk(u.shape, u.element_size(), u.device, chunk_size, chunk_policy)
+        if warmup.background_running() and not _capturing(u.device):  # a later length's kernels compiling still
+            warmup.wait_for_child(dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                                       delta_softplus=delta_softplus, initial_state=initial_state,
+                                       chunk_size=chunk_op, chunk_policy=chunk_policy), chunk_size)
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                       chunk_size=chunk_size)
     return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)

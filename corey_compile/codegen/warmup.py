@@ -394,18 +394,73 @@ def early_specs(arguments: dict, options, device: torch.device) -> list:
     kwargs = {**specs, "initial_state": None, "chunk_size": planned, "chunk_policy": policy}
     call = {"op": "selective_scan", "args": [],
             "kwargs": {k: _as_the_kernel_gets_it(k, v, bool(_CONTIGUOUS_INPUTS)) for k, v in kwargs.items()}}
-    return [{**call, "chunk": chunk, "kernels": part, "needed": True} for part in scan_kernel_parts(seqlen, chunk)]
+    jobs = [{**call, "chunk": chunk, "kernels": part, "needed": True} for part in scan_kernel_parts(seqlen, chunk)]
+    if symbolic:  # the graph serves later lengths: their kernels compile in the background from now on, too
+        names = [argument.name for argument in torch.ops.corey.selective_scan.default._schema.arguments]
+        keys = {_kernel_key(job) for job in jobs}
+        for n, later_chunk in _later_lengths(seqlen, lambda n: scan_chunk((batch, dim, n), u.element_size(), device,
+                                                                         0, policy)):
+            later = _at_length(call, names, n)
+            for part in scan_kernel_parts(n, later_chunk) if later is not None else ():
+                job = {**later, "chunk": later_chunk, "kernels": part, "needed": False}
+                if _kernel_key(job) not in keys:
+                    keys.add(_kernel_key(job))
+                    jobs.append(job)
+    return jobs
 
 
 def start_early(arguments: dict, options) -> int:
     """Start compiling, while Dynamo still traces, the kernels ``early_specs`` foresees, each in a child of its
-    own (on a CUDA device; once per kernel and process): the backend's warm-up then waits for these children
-    rather than starting its own after Dynamo and corey's passes. Returns how many children it started."""
+    own, and those of later lengths in the background (on a CUDA device; once per kernel and process): the
+    backend's warm-up then waits for these children rather than starting its own after Dynamo and corey's
+    passes. Returns how many children it started."""
     device = arguments["u"].device
     if device.type != "cuda":
         return 0
     specs = early_specs(arguments, options, device)  # Warmup waits for a kernel an earlier child compiles
     return len(Warmup(specs, device).own) if specs else 0
+
+
+_BACKGROUND_CHECK = {"at": 0.0, "running": False}  # whether a child of this process compiles still, looked up
+_BACKGROUND_CHECK_EVERY = 0.05  # seconds: a poll of every child costs a system call each
+_WAITED_FOR: set = set()  # the calls' kernel classes whose children were looked up (``wait_for_child``)
+
+
+def background_running() -> bool:
+    """Whether a warm-up child of this process may still be compiling (looked up at most every 50 ms)."""
+    if not _STARTED:
+        return False
+    now = time.monotonic()
+    if now - _BACKGROUND_CHECK["at"] > _BACKGROUND_CHECK_EVERY:
+        _BACKGROUND_CHECK.update(at=now, running=any(p.poll() is None for p in set(_STARTED.values())))
+    return _BACKGROUND_CHECK["running"]
+
+
+def wait_for_child(arguments: dict, chunk: int, timeout: float = 600.0) -> float:
+    """Before a scan call's launch: where a warm-up child of this process is compiling this call's kernels (a
+    later length's, in the background), wait for it rather than compile the same kernel here beside it (Triton
+    would; the child started earlier). ``arguments``: the ``selective_scan`` op's, by name, as its kernel gets
+    them; ``chunk``: the one it runs. Returns the seconds waited. Each kernel class is looked up once."""
+    from .ops import _CONTIGUOUS_INPUTS
+    from .selective_scan.chunk import scan_kernel_parts
+
+    u = arguments["u"]
+    seqlen = u.shape[-1]
+    call = {"op": "selective_scan", "args": [],
+            "kwargs": {k: _as_the_kernel_gets_it(k, _spec(v, {}), bool(_CONTIGUOUS_INPUTS)) for k, v in arguments.items()}}
+    start = time.perf_counter()
+    for part in scan_kernel_parts(seqlen, chunk):
+        key = _process_key({**call, "chunk": chunk, "kernels": part}, u.device)
+        if key in _WAITED_FOR:
+            continue
+        _WAITED_FOR.add(key)
+        process = _STARTED.get(key)
+        if process is not None and process.poll() is None:
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass  # the launch compiles it, as without the warm-up
+    return time.perf_counter() - start
 
 
 def start_warmup(gm: fx.GraphModule, device: torch.device) -> Warmup | None:

@@ -207,17 +207,66 @@ def test_the_kernels_start_while_dynamo_traces_the_scan_as_the_backend_will_ask_
         with torch.no_grad():
             torch.compile(model, backend="corey", **kwargs)(torch.randint(1, 256, (1, seqlen)), use_cache=False)
         (graph,) = graphs
-        return [key(spec) for spec in warmup.op_calls(graph) if spec["needed"]]
+        return [(key(spec), spec["needed"]) for spec in warmup.op_calls(graph)]
 
     # A static length (corey's symbolic_length off): the planner's chunk
-    needed = compile_at(300, options={**options, "symbolic_length": False})
+    jobs = compile_at(300, options={**options, "symbolic_length": False})
+    needed = [k for k, is_needed in jobs if is_needed]
     assert len(early) == 2 and early[0] == early[1]  # each layer's call; the children start once
     assert [key(spec) for spec in early[0]] == needed and len(needed) == 2  # 300 steps: whole chunks and a tail
-    # A symbolic length (corey's default, and dynamic=True): the op's run-time chunk at the example's length
+    # A symbolic length (corey's default, and dynamic=True): the op's run-time chunk at the example's length, and
+    # the kernels of later lengths, which start in the background from the trace on as well
     for kwargs in ({"options": options}, {"options": options, "dynamic": True}):
-        needed = compile_at(600, **kwargs)
-        assert len(needed) == 2 and early, kwargs
-        assert all([key(spec) for spec in specs] == needed for specs in early[-2:]), kwargs
+        jobs = compile_at(600, **kwargs)
+        assert sum(is_needed for _, is_needed in jobs) == 2 and len(jobs) > 2 and early, kwargs
+        for specs in early[-2:]:
+            assert sorted((key(spec), spec["needed"]) for spec in specs) == sorted(jobs), kwargs
     # A policy the op applies differently per call than the planner does: nothing foreseen, the backend starts them
     compile_at(600, options={**options, "chunk_policy": "fixed", "chunk_size": 32}, dynamic=True)
     assert early and all(specs == [] for specs in early)
+
+
+def test_a_call_waits_for_the_child_that_compiles_its_kernel_rather_than_compiling_it_beside(monkeypatch):
+    # A later length's first call whose kernel a background child is still compiling waits for that child (Triton
+    # would compile the same kernel in the process beside it: 6 s of the 130m shapes' second length on an H100).
+    # The child's key comes from the warm-up's own jobs for a traced call; the op's call must find it.
+    from corey_compile.options import resolve_options
+    from tests.helpers import scan_inputs
+
+    monkeypatch.setattr(warmup, "_STARTED", {})
+    monkeypatch.setattr(warmup, "_WAITED_FOR", set())
+    monkeypatch.setattr(warmup, "_BACKGROUND_CHECK", {"at": 0.0, "running": False})
+    inputs = scan_inputs(b=1, d=8, l=300)  # two whole chunks of 128 and a partial one: two kernels
+    arguments = {**inputs, "delta_softplus": True}
+    (whole, tail) = warmup.early_specs(arguments, resolve_options({}), torch.device("cpu"))
+    assert (whole["kernels"], tail["kernels"]) == ("whole", "tail")
+    assert not warmup.background_running()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    warmup._STARTED[warmup._process_key(tail, torch.device("cpu"))] = child
+    assert warmup.background_running()
+    op_arguments = {**arguments, "initial_state": None, "chunk_size": whole["chunk"], "chunk_policy": "occupancy"}
+    assert warmup.wait_for_child(op_arguments, whole["chunk"]) >= 1.0 and child.returncode == 0
+    assert warmup.wait_for_child(op_arguments, whole["chunk"]) < 0.5  # each kernel class is looked up once
+    # Another length's kernels (16 divides 304, not 300) are not this child's: no wait while it compiles on
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    warmup._STARTED[warmup._process_key(tail, torch.device("cpu"))] = child
+    try:
+        assert warmup.wait_for_child({**op_arguments, **scan_inputs(b=1, d=8, l=304)}, whole["chunk"]) < 0.5
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_op_looks_for_a_compiling_child_only_while_one_runs(monkeypatch):
+    from corey_compile.codegen import ops
+    from tests.helpers import scan_inputs
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the op's kernel path, in the interpreter
+    asked = []
+    monkeypatch.setattr(warmup, "wait_for_child", lambda arguments, chunk: asked.append((arguments["u"].shape, chunk)))
+    inputs = scan_inputs(b=1, d=4, l=20)
+    for running in (False, True):
+        monkeypatch.setattr(warmup, "background_running", lambda running=running: running)
+        ops.selective_scan(**inputs, delta_softplus=True, chunk_size=16)
+    assert asked == [(torch.Size([1, 4, 20]), 16)]
