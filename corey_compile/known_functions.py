@@ -525,7 +525,23 @@ def _make_length_symbolic(site: str) -> None:
     compile_id = _compile_id()
     if not compile_id or compile_id in _LENGTH_MARKS:
         return  # restarted once already: the length stayed static (the model's code specializes it)
-    from torch._dynamo.exc import RestartAnalysis
+    try:
+        from torch._dynamo.exc import RestartAnalysis
+
+        marks = _mark_length(length)
+    except Exception:  # noqa: BLE001 - Dynamo's internals moved: the length stays as Dynamo traces it
+        return
+    _LENGTH_MARKS[compile_id] = marks
+    while len(_LENGTH_MARKS) > _MAX_DECISIONS:
+        _unmark(_LENGTH_MARKS.pop(next(iter(_LENGTH_MARKS))))
+    if marks:
+        _DECISIONS.pop(compile_id, None)  # the trace starts again, and so does its record
+        raise RestartAnalysis(restart_reason=f"corey: the scan's length ({length}) made symbolic")
+
+
+def _mark_length(length: int) -> list:
+    """Mark every dimension of size ``length`` in the inputs of the frame Dynamo traces dynamic (soft marks);
+    returns [(weak reference to the tensor, dim, its source's name)]."""
     from torch._dynamo.symbolic_convert import InstructionTranslator
 
     output = InstructionTranslator.current_tx().output
@@ -552,12 +568,7 @@ def _make_length_symbolic(site: str) -> None:
                     and dim not in getattr(tensor, "_dynamo_weak_dynamic_indices", ()):
                 torch._dynamo.maybe_mark_dynamic(tensor, dim)
                 marks.append((weakref.ref(tensor), dim, source))
-    _LENGTH_MARKS[compile_id] = marks
-    while len(_LENGTH_MARKS) > _MAX_DECISIONS:
-        _unmark(_LENGTH_MARKS.pop(next(iter(_LENGTH_MARKS))))
-    if marks:
-        _DECISIONS.pop(compile_id, None)  # the trace starts again, and so does its record
-        raise RestartAnalysis(restart_reason=f"corey: the scan's length ({length}) made symbolic")
+    return marks
 
 
 def _tensors_in(value, where: str, depth: int = 2):
