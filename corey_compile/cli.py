@@ -283,6 +283,10 @@ def _text_report(header: dict, reports: list, pass_name: str | None) -> str:
              " · ".join(f"{k} {v}" for k, v in header["versions"].items()), "",
              "pipeline: " + " → ".join(header["pipeline"]),
              "options: " + ", ".join(f"{k}={v}" for k, v in header["options"].items())]
+    if not header["options"].get("symbolic_length", True) and not header["decode"]:
+        lines.append(f"the prompt length is static here: corey dump plans at seq-len {header['seq_len']} "
+                     "(torch.compile with corey makes it symbolic from the first call; --option "
+                     "symbolic_length=true shows that)")
     for report in reports:
         lines += ["", f"== graph {report.graph_index}: {report.nodes_before} → {report.nodes_after} nodes, "
                       f"inner compiler {report.inner_compiler}" + (" (fell back)" if report.fell_back else "")]
