@@ -252,6 +252,8 @@ def _graph_document(report, pass_name: str | None) -> dict:
         "inner_compiler": report.inner_compiler, "fell_back": report.fell_back, "fallback_reason": report.fallback_reason,
         "passes": [vars(p) for p in report.passes], "regions": [vars(r) for r in report.regions],
         "declined": [vars(d) for d in report.declined], "kernels": _kernels(report), "seconds": report.seconds,
+        "symbolic": report.symbolic, "length_marked": report.length_marked,
+        "recompile_reason": report.recompile_reason,
     }
     if pass_name and report.debug_dir:
         document["pass_code"] = _pass_code(report, pass_name)

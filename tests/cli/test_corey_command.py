@@ -174,3 +174,12 @@ def test_help_says_what_everything_does():
     for word in ("MODEL", "--seq-len", "--batch", "--dtype", "--device", "--decode", "--option", "--pass", "--format",
                  "--out", "COREY_DEBUG_DIR", "chunk_policy", "fusion"):
         assert word in dump.stdout, word
+
+
+def test_dump_plans_at_its_length_unless_asked_for_the_symbolic_one():
+    done = corey("dump", "tiny", "--option", "symbolic_length=true", "--format", "json", *FAST)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (graph,) = json.loads(done.stdout)["graphs"]
+    assert graph["length_marked"] and all(isinstance(r["shape"]["seqlen"], str) for r in graph["regions"])
+    text = corey("dump", "tiny", *FAST)
+    assert text.returncode == 0 and "the prompt length is static here: corey dump plans at seq-len 5" in text.stdout
