@@ -489,6 +489,14 @@ _LENGTH_AT = {"mamba_selective_scan": ("hidden_states", -1), "causal_conv1d_fn":
 _LENGTH_MARKS: dict = {}
 
 
+def _stand_in_frame():
+    """Dynamo's translator of the innermost frame it is tracing: the calling stand-in's (its ``symbolic_locals``
+    hold what Dynamo traces for the stand-in's parameters). Raises where this torch's Dynamo moved it."""
+    from torch._dynamo.symbolic_convert import InstructionTranslator
+
+    return InstructionTranslator.current_tx().output.current_tx
+
+
 def _traced_length(site: str):
     """The scan length of the known call Dynamo is tracing at ``site``: an int, a SymInt, or None where this
     torch's Dynamo does not expose the stand-in's frame so."""
@@ -496,11 +504,8 @@ def _traced_length(site: str):
     if name not in _LENGTH_AT:
         return None
     try:
-        from torch._dynamo.symbolic_convert import InstructionTranslator
-
-        frame = InstructionTranslator.current_tx().output.current_tx
         local, dim = _LENGTH_AT[name]
-        value = frame.symbolic_locals[local].as_proxy().node.meta.get("example_value")
+        value = _stand_in_frame().symbolic_locals[local].as_proxy().node.meta.get("example_value")
         return value.shape[dim] if isinstance(value, torch.Tensor) else None
     except Exception:  # noqa: BLE001 - Dynamo's internals moved: the length stays as Dynamo traced it
         return None
@@ -616,11 +621,9 @@ def _traced_arguments(names: dict) -> dict | None:
     Dynamo's translator of the innermost frame, the stand-in's; None where this torch's Dynamo does not expose
     them so."""
     try:
-        from torch._dynamo.symbolic_convert import InstructionTranslator
-
         from .passes.graph_reading import strip_casts
 
-        frame = InstructionTranslator.current_tx().output.current_tx
+        frame = _stand_in_frame()
         if frame.f_code.co_name != "mamba_selective_scan":
             return None
         values = {}

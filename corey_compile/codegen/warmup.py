@@ -355,6 +355,16 @@ class Warmup:
 _EARLY_POLICIES = ("occupancy", "seqlen", "fixed")
 
 
+def _scan_call(specs: dict) -> dict:
+    """A ``selective_scan`` op call as a warm-up job has it, from its arguments' specs by name (``_spec``), each
+    tensor as the kernel gets it: how a call foreseen during the trace and a call at run time name their kernel
+    alike (``_process_key``)."""
+    from .ops import _CONTIGUOUS_INPUTS
+
+    return {"op": "selective_scan", "args": [],
+            "kwargs": {k: _as_the_kernel_gets_it(k, v, bool(_CONTIGUOUS_INPUTS)) for k, v in specs.items()}}
+
+
 def early_specs(arguments: dict, options, device: torch.device) -> list:
     """The kernels the backend's warm-up will ask for a scan whose arguments Dynamo is tracing now: the jobs
     ``op_calls`` will give the ``selective_scan`` op that lowering makes of it, from the arguments as the op will
@@ -367,7 +377,7 @@ def early_specs(arguments: dict, options, device: torch.device) -> list:
     length is symbolic the plan leaves the chunk to the op (chunk 0), which applies ``op_chunk_policy``."""
     from ..passes.lower_regions import op_chunk_policy
     from ..planning import choose_chunk, sm_count
-    from .ops import _CONTIGUOUS_INPUTS, scan_chunk
+    from .ops import scan_chunk
     from .selective_scan.chunk import scan_kernel_parts
 
     if options.fusion != "all" or options.chunk_policy not in _EARLY_POLICIES:
@@ -391,9 +401,7 @@ def early_specs(arguments: dict, options, device: torch.device) -> list:
     else:
         chunk = planned = choose_chunk(options.chunk_policy, batch, dim, seqlen, sm_count(device), options.chunk_size,
                                        u.element_size())[0]
-    kwargs = {**specs, "initial_state": None, "chunk_size": planned, "chunk_policy": policy}
-    call = {"op": "selective_scan", "args": [],
-            "kwargs": {k: _as_the_kernel_gets_it(k, v, bool(_CONTIGUOUS_INPUTS)) for k, v in kwargs.items()}}
+    call = _scan_call({**specs, "initial_state": None, "chunk_size": planned, "chunk_policy": policy})
     jobs = [{**call, "chunk": chunk, "kernels": part, "needed": True} for part in scan_kernel_parts(seqlen, chunk)]
     if symbolic:  # the graph serves later lengths: their kernels compile in the background from now on, too
         names = [argument.name for argument in torch.ops.corey.selective_scan.default._schema.arguments]
@@ -441,13 +449,11 @@ def wait_for_child(arguments: dict, chunk: int, timeout: float = 600.0) -> float
     later length's, in the background), wait for it rather than compile the same kernel here beside it (Triton
     would; the child started earlier). ``arguments``: the ``selective_scan`` op's, by name, as its kernel gets
     them; ``chunk``: the one it runs. Returns the seconds waited. Each kernel class is looked up once."""
-    from .ops import _CONTIGUOUS_INPUTS
     from .selective_scan.chunk import scan_kernel_parts
 
     u = arguments["u"]
     seqlen = u.shape[-1]
-    call = {"op": "selective_scan", "args": [],
-            "kwargs": {k: _as_the_kernel_gets_it(k, _spec(v, {}), bool(_CONTIGUOUS_INPUTS)) for k, v in arguments.items()}}
+    call = _scan_call({k: _spec(v, {}) for k, v in arguments.items()})
     start = time.perf_counter()
     for part in scan_kernel_parts(seqlen, chunk):
         key = _process_key({**call, "chunk": chunk, "kernels": part}, u.device)
