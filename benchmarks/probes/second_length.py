@@ -2,13 +2,16 @@
 dynamic shapes makes, profiled.
 
 Usage: python benchmarks/probes/second_length.py --out-dir DIR [--preset 130m] [--lengths 2048 1000]
+       [--profile 0|1]
 
 A fresh process with empty Triton and Inductor caches compiles a transformers Mamba of the preset's shapes
 (fp16, random weights) with ``backend="corey"`` and calls it at the first length; the call at the second
-length then runs under cProfile. Writes ``second_length.json`` (each call's seconds, corey's stage times
+length then runs under cProfile (``--profile 0``: the first call instead, Dynamo's trace, corey's passes and
+Inductor). Writes ``second_length.json`` (each call's seconds, corey's stage times
 for the new graph, the Triton kernels compiled or loaded in this process during the call, torch's own
 compile timers after each call) and ``second_length_cprofile.txt`` (the 60
-functions with the most cumulative time, and the 40 with the most own time).
+functions with the most cumulative time, the 60 of Inductor's with the most, and the 40 with the most own
+time).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--preset", default="130m")
     parser.add_argument("--lengths", nargs=2, type=int, default=[2048, 1000])
+    parser.add_argument("--profile", type=int, choices=(0, 1), default=1, help="the call to profile")
     args = parser.parse_args()
     cache = tempfile.mkdtemp()
     os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(cache, "triton"))
@@ -51,12 +55,12 @@ def main() -> None:
         before = len(corey_compile.all_reports())
         torch.cuda.synchronize()
         start = time.perf_counter()
-        if index:
+        if index == args.profile:
             profiler.enable()
         with torch.no_grad():
             model(ids, use_cache=False)
         torch.cuda.synchronize()
-        if index:
+        if index == args.profile:
             profiler.disable()
         headers, values = compile_times(repr="csv", aggregate=True)
         calls.append({"seqlen": seqlen, "seconds": round(time.perf_counter() - start, 3),
@@ -77,6 +81,7 @@ def main() -> None:
     text = io.StringIO()
     stats = pstats.Stats(profiler, stream=text)
     stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("cumulative").print_stats("_inductor", 60)
     stats.sort_stats("tottime").print_stats(40)
     with open(os.path.join(args.out_dir, "second_length_cprofile.txt"), "w") as f:
         f.write(text.getvalue())
