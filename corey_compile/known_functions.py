@@ -388,14 +388,21 @@ def install(modules: dict | None = None) -> dict:
                 continue
             setattr(owner, known.name, functools.wraps(original)(known.make(known.site, original)))
             _installed[known.site] = (original, getattr(owner, known.name))
-    return {site: entry for site, entry in _installed.items() if isinstance(entry, tuple)}
+        from . import known_layers
+
+        known_layers.install(modules)
+    return {site: entry for site, entry in _installed.items() if isinstance(entry, tuple)} | known_layers.installed()
 
 
 def uninstall_methods() -> None:
-    """Give every class its own method back (the function stand-ins stay registered with Dynamo)."""
+    """Give every class its own method back (the function stand-ins stay registered with Dynamo), the known
+    layers' forward included."""
     import sys
 
+    from . import known_layers
+
     with _lock:
+        known_layers.uninstall(sys.modules)
         for known in KNOWN_METHODS:
             entry = _installed.get(known.site)
             if isinstance(entry, tuple):
@@ -404,8 +411,10 @@ def uninstall_methods() -> None:
 
 
 def not_installed() -> dict:
-    """Known functions found but left alone, with the reason."""
-    return {site: entry for site, entry in _installed.items() if isinstance(entry, str)}
+    """Known functions (and layers) found but left alone, with the reason."""
+    from . import known_layers
+
+    return {site: entry for site, entry in _installed.items() if isinstance(entry, str)} | known_layers.not_installed()
 
 
 # What each compilation's stand-ins decided, by Dynamo compile id: {compile id: {site: [reasons]}}.
@@ -482,7 +491,8 @@ def _take(site: str, reason: str) -> bool:
 
 # Where each known function's stand-in holds the scan's input, and that input's dimension along the steps.
 _LENGTH_AT = {"mamba_selective_scan": ("hidden_states", -1), "causal_conv1d_fn": ("hidden_states", -1),
-              "selective_scan_fn": ("u", -1), "selective_scan_ref": ("u", -1), "slow_forward": ("input_states", 1)}
+              "selective_scan_fn": ("u", -1), "selective_scan_ref": ("u", -1), "slow_forward": ("input_states", 1),
+              "forward": ("hidden_states", 1)}  # a known layer's (known_layers.py)
 
 # The input dimensions corey marked dynamic, by Dynamo compile id: [(weak reference to the tensor, dim, its
 # source's name)]. The marks are taken off once the backend has the graph (``take_length_marks``).
@@ -689,7 +699,13 @@ class _InstallAfterImport:
         return spec
 
 
-_WATCHED = frozenset(k.module for k in KNOWN) | frozenset(k.module for k in KNOWN_METHODS)
+def _watched() -> frozenset:
+    from .known_layers import WATCHED
+
+    return frozenset(k.module for k in KNOWN) | frozenset(k.module for k in KNOWN_METHODS) | WATCHED
+
+
+_WATCHED = _watched()
 _FINDER = _InstallAfterImport()
 
 

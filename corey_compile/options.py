@@ -127,6 +127,10 @@ OPTIONS = (
                "of a model whose scan reaches corey as a known function (Dynamo would do so at the second length, "
                "compiling again), so that no new prompt length compiles again: the inputs' dimensions of the scan's "
                "length are marked with torch._dynamo.maybe_mark_dynamic and Dynamo restarts that trace"),
+    OptionSpec("trace_layers_once", True, "COREY_TRACE_LAYERS_ONCE", "bool",
+               "on a torch whose Dynamo reuses a traced nested_compile_region (2.12 and later), have Dynamo trace a "
+               "known Mamba mixer's forward once and reuse it for every layer, so that its trace does not grow with "
+               "depth; layers called with a cache are traced one by one as before"),
     OptionSpec("warm_up_kernels", True, "COREY_WARM_UP_KERNELS", "bool",
                "on a GPU, with Inductor, compile the prefill kernels of corey's ops in child processes while "
                "Inductor works (for transformers' scan, from while Dynamo traces it), rather than at the first run"),

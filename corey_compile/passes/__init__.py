@@ -1,6 +1,6 @@
 """The compiler's stages, as one ordered list of passes over an FX graph.
 
-    match_* (record regions) → measure_regions → plan_regions → lower_regions → fold_hadamard
+    inline_layer_bodies → match_* (record regions) → measure_regions → plan_regions → lower_regions → fold_hadamard
     → rewrite_token_ops → rewrite_conv_taps
 
 Contract (README.md beside this file): ``pass_fn(gm, ctx) -> gm``; a pass
@@ -24,6 +24,7 @@ from .lower_regions import lower_regions
 from .measure_regions import measure_regions
 from .plan_regions import plan_regions
 from .fold_hadamard import fold_hadamard
+from .inline_layer_bodies import inline_layer_bodies
 from .regions import match_pass
 from .rewrite_conv_taps import rewrite_conv_taps
 from .rewrite_token_ops import rewrite_token_ops
@@ -40,6 +41,8 @@ class Pass:
 
 
 PIPELINE = (
+    Pass("inline_layer_bodies", inline_layer_bodies, None,
+         "put the layer bodies Dynamo traced once (nested_compile_region) back in place of every call"),
     Pass("match_unrolled_recurrence", match_pass(match_unrolled_recurrence.MATCHER), "F1",
          "record loops over time that Dynamo unrolled (F1)"),
     Pass("match_associative_scan", match_pass(match_associative_scan.MATCHER), "F2",

@@ -69,7 +69,7 @@ def test_model_without_ssm_runs_unchanged(inner):
 def test_report_is_json_and_lists_the_pipeline():
     torch.compile(forms.loop_matmul_readout, backend="corey", options={"inner_compiler": "eager"})(**scan_inputs(l=4))
     data = json.loads(corey_compile.last_report().to_json())
-    assert data["pipeline"] == ["match_unrolled_recurrence", "match_associative_scan", "match_state_update",
+    assert data["pipeline"] == ["inline_layer_bodies", "match_unrolled_recurrence", "match_associative_scan", "match_state_update",
                                 "match_known_calls", "measure_regions", "plan_regions", "lower_regions", "fold_hadamard",
                                 "rewrite_token_ops", "rewrite_conv_taps"]
     assert data["regions"][0]["form"] == "F1 unrolled recurrence" and data["regions"][0]["chunk_size"] == 16

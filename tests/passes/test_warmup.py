@@ -197,7 +197,8 @@ def test_the_kernels_start_while_dynamo_traces_the_scan_as_the_backend_will_ask_
     monkeypatch.setattr(corey_compile.backend, "_inner_compile", lambda gm, *rest: (graphs.append(gm), gm.forward)[1])
     graphs = []
     model = build_mamba("tiny", num_hidden_layers=2, seed=0, dtype=dtype)
-    options = {"inner_compiler": "inductor", "share_layers": False}  # only Inductor's compilations start them early
+    # only Inductor's compilations start them early; every layer traced (a body traced once has one scan call)
+    options = {"inner_compiler": "inductor", "share_layers": False, "trace_layers_once": False}
     key = lambda spec: warmup._process_key(spec, torch.device("cpu"))  # noqa: E731
 
     def compile_at(seqlen, **kwargs):

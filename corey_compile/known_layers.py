@@ -1,0 +1,195 @@
+"""Known layers: a Mamba mixer's forward traced once by Dynamo and reused for every layer.
+
+Dynamo traces a model's code layer by layer: a 24-layer model's mixer is traced 24 times, and most of a
+first call's Dynamo time is that (about 0.2 s a layer on the 130m shapes, more with a symbolic length).
+From torch 2.12 Dynamo can trace a function marked ``torch.compiler.nested_compile_region`` once and
+reuse the traced body for later calls whose inputs match it (``invoke_subgraph``, with the guards it
+needs checked at each call). corey marks the forward of the mixers it knows (``KNOWN_LAYERS``), only
+where Dynamo traces it for corey:
+
+- the class gets a ``forward`` that calls the one it had, unless Dynamo is tracing it for corey with
+  the option ``trace_layers_once`` on, on a torch whose Dynamo reuses traced regions, without a cache or
+  any other argument but the hidden states (a layer that writes a cache in place has side effects, which
+  Dynamo does not reuse), on a module whose hub kernels are not swapped in (``kernels.kernelize``), in a
+  release whose scan is a known function (transformers 5.15 and later);
+- then it calls the mixer's own forward (the library's function, under the ``kernels`` package's wrapper
+  where transformers adds one: that wrapper only routes calls to hub kernels, which an unkernelized
+  module does not use) through ``nested_compile_region``.
+
+Eager calls, other backends, decode steps and older torch releases run the forward the class had, at the
+cost of one ``torch.compiler.is_compiling()`` check. corey's first pass (``passes/inline_layer_bodies.py``)
+puts the traced body back in place of every call, so the rest of the pipeline sees every layer as before.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from dataclasses import dataclass
+
+import torch
+
+from . import known_functions as _known
+
+
+@dataclass(frozen=True)
+class KnownLayer:
+    """A mixer class whose forward corey marks as a region Dynamo traces once."""
+
+    module: str
+    owner: str
+
+    @property
+    def site(self) -> str:
+        return f"{self.module}.{self.owner}.forward"
+
+
+KNOWN_LAYERS = (
+    KnownLayer("transformers.models.mamba.modeling_mamba", "MambaMixer"),
+    KnownLayer("transformers.models.falcon_mamba.modeling_falcon_mamba", "FalconMambaMixer"),
+)
+WATCHED = frozenset(layer.module for layer in KNOWN_LAYERS)
+
+_installed: dict = {}  # site -> (the class's forward before, corey's) or the reason it was left alone
+
+
+@functools.cache
+def dynamo_reuses_regions() -> bool:
+    """Whether this torch's Dynamo traces a ``nested_compile_region`` once and reuses it (2.12 and later; the
+    same release gave the decorator its ``max_reuse_entries`` parameter)."""
+    region = getattr(torch.compiler, "nested_compile_region", None)
+    try:
+        return region is not None and "max_reuse_entries" in inspect.signature(region).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _innermost(fn):
+    """The function under ``functools.wraps`` wrappers (the ``kernels`` package wraps transformers' forward)."""
+    while isinstance(getattr(fn, "__wrapped__", None), types.FunctionType):
+        fn = fn.__wrapped__
+    return fn
+
+
+def _hidden_states_only(inner) -> frozenset:
+    """The keyword parameters of ``inner`` whose default is None: a call may pass them as None and still
+    take the region, which is then called with the hidden states alone."""
+    return frozenset(name for name, p in list(inspect.signature(inner).parameters.items())[2:]
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is None)
+
+
+def _layer_stand_in(site: str, current, inner):
+    region = torch.compiler.nested_compile_region(inner)
+    defaults_none = _hidden_states_only(inner)
+
+    @functools.wraps(current)
+    def forward(self, hidden_states, *args, **kwargs):
+        if torch.compiler.is_compiling() and not args:
+            stateless = True
+            for name, value in kwargs.items():
+                if value is not None or name not in defaults_none:
+                    stateless = False
+            if stateless and _trace_once(site):
+                return region(self, hidden_states)
+        return current(self, hidden_states, *args, **kwargs)
+
+    return forward
+
+
+def install(modules: dict) -> None:
+    """Give each known mixer class that is imported corey's forward (called by ``known_functions.install``,
+    under its lock)."""
+    for layer in KNOWN_LAYERS:
+        module = modules.get(layer.module)
+        owner = getattr(module, layer.owner, None) if module is not None else None
+        if owner is None or layer.site in _installed:
+            continue
+        if getattr(module, "mamba_selective_scan", None) is None:
+            # transformers before 5.15 keeps its loop in MambaMixer.slow_forward, whose stand-in Dynamo (torch
+            # 2.13) fails on inside a region (an internal KeyError): those releases trace every layer
+            _installed[layer.site] = "the scan is in a method here (transformers before 5.15), not a known function"
+            continue
+        current = owner.__dict__.get("forward")
+        if not isinstance(current, types.FunctionType):
+            _installed[layer.site] = f"{layer.owner}.forward is not a plain function here"
+            continue
+        inner = _innermost(current)
+        parameters = list(inspect.signature(inner).parameters)
+        if parameters[:2] != ["self", "hidden_states"]:
+            _installed[layer.site] = f"its forward's parameters {tuple(parameters)} are not (self, hidden_states, ...)"
+            continue
+        owner.forward = _layer_stand_in(layer.site, current, inner)
+        _installed[layer.site] = (current, owner.forward)
+
+
+def uninstall(modules: dict) -> None:
+    """Give every known mixer class the forward it had."""
+    for layer in KNOWN_LAYERS:
+        entry = _installed.get(layer.site)
+        if isinstance(entry, tuple):
+            setattr(getattr(modules[layer.module], layer.owner), "forward", entry[0])
+            del _installed[layer.site]
+
+
+def installed() -> dict:
+    return {site: entry for site, entry in _installed.items() if isinstance(entry, tuple)}
+
+
+def not_installed() -> dict:
+    return {site: entry for site, entry in _installed.items() if isinstance(entry, str)}
+
+
+def _kernelized(module) -> bool:
+    """Whether ``kernels.kernelize`` swapped a hub kernel into one of the module's function wrappers (the
+    ``kernels`` package's wrapper around the forward then routes calls to it, and cannot be skipped)."""
+    for wrapper in (getattr(module, "_kernel_funcs", None) or {}).values():
+        bound = wrapper.__dict__.get("forward") if hasattr(wrapper, "__dict__") else None
+        if bound is not None and getattr(bound, "__func__", None) is not getattr(type(wrapper), "forward", None):
+            return True
+    return False
+
+
+def _traced_module():
+    """The module whose forward Dynamo is tracing (the stand-in's ``self``), or None where this torch's Dynamo
+    does not expose it so."""
+    try:
+        variable = _known._stand_in_frame().symbolic_locals["self"]
+    except Exception:  # noqa: BLE001 - Dynamo's internals moved
+        return None
+    for attribute in ("value", "module"):
+        module = getattr(variable, attribute, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
+
+
+@torch._dynamo.assume_constant_result
+def _trace_once(site: str) -> bool:
+    """Run by Dynamo at trace time, never traced: whether the layer at ``site`` goes through the region."""
+    options = _known.compiling_for_corey()
+    if options is None:
+        return False
+    from .backend import start_inductor_workers
+    from .options import resolve_options
+
+    try:
+        resolved = resolve_options(options)
+    except ValueError:
+        return False  # the backend reports the bad option; here, trace the layer as written
+    start_inductor_workers(resolved, "at the first known call Dynamo traced")
+    reason = ""
+    if not resolved.trace_layers_once:
+        reason = "option trace_layers_once is off"
+    elif not dynamo_reuses_regions():
+        reason = f"torch {torch.__version__}'s Dynamo does not reuse a traced region (2.12 and later do)"
+    else:
+        module = _traced_module()
+        if module is None:
+            reason = "this torch's Dynamo does not show the traced module"
+        elif _kernelized(module):
+            reason = "a hub kernel is swapped into the module (kernels.kernelize)"
+    calls = _known._DECISIONS.setdefault(_known._compile_id(), {}).setdefault(site, [])
+    calls.append(f"traced as written: {reason}" if reason else "traced once, reused by every layer")
+    if not reason and resolved.symbolic_length and "F4" in resolved.match_forms:
+        _known._make_length_symbolic(site)  # may restart the trace (RestartAnalysis), from the first layer on
+    return not reason
