@@ -1,9 +1,11 @@
 """Where one new token of ``generate`` spends its time under corey with CUDA graphs (GPU only).
 
-Usage: python benchmarks/probes/generate_profile.py [--preset 130m] [--out-dir DIR]
+Usage: python benchmarks/probes/generate_profile.py [--preset 130m] [--out-dir DIR] [--guard-filter nn-modules]
 
 A transformers Mamba (random weights, fp16, batch 1) compiled with
-``model.compile(backend="corey", mode="reduce-overhead")``. After warming up, it measures per new token:
+``model.compile(backend="corey", mode="reduce-overhead")`` (with ``--guard-filter nn-modules``, also
+``options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}``: Dynamo then checks no
+guard on the model's modules at each call). After warming up, it measures per new token:
 
 - ``generate``: from two runs of different lengths, so the prompt's pass cancels;
 - ``forward``: the model's decode call alone, in a loop written out by hand as generate makes it
@@ -79,6 +81,8 @@ def main() -> None:
                         help="the corey timings alone: no eager model, no profiles")
     parser.add_argument("--kernels-only", action="store_true",
                         help="only the GPU kernels of one decode step, compiled without CUDA graphs so each shows")
+    parser.add_argument("--guard-filter", choices=("none", "nn-modules"), default="none",
+                        help="nn-modules: skip Dynamo's guards on the model's modules (torch's unsafe filter)")
     args = parser.parse_args()
     out_dir = args.out_dir
     if out_dir:
@@ -87,10 +91,13 @@ def main() -> None:
     if args.kernels_only:
         return decode_kernels(args.preset, out_dir)
     results = {"preset": args.preset, "dtype": "float16", "batch": 1, "gpu": torch.cuda.get_device_name(),
+               "guard_filter": args.guard_filter,
                "torch": torch.__version__}
     eager = None if args.timings_only else build_mamba(args.preset, dtype=torch.float16, device="cuda")
     model = build_mamba(args.preset, dtype=torch.float16, device="cuda")
-    model.compile(backend="corey", mode="reduce-overhead")
+    options = ({"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+               if args.guard_filter == "nn-modules" else None)
+    model.compile(backend="corey", mode="reduce-overhead", options=options)
     prompt = torch.randint(1, model.config.vocab_size, (1, PROMPT), device="cuda")
     kwargs = dict(do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=0)
 
