@@ -10,8 +10,8 @@ where Dynamo traces it for corey:
 - the class gets a ``forward`` that calls the one it had, unless Dynamo is tracing it for corey with
   the option ``trace_layers_once`` on, on a torch whose Dynamo reuses traced regions, without a cache or
   any other argument but the hidden states (a layer that writes a cache in place has side effects, which
-  Dynamo does not reuse), on a module whose hub kernels are not swapped in (``kernels.kernelize``), in a
-  release whose scan is a known function (transformers 5.15 and later);
+  Dynamo does not reuse), on a module whose hub kernels are not swapped in (``kernels.kernelize``) and
+  whose parameters do not require grad where grad is on (corey leaves training graphs as traced);
 - then it calls the mixer's own forward (the library's function, under the ``kernels`` package's wrapper
   where transformers adds one: that wrapper only routes calls to hub kernels, which an unkernelized
   module does not use) through ``nested_compile_region``.
@@ -104,11 +104,6 @@ def install(modules: dict) -> None:
         owner = getattr(module, layer.owner, None) if module is not None else None
         if owner is None or layer.site in _installed:
             continue
-        if getattr(module, "mamba_selective_scan", None) is None:
-            # transformers before 5.15 keeps its loop in MambaMixer.slow_forward, whose stand-in Dynamo (torch
-            # 2.13) fails on inside a region (an internal KeyError): those releases trace every layer
-            _installed[layer.site] = "the scan is in a method here (transformers before 5.15), not a known function"
-            continue
         current = owner.__dict__.get("forward")
         if not isinstance(current, types.FunctionType):
             _installed[layer.site] = f"{layer.owner}.forward is not a plain function here"
@@ -149,6 +144,20 @@ def _kernelized(module) -> bool:
     return False
 
 
+def _traced_dtype():
+    """The dtype of the hidden states Dynamo traces for the layer, or None where this torch's Dynamo does not
+    expose them so.
+
+    The body is worth tracing once only where the scan inside reaches corey as one call (F4, a dtype the stand-in
+    takes): a loop traced inside it specializes the length, and torch 2.13's Dynamo then fails to stamp the
+    body out for the next layer (an internal KeyError on the length's symbol) where the length is symbolic."""
+    try:
+        variable = _known._stand_in_frame().symbolic_locals["hidden_states"]
+        return variable.as_proxy().node.meta["example_value"].dtype
+    except Exception:  # noqa: BLE001 - Dynamo's internals moved
+        return None
+
+
 def _traced_module():
     """The module whose forward Dynamo is tracing (the stand-in's ``self``), or None where this torch's Dynamo
     does not expose it so."""
@@ -180,6 +189,12 @@ def _trace_once(site: str) -> bool:
     reason = ""
     if not resolved.trace_layers_once:
         reason = "option trace_layers_once is off"
+    elif "F4" not in resolved.match_forms:
+        reason = "match_forms leaves out F4: the body would hold the library's loop over time"
+    elif (dtype := _traced_dtype()) is None:
+        reason = "this torch's Dynamo does not show the traced hidden states"
+    elif dtype not in _known.FLOATS:
+        reason = "the hidden states are not float16, bfloat16 or float32: the body would hold the library's loop"
     elif not dynamo_reuses_regions():
         reason = f"torch {torch.__version__}'s Dynamo does not reuse a traced region (2.12 and later do)"
     else:
@@ -188,6 +203,8 @@ def _trace_once(site: str) -> bool:
             reason = "this torch's Dynamo does not show the traced module"
         elif _kernelized(module):
             reason = "a hub kernel is swapped into the module (kernels.kernelize)"
+        elif torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()):
+            reason = "its parameters require grad: corey compiles inference, and leaves a training graph as traced"
     calls = _known._DECISIONS.setdefault(_known._compile_id(), {}).setdefault(site, [])
     calls.append(f"traced as written: {reason}" if reason else "traced once, reused by every layer")
     if not reason and resolved.symbolic_length and "F4" in resolved.match_forms:

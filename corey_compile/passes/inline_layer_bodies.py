@@ -56,10 +56,20 @@ def _drop_unused_size_arithmetic(copied: list) -> None:
 
 
 def inline_layer_bodies(gm: fx.GraphModule, ctx: CompileContext) -> fx.GraphModule:
-    calls = [n for n in gm.graph.nodes if _is_call(n)]
-    if not calls:
-        return gm
-    bodies = set()
+    inlined, bodies = 0, set()
+    for _depth in range(8):  # a body that calls another region brings its calls along: inline those next
+        calls = [n for n in gm.graph.nodes if _is_call(n)]
+        if not calls:
+            break
+        inlined += len(calls)
+        _inline(gm, calls, bodies)
+    if inlined:
+        ctx.decide(f"{inlined} calls of {len(bodies)} layer bod{'y' if len(bodies) == 1 else 'ies'} Dynamo traced "
+                   "once, inlined")
+    return gm
+
+
+def _inline(gm: fx.GraphModule, calls: list, bodies: set) -> None:
     for call in calls:
         body_node, _identifier, *operands = call.args
         if body_node.op != "get_attr":
@@ -104,8 +114,5 @@ def inline_layer_bodies(gm: fx.GraphModule, ctx: CompileContext) -> fx.GraphModu
         if not body_node.users:
             gm.graph.erase_node(body_node)
     for name in bodies:
-        if not any(n.op == "get_attr" and n.target == name for n in gm.graph.nodes):
+        if hasattr(gm, name) and not any(n.op == "get_attr" and n.target == name for n in gm.graph.nodes):
             delattr(gm, name)
-    ctx.decide(f"{len(calls)} calls of {len(bodies)} layer bod{'y' if len(bodies) == 1 else 'ies'} Dynamo traced once, "
-               "inlined")
-    return gm

@@ -21,7 +21,6 @@ SCAN = "transformers.models.mamba.modeling_mamba." + ("MambaMixer.slow_forward" 
 EAGER = {"inner_compiler": "eager", "strict": True, "check_invariants": True}
 REUSES = known_layers.dynamo_reuses_regions()
 needs_reuse = pytest.mark.skipif(not REUSES, reason=f"torch {torch.__version__}'s Dynamo does not reuse a traced region")
-pytestmark = pytest.mark.skipif(LOOP_IN_METHOD, reason="transformers before 5.15: the mixer is traced layer by layer")
 
 
 @pytest.fixture(autouse=True)
@@ -47,22 +46,6 @@ def _has_region_calls(gm) -> bool:
 
 def test_the_mixers_forward_is_known_where_corey_is_imported():
     assert MIXER in known_functions.install(), known_functions.not_installed().get(MIXER)
-
-
-def test_a_release_with_the_scan_in_a_method_keeps_its_forward():
-    import types
-
-    module = types.ModuleType("transformers.models.mamba.modeling_mamba")
-    module.MambaMixer = type("MambaMixer", (), {"forward": lambda self, hidden_states, cache_params=None: hidden_states})
-    saved = dict(known_layers._installed)
-    known_layers._installed.clear()
-    try:
-        known_layers.install({module.__name__: module})
-        assert known_layers._installed[MIXER].startswith("the scan is in a method here")
-        assert "known_layers" not in module.MambaMixer.forward.__module__
-    finally:
-        known_layers._installed.clear()
-        known_layers._installed.update(saved)
 
 
 @needs_reuse
@@ -129,6 +112,31 @@ def test_other_backends_and_eager_calls_run_the_forward_the_class_had():
     current, _ = known_functions.install()[MIXER]
     with torch.no_grad():
         torch.testing.assert_close(mixer(hidden), current(mixer, hidden), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("why", ["float64", "no F4"])
+def test_a_body_whose_scan_would_be_traced_as_a_loop_is_traced_layer_by_layer(why):
+    """A loop over time inside the body specializes the length, which Dynamo (2.13) cannot stamp out for the next
+    layer where the length is symbolic: only a body whose scan reaches corey as one call is traced once."""
+    model = build_mamba("tiny", num_hidden_layers=LAYERS, use_associative_scan=False, seed=0,
+                        dtype=torch.float64 if why == "float64" else torch.float32)
+    options = {**EAGER, "strict": False, **({"match_forms": ["F1", "F2", "F3"]} if why == "no F4" else {})}
+    compiled = torch.compile(model, backend="corey", options=options)
+    for seqlen in (6, 9):  # the second length makes Dynamo's own symbolic length
+        _prefill(model, compiled, seqlen)
+    for report in corey_compile.all_reports():
+        expected = "float16, bfloat16 or float32" if why == "float64" else "match_forms leaves out F4"
+        assert len(report.known_calls[MIXER]) == LAYERS and all(expected in c for c in report.known_calls[MIXER])
+
+
+def test_a_training_graph_is_traced_as_before():
+    """corey leaves a graph whose inputs require grad as the model wrote it, and Dynamo's trace as it was."""
+    model = _model()
+    prompt = torch.randint(1, 256, (1, 6))
+    torch.compile(model, backend="corey", options=EAGER)(prompt, use_cache=False).logits.sum().backward()
+    (report,) = corey_compile.all_reports()
+    assert all("require grad" in call for call in report.known_calls[MIXER]) and len(report.known_calls[MIXER]) == LAYERS
+    assert all(p.grad is not None for p in model.backbone.layers[0].mixer.parameters())
 
 
 def test_a_layer_with_a_cache_is_traced_as_before():
