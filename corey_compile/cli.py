@@ -425,8 +425,14 @@ def dump(args) -> int:
     prompt = torch.randint(1, vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)).to(device)
     corey_compile.clear_reports()
     compiled = torch.compile(model, backend="corey", options=chosen)
-    progress("Dynamo traces the model" + (" (a Python loop over time is unrolled: long prompts take a while)"
-                                          if device == "cpu" or _legacy_transformers() else ""))
+    from . import known_functions
+
+    # transformers' scan reaches corey as one call where its stand-in is installed and F4 is on; else the
+    # library's loop over time is unrolled
+    known = any(site.startswith("transformers.models.mamba.") for site in known_functions.install())
+    forms = resolve_options(chosen).match_forms
+    progress("Dynamo traces the model" + ("" if known and "F4" in forms
+                                          else " (a Python loop over time is unrolled: long prompts take a while)"))
     set_progress(progress)
     start = time.perf_counter()
     try:
