@@ -86,6 +86,9 @@ def job(preset: str, backend: str, form: str, device: str, lengths) -> None:
                    "recompile_reason": r.recompile_reason, "length_marked": r.length_marked, "regions": len(r.regions),
                    "forms": sorted({x.form for x in r.regions}), "nodes": r.nodes_before,
                    "shared_layers": r.shared_layers, "inductor_workers": r.inductor_workers,
+                   # Dynamo traced the mixer once and reused it per layer (known_layers.py; torch 2.12 and later)
+                   "layers_traced_once": any(c.startswith("traced once") for site, calls in r.known_calls.items()
+                                             if site.endswith("Mixer.forward") for c in calls),
                    "passes": {p.name: p.seconds for p in r.passes}}
                   for r in corey_compile.all_reports()[reports_before:]]
         built = [t for t in triton_here if not t["cache_hit"]]
