@@ -3,9 +3,9 @@
 Usage: python benchmarks/probes/generate_profile.py [--preset 130m] [--out-dir DIR] [--guard-filter nn-modules]
 
 A transformers Mamba (random weights, fp16, batch 1) compiled with
-``model.compile(backend="corey", mode="reduce-overhead")`` (with ``--guard-filter nn-modules``, also
-``options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}``: Dynamo then checks no
-guard on the model's modules at each call). After warming up, it measures per new token:
+``model.compile(backend="corey", mode="reduce-overhead")`` (with ``--guard-filter nn-modules``,
+``options={"cuda_graphs": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}``:
+Dynamo then checks no guard on the model's modules at each call). After warming up, it measures per new token:
 
 - ``generate``: from two runs of different lengths, so the prompt's pass cancels;
 - ``forward``: the model's decode call alone, in a loop written out by hand as generate makes it
@@ -95,9 +95,11 @@ def main() -> None:
                "torch": torch.__version__}
     eager = None if args.timings_only else build_mamba(args.preset, dtype=torch.float16, device="cuda")
     model = build_mamba(args.preset, dtype=torch.float16, device="cuda")
-    options = ({"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
-               if args.guard_filter == "nn-modules" else None)
-    model.compile(backend="corey", mode="reduce-overhead", options=options)
+    if args.guard_filter == "nn-modules":  # torch.compile takes mode or options, not both: CUDA graphs as an option
+        model.compile(backend="corey", options={
+            "cuda_graphs": True, "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+    else:
+        model.compile(backend="corey", mode="reduce-overhead")
     prompt = torch.randint(1, model.config.vocab_size, (1, PROMPT), device="cuda")
     kwargs = dict(do_sample=False, attention_mask=torch.ones_like(prompt), pad_token_id=0)
 
