@@ -85,20 +85,22 @@ _PROBE_LENGTHS = (512, 2048, 8192, 32768)
 
 def _later_lengths(example: int, chunk_of) -> list[tuple[int, int]]:
     """(length, chunk) pairs whose kernels are those later calls may launch: for the example's chunk and each
-    other chunk the policy gives at ``_PROBE_LENGTHS``, one whole chunk, one more partial chunk of 16 steps,
-    and two lengths that 16 does not divide.
+    other chunk the policy gives at ``_PROBE_LENGTHS``, two lengths that 16 does not divide, one whole chunk and
+    one more partial chunk of 16 steps.
 
     Triton compiles a length divisible by 16 and one that is not separately, and the whole chunks and the
     partial one after them are two kernels (``chunk.scan_kernel_parts``); any length of a kind compiles the
     same kernel, so the shortest of each is taken, which keeps the children's tensors small. Kernels that come
-    out the same are compiled once (``_kernel_key``)."""
+    out the same are compiled once (``_kernel_key``). The lengths 16 does not divide come first: 15 prompt
+    lengths in 16 are such, and they need both of their kernels (whole chunks and the partial one), which the
+    background children, taking the jobs in turn, then compile first and side by side."""
     lengths, chunks = [], []
     for seqlen in (example, *_PROBE_LENGTHS):
         chunk = chunk_of(seqlen)
         if chunk in chunks:
             continue
         chunks.append(chunk)
-        lengths += [(n, chunk) for n in (chunk, chunk + 16, chunk + 1, chunk + 2)]
+        lengths += [(n, chunk) for n in (chunk + 1, chunk + 2, chunk, chunk + 16)]
     return lengths
 
 

@@ -41,10 +41,23 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
     assert job["op"] == "selective_scan" and job["kwargs"]["u"]["sizes"] == [1, 128, 512]
     assert (job["chunk"], job["kernels"], job["needed"]) == (128, "whole", True)
     # and in the background the kernels a next length's graph (Dynamo's, with a symbolic length) will launch, each
-    # at the shortest length of its kind: a partial chunk after a whole one (144 steps), and a length 16 does not
-    # divide (129: both kernels); one whole chunk (128) compiles 512's kernel again, so it is left out
+    # at the shortest length of its kind: first a length 16 does not divide (129: both kernels; 15 lengths in 16
+    # are such), then a partial chunk after a whole one (144 steps); one whole chunk (128) compiles 512's kernel
+    # again, so it is left out
     assert [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"], j["needed"]) for j in later] == [
-        (144, 128, "tail", False), (129, 128, "whole", False), (129, 128, "tail", False)]
+        (129, 128, "whole", False), (129, 128, "tail", False), (144, 128, "tail", False)]
+    # the background children take them in turn: the two kernels such a length needs compile first, side by side
+    started = []
+
+    class _Running:
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(warmup, "_STARTED", {})
+    monkeypatch.setattr(warmup.Warmup, "_start", lambda self, specs, background: started.append(
+        [(spec["kwargs"]["u"]["sizes"][-1], spec["kernels"]) for spec in specs]) or _Running())
+    warmup.Warmup(later, torch.device("cpu"))
+    assert started == [[(129, "whole"), (144, "tail")], [(129, "tail")]]
     for j in later:
         seqlen = j["kwargs"]["u"]["sizes"][-1]
         assert j["kwargs"]["u"]["strides"] == [128 * seqlen, seqlen, 1]
@@ -97,7 +110,7 @@ def test_a_static_graph_warms_the_chunks_the_policy_gives_later_lengths(monkeypa
     assert [(j["kwargs"]["u"]["sizes"][-1], j["chunk"], j["kernels"], j["needed"]) for j in jobs] == [
         (300, 128, "whole", True), (300, 128, "tail", True),
         (128, 128, "whole", False), (144, 128, "tail", False),
-        (256, 256, "whole", False), (272, 256, "tail", False), (257, 256, "whole", False), (257, 256, "tail", False)]
+        (257, 256, "whole", False), (257, 256, "tail", False), (256, 256, "whole", False), (272, 256, "tail", False)]
     # A fixed chunk stays the same at every length: nothing of other chunks compiles
     static, *_ = _graphs_for([300], monkeypatch, chunk_policy="fixed", chunk_size=64)
     assert {j["chunk"] for j in warmup.op_calls(static)} == {64}
