@@ -105,6 +105,9 @@ def install(modules: dict) -> None:
         if owner is None or layer.site in _installed:
             continue
         current = owner.__dict__.get("forward")
+        if getattr(torch.compiler, "nested_compile_region", None) is None:
+            _installed[layer.site] = f"torch {torch.__version__} has no torch.compiler.nested_compile_region"
+            continue
         if not isinstance(current, types.FunctionType):
             _installed[layer.site] = f"{layer.owner}.forward is not a plain function here"
             continue
