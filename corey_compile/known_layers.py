@@ -10,8 +10,10 @@ where Dynamo traces it for corey:
 - the class gets a ``forward`` that calls the one it had, unless Dynamo is tracing it for corey with
   the option ``trace_layers_once`` on, on a torch whose Dynamo reuses traced regions, without a cache or
   any other argument but the hidden states (a layer that writes a cache in place has side effects, which
-  Dynamo does not reuse), on a module whose hub kernels are not swapped in (``kernels.kernelize``) and
-  whose parameters do not require grad where grad is on (corey leaves training graphs as traced);
+  Dynamo does not reuse), on a module whose hub kernels are not swapped in (``kernels.kernelize``),
+  whose parameters do not require grad where grad is on (corey leaves training graphs as traced), and whose
+  scan reaches corey as one call (F4, a float16/bfloat16/float32 input: a loop over time traced inside the
+  body specializes the length, which torch 2.13's Dynamo then fails to stamp out for the next layer);
 - then it calls the mixer's own forward (the library's function, under the ``kernels`` package's wrapper
   where transformers adds one: that wrapper only routes calls to hub kernels, which an unkernelized
   module does not use) through ``nested_compile_region``.
