@@ -460,30 +460,43 @@ def compiling_for_corey() -> dict | None:
         return None
 
 
-@torch._dynamo.assume_constant_result
-def _take(site: str, reason: str) -> bool:
-    """Run by Dynamo at trace time, never traced: whether the stand-in at ``site`` emits its one call."""
+def corey_compilation():
+    """At trace time, for a stand-in (``_take``, ``known_layers._trace_once``): (whether Dynamo traces for corey,
+    the compilation's resolved options or None where they do not resolve: the backend reports that). Starts
+    Inductor's compile workers for a corey compilation."""
     options = compiling_for_corey()
     if options is None:
-        return False
+        return False, None
     from .backend import start_inductor_workers
     from .options import resolve_options
 
     try:
         resolved = resolve_options(options)
     except ValueError:
-        forms = ()  # the backend will report the bad option; here, trace the library's function
-    else:
-        forms = resolved.match_forms
-        start_inductor_workers(resolved, "at the first known call Dynamo traced")
-    if "F4" not in forms:
-        reason = reason or "match_forms leaves out F4"
-    calls = _DECISIONS.setdefault(_compile_id(), {}).setdefault(site, [])
-    calls.append(f"traced as written: {reason}" if reason else "one call")
-    if not reason and site.endswith(".mamba_selective_scan"):
-        _start_kernels_early(resolved)
+        return True, None
+    start_inductor_workers(resolved, "at the first known call Dynamo traced")
+    return True, resolved
+
+
+def record_decision(site: str, became: str) -> None:
+    """What one traced call at ``site`` became, in the current compilation's record (``take_decisions``)."""
+    _DECISIONS.setdefault(_compile_id(), {}).setdefault(site, []).append(became)
     while len(_DECISIONS) > _MAX_DECISIONS:
         del _DECISIONS[next(iter(_DECISIONS))]
+
+
+@torch._dynamo.assume_constant_result
+def _take(site: str, reason: str) -> bool:
+    """Run by Dynamo at trace time, never traced: whether the stand-in at ``site`` emits its one call."""
+    corey, resolved = corey_compilation()
+    if not corey:
+        return False
+    # options that do not resolve: the backend will report them; here, trace the library's function
+    if resolved is None or "F4" not in resolved.match_forms:
+        reason = reason or "match_forms leaves out F4"
+    record_decision(site, f"traced as written: {reason}" if reason else "one call")
+    if not reason and site.endswith(".mamba_selective_scan"):
+        _start_kernels_early(resolved)
     if not reason and resolved.symbolic_length:
         _make_length_symbolic(site)  # may restart the trace (RestartAnalysis)
     return not reason
@@ -513,11 +526,17 @@ def _traced_length(site: str):
     name = site.rsplit(".", 1)[-1]
     if name not in _LENGTH_AT:
         return None
+    local, dim = _LENGTH_AT[name]
+    value = traced_value(local)
+    return value.shape[dim] if isinstance(value, torch.Tensor) else None
+
+
+def traced_value(local: str):
+    """The fake value Dynamo traces for the parameter ``local`` of the calling stand-in, or None where this
+    torch's Dynamo does not expose the stand-in's frame so."""
     try:
-        local, dim = _LENGTH_AT[name]
-        value = _stand_in_frame().symbolic_locals[local].as_proxy().node.meta.get("example_value")
-        return value.shape[dim] if isinstance(value, torch.Tensor) else None
-    except Exception:  # noqa: BLE001 - Dynamo's internals moved: the length stays as Dynamo traced it
+        return _stand_in_frame().symbolic_locals[local].as_proxy().node.meta.get("example_value")
+    except Exception:  # noqa: BLE001 - Dynamo's internals moved: the caller goes on as without the value
         return None
 
 

@@ -149,20 +149,6 @@ def _kernelized(module) -> bool:
     return False
 
 
-def _traced_dtype():
-    """The dtype of the hidden states Dynamo traces for the layer, or None where this torch's Dynamo does not
-    expose them so.
-
-    The body is worth tracing once only where the scan inside reaches corey as one call (F4, a dtype the stand-in
-    takes): a loop traced inside it specializes the length, and torch 2.13's Dynamo then fails to stamp the
-    body out for the next layer (an internal KeyError on the length's symbol) where the length is symbolic."""
-    try:
-        variable = _known._stand_in_frame().symbolic_locals["hidden_states"]
-        return variable.as_proxy().node.meta["example_value"].dtype
-    except Exception:  # noqa: BLE001 - Dynamo's internals moved
-        return None
-
-
 def _traced_module():
     """The module whose forward Dynamo is tracing (the stand-in's ``self``), or None where this torch's Dynamo
     does not expose it so."""
@@ -180,25 +166,21 @@ def _traced_module():
 @torch._dynamo.assume_constant_result
 def _trace_once(site: str) -> bool:
     """Run by Dynamo at trace time, never traced: whether the layer at ``site`` goes through the region."""
-    options = _known.compiling_for_corey()
-    if options is None:
-        return False
-    from .backend import start_inductor_workers
-    from .options import resolve_options
-
-    try:
-        resolved = resolve_options(options)
-    except ValueError:
-        return False  # the backend reports the bad option; here, trace the layer as written
-    start_inductor_workers(resolved, "at the first known call Dynamo traced")
+    _, resolved = _known.corey_compilation()
+    if resolved is None:
+        return False  # another backend, or options the backend will report: trace the layer as written
+    # The body is worth tracing once only where the scan inside reaches corey as one call (F4, a dtype the
+    # stand-in takes): a loop traced inside it specializes the length, and torch 2.13's Dynamo then fails to
+    # stamp the body out for the next layer (an internal KeyError on the length's symbol).
+    hidden_states = _known.traced_value("hidden_states")
     reason = ""
     if not resolved.trace_layers_once:
         reason = "option trace_layers_once is off"
     elif "F4" not in resolved.match_forms:
         reason = "match_forms leaves out F4: the body would hold the library's loop over time"
-    elif (dtype := _traced_dtype()) is None:
+    elif not isinstance(hidden_states, torch.Tensor):
         reason = "this torch's Dynamo does not show the traced hidden states"
-    elif dtype not in _known.FLOATS:
+    elif hidden_states.dtype not in _known.FLOATS:
         reason = "the hidden states are not float16, bfloat16 or float32: the body would hold the library's loop"
     elif not dynamo_reuses_regions():
         reason = f"torch {torch.__version__}'s Dynamo does not reuse a traced region (2.12 and later do)"
@@ -210,8 +192,7 @@ def _trace_once(site: str) -> bool:
             reason = "a hub kernel is swapped into the module (kernels.kernelize)"
         elif torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters()):
             reason = "its parameters require grad: corey compiles inference, and leaves a training graph as traced"
-    calls = _known._DECISIONS.setdefault(_known._compile_id(), {}).setdefault(site, [])
-    calls.append(f"traced as written: {reason}" if reason else "traced once, reused by every layer")
-    if not reason and resolved.symbolic_length and "F4" in resolved.match_forms:
+    _known.record_decision(site, f"traced as written: {reason}" if reason else "traced once, reused by every layer")
+    if not reason and resolved.symbolic_length:
         _known._make_length_symbolic(site)  # may restart the trace (RestartAnalysis), from the first layer on
     return not reason

@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 
 from .context import CompileContext
+from .graph_reading import meta_value
 
 
 def _is_call(node: fx.Node) -> bool:
@@ -49,7 +50,7 @@ def _drop_unused_size_arithmetic(copied: list) -> None:
     each layer would hold numbers computed from the graph's inputs alone, which ``share_layers`` moves out of
     the layers, leaving them split."""
     for node in reversed(copied):
-        value = node.meta.get("val", node.meta.get("example_value"))
+        value = meta_value(node)
         if not node.users and node.op == "call_function" and not node.is_impure() \
                 and isinstance(value, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)):
             node.graph.erase_node(node)
