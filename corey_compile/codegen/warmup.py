@@ -1,19 +1,20 @@
 """Compile the Triton kernels a graph's ``corey::`` ops will launch, while the inner compiler works.
 
 Triton compiles a kernel on its first launch, so without this the first call of a compiled model
-waits for Inductor and then for every distinct corey kernel, one after the other (the prefill
-kernel takes Triton 20-30 s, most of it in its coalescing pass). The backend starts a child
-process before it calls the inner compiler and waits for it after: the child runs each distinct
-op call of the graph (same shapes, dtypes and flags, and the strides its kernel will get: contiguous
-where Inductor or the op makes them so; the layers of a model share one)
-once on zero-filled tensors of the sizes of the call being compiled (a symbolic size by its value
-in the example inputs), so Triton compiles exactly the specializations the first run needs, into
-its on-disk cache, where the parent's first launch finds them. Each of the scan's two kernels
-(whole chunks, partial chunk) compiles in a child of its own. The kernels of the lengths after it
-are compiled too, in the background at a lower priority (divisible by 16 or not, with a partial
-chunk or without, and at the chunk the policy gives long sequences): where the length is symbolic
-they are what the next lengths launch, and where it is static what the recompilation with a
-symbolic length that Dynamo makes at the next length will wait for. A kernel already being
+waits for Inductor and then for every distinct corey kernel, one after the other (each of the
+prefill kernel's two parts took Triton about 10 s on an H200 machine's host, most of it in its
+coalescing pass). The backend starts a child process before it calls the inner compiler and waits
+for it after: the child runs each distinct op call of the graph (same shapes, dtypes and flags,
+and the strides its kernel will get: contiguous where Inductor or the op makes them so; the layers
+of a model share one) once on zero-filled tensors of the sizes of the call being compiled (a
+symbolic size by its value in the example inputs), so Triton compiles exactly the specializations
+the first run needs, into its on-disk cache, where the parent's first launch finds them. Each of
+the scan's two kernels (whole chunks, partial chunk) compiles in a child of its own. The kernels
+of the lengths after it are compiled too, in the background (divisible by 16 or not, with a
+partial chunk or without, and at the chunk the policy gives long sequences): the first kernel of
+each background child at the parent's priority, the rest at a lower one. Where the length is
+symbolic they are what the next lengths launch, and where it is static what the recompilation
+with a symbolic length that Dynamo makes at the next length will wait for. A kernel already being
 compiled for an earlier graph of the process is not compiled twice: the later graph waits for that
 child. Nothing the user owns is read or written.
 """
@@ -29,7 +30,7 @@ import time
 import torch
 import torch.fx as fx
 
-# The prefill kernel takes Triton 20-30 s; the decode step compiles in under a second, less than a child
+# A part of the prefill kernel takes Triton about 10 s; the decode step compiles in under a second, less than a child
 # process takes to start, so its first launch compiles it.
 _OPS = {"selective_scan"}
 
@@ -263,7 +264,10 @@ _CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys
 # The children this process started, by what decides their kernel (``_process_key``): a later graph that needs a
 # kernel an earlier one's child compiles (or compiled) waits for that child rather than compiling it again.
 _STARTED: dict = {}
-_BACKGROUND_NICENESS = 10  # the kernels of later lengths yield the cores to the compilation under way
+# A background child compiles its first kernel at the parent's priority: the order of ``_later_lengths`` puts first
+# the two kernels 15 prompt lengths in 16 launch, which the next call most likely needs. Its later kernels yield the
+# cores to the compilation under way.
+_BACKGROUND_NICENESS = 10
 _BACKGROUND_CHILDREN = 2  # children that compile the kernels of later lengths, one after the other in each
 
 
@@ -480,8 +484,7 @@ def start_warmup(gm: fx.GraphModule, device: torch.device) -> Warmup | None:
 
 
 def _main(device: str, specs: str, niceness: str = "0") -> None:
-    if int(niceness) and hasattr(os, "nice"):
-        os.nice(int(niceness))  # a background child: the kernels of later lengths
+    """Launch each job's kernel once on zero tensors; ``niceness`` (a background child's) is taken after the first."""
     from .ops import uses_triton
 
     if not uses_triton(torch.device(device)):
@@ -490,7 +493,9 @@ def _main(device: str, specs: str, niceness: str = "0") -> None:
 
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus", "initial_state")
     with torch.no_grad():
-        for spec in json.loads(specs):
+        for index, spec in enumerate(json.loads(specs)):
+            if index == 1 and int(niceness) and hasattr(os, "nice"):
+                os.nice(int(niceness))
             args = [_from_spec(a, device) for a in spec["args"]]
             kwargs = {k: _from_spec(v, device) for k, v in spec["kwargs"].items()}
             bound = _bound(getattr(torch.ops.corey, spec["op"]).default, args, kwargs)

@@ -10,6 +10,7 @@ import torch
 
 import corey_compile
 from corey_compile.codegen import warmup
+from corey_compile.codegen.selective_scan import chunk as chunked
 from corey_compile.models import build_mamba
 
 LOOP_IN_METHOD = not hasattr(importlib.import_module("transformers.models.mamba.modeling_mamba"), "mamba_selective_scan")
@@ -95,7 +96,15 @@ def test_a_static_graph_warms_its_kernels_and_a_symbolic_one_those_of_later_leng
         for name in ("D", "delta_bias"):
             if isinstance(j["kwargs"].get(name), dict):
                 j["kwargs"][name]["sizes"][0] = 4
-    warmup._main("cpu", json.dumps(jobs[:2]))
+    # A background child (niceness 10) runs its first job at the parent's priority and yields only after it: the
+    # order of the jobs puts first what the next prompt length most likely launches.
+    events = []
+    scan = chunked.selective_scan_chunked
+    monkeypatch.setattr(chunked, "selective_scan_chunked",
+                        lambda *a, **k: (events.append(("job", k["kernels"])), scan(*a, **k))[1])
+    monkeypatch.setattr(warmup.os, "nice", lambda n: events.append(("nice", n)))
+    warmup._main("cpu", json.dumps(jobs[:2]), "10")
+    assert events == [("job", jobs[0]["kernels"]), ("nice", 10), ("job", jobs[1]["kernels"])]
 
 
 def test_a_static_graph_warms_the_chunks_the_policy_gives_later_lengths(monkeypatch):
