@@ -20,11 +20,14 @@ child. Nothing the user owns is read or written.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -258,12 +261,16 @@ def _from_spec(spec, device):
 
 
 # What a child runs (imported, not run as ``-m``, so the module is not loaded twice).
-_CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys.argv[1:4])"
+_CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys.argv[1:5])"
 
 
 # The children this process started, by what decides their kernel (``_process_key``): a later graph that needs a
 # kernel an earlier one's child compiles (or compiled) waits for that child rather than compiling it again.
 _STARTED: dict = {}
+# Where a background child marks each of its kernels compiled, by the same key: a call waits for its kernel, not for
+# every kernel the child compiles after it (the 1.4b shapes' l=1000 call waited 6.9 s on an H100 for a child that
+# had compiled its two kernels first and went on with five more).
+_MARKS: dict = {}
 # A background child compiles its first kernel at the parent's priority: the order of ``_later_lengths`` puts first
 # the two kernels 15 prompt lengths in 16 launch, which the next call most likely needs. Its later kernels yield the
 # cores to the compilation under way.
@@ -283,11 +290,12 @@ class Warmup:
     compiles the kernels into its on-disk cache beside the parent's inner compiler (a thread would share the
     parent's interpreter lock with it). Each kernel the first run launches compiles in a child of its own, side
     by side; the parent's first launch then loads them from the cache, and ``join()`` waits for them. The
-    kernels of later lengths go on compiling in the background, at a lower priority, shared among at most
-    ``_BACKGROUND_CHILDREN`` children (each child holds a CUDA context on the user's GPU); a later length that
-    comes before its kernel is in the cache compiles it itself, as it would without the warm-up. A kernel whose
-    child an earlier graph of this process started, still running or ended well, is waited for there, not
-    compiled again."""
+    kernels of later lengths go on compiling in the background, shared among at most ``_BACKGROUND_CHILDREN``
+    children (each child holds a CUDA context on the user's GPU), each child's first at the parent's priority
+    and the rest at a lower one; a background child marks each kernel compiled (``_MARKS``), and a call that
+    needs one waits for its mark (``wait_for_child``), not for the kernels the child compiles after it. A
+    kernel whose child an earlier graph of this process started, still running or ended well, is waited for
+    there, not compiled again."""
 
     def __init__(self, specs: list, device: torch.device):
         self.error, self.seconds = None, 0.0
@@ -297,7 +305,8 @@ class Warmup:
                         COREY_KERNELS_ONLY="1")
         self.device = device
         self.start_time = time.perf_counter()
-        self.waited, self.own, self.reused = [], [], 0  # what join() waits for; the children this graph started
+        # what join() waits for, (child, the mark of the kernel in it or None: its end); the children this graph started
+        self.waited, self.own, self.reused = [], [], 0
         later = []  # (key, spec): kernels of later lengths that no earlier child compiles
         for spec, needed in zip(specs, self.needed):
             key = _process_key(spec, device)
@@ -305,22 +314,25 @@ class Warmup:
             if earlier is not None and earlier.poll() in (None, 0):
                 self.reused += 1
                 if needed:
-                    self.waited.append(earlier)
+                    self.waited.append((earlier, _MARKS.get(key)))
             elif needed:
                 _STARTED[key] = self._start([spec], background=False)
-                self.waited.append(_STARTED[key])
+                _MARKS.pop(key, None)
+                self.waited.append((_STARTED[key], None))
             else:
                 later.append((key, spec))
         for i in range(min(len(later), _BACKGROUND_CHILDREN)):
             share = later[i::_BACKGROUND_CHILDREN]
-            process = self._start([spec for _, spec in share], background=True)
-            for key, _ in share:
+            marks = _marks_folder()
+            process = self._start([spec for _, spec in share], background=True, marks=marks)
+            for index, (key, _) in enumerate(share):
                 _STARTED[key] = process
+                _MARKS[key] = os.path.join(marks, str(index))
 
-    def _start(self, specs: list, background: bool) -> subprocess.Popen:
+    def _start(self, specs: list, background: bool, marks: str = "") -> subprocess.Popen:
         process = subprocess.Popen(
             [sys.executable, "-c", _CHILD, str(self.device), json.dumps(specs),
-             str(_BACKGROUND_NICENESS if background else 0)],
+             str(_BACKGROUND_NICENESS if background else 0), marks],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if background else subprocess.PIPE, text=True,
             env=self.env)
         self.own.append(process)
@@ -339,10 +351,15 @@ class Warmup:
             process.wait()
 
     def join(self, timeout: float = 600.0) -> float:
-        for process in self.waited:
+        for process, mark in self.waited:
             try:
                 remaining = max(1.0, timeout - (time.perf_counter() - self.start_time))
-                if process.stderr is None or process.stderr.closed:  # a background child, or one already joined
+                if mark is not None:  # a kernel of an earlier graph's background child, which compiles others after it
+                    _wait_for_kernel(process, mark, remaining)
+                    if os.path.exists(mark) or process.poll() is None:
+                        continue  # compiled (or past the timeout: the launch compiles it, as without the warm-up)
+                    err = ""
+                elif process.stderr is None or process.stderr.closed:  # a background child, or one already joined
                     process.wait(timeout=remaining)
                     err = ""
                 else:
@@ -468,11 +485,36 @@ def wait_for_child(arguments: dict, chunk: int, timeout: float = 600.0) -> float
         _WAITED_FOR.add(key)
         process = _STARTED.get(key)
         if process is not None and process.poll() is None:
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass  # the launch compiles it, as without the warm-up
+            _wait_for_kernel(process, _MARKS.get(key), timeout)
     return time.perf_counter() - start
+
+
+_MARK_POLL = 0.01  # seconds between looks for a kernel's mark
+
+
+def _wait_for_kernel(process: subprocess.Popen, mark: str | None, timeout: float) -> None:
+    """Until ``process`` has marked the kernel compiled (``mark``, a file it creates after it) or has ended; past
+    ``timeout`` the launch compiles the kernel itself, as without the warm-up."""
+    if mark is None:  # a child of one kernel: its end is the mark
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    deadline = time.perf_counter() + timeout
+    while process.poll() is None and not os.path.exists(mark) and time.perf_counter() < deadline:
+        time.sleep(_MARK_POLL)
+
+
+_MARK_FOLDERS: list = []
+
+
+def _marks_folder() -> str:
+    """A new folder for one background child's marks, removed when this process exits."""
+    if not _MARK_FOLDERS:
+        atexit.register(lambda: [shutil.rmtree(folder, ignore_errors=True) for folder in _MARK_FOLDERS])
+    _MARK_FOLDERS.append(tempfile.mkdtemp(prefix="corey-warmup-"))
+    return _MARK_FOLDERS[-1]
 
 
 def start_warmup(gm: fx.GraphModule, device: torch.device) -> Warmup | None:
@@ -483,8 +525,9 @@ def start_warmup(gm: fx.GraphModule, device: torch.device) -> Warmup | None:
     return Warmup(specs, device) if specs else None
 
 
-def _main(device: str, specs: str, niceness: str = "0") -> None:
-    """Launch each job's kernel once on zero tensors; ``niceness`` (a background child's) is taken after the first."""
+def _main(device: str, specs: str, niceness: str = "0", marks: str = "") -> None:
+    """Launch each job's kernel once on zero tensors; ``niceness`` (a background child's) is taken after the first,
+    and with ``marks`` (a folder) the file named by a job's index is created once its kernel is compiled."""
     from .ops import uses_triton
 
     if not uses_triton(torch.device(device)):
@@ -500,5 +543,7 @@ def _main(device: str, specs: str, niceness: str = "0") -> None:
             kwargs = {k: _from_spec(v, device) for k, v in spec["kwargs"].items()}
             bound = _bound(getattr(torch.ops.corey, spec["op"]).default, args, kwargs)
             selective_scan_chunked(*(bound[name] for name in names), chunk_size=spec["chunk"], kernels=spec["kernels"])
+            if marks:  # compiled and in Triton's cache: Triton compiles a kernel before its launch returns
+                open(os.path.join(marks, str(index)), "w").close()
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
