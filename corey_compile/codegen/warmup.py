@@ -268,8 +268,9 @@ _CHILD = "import sys; from corey_compile.codegen.warmup import _main; _main(*sys
 # kernel an earlier one's child compiles (or compiled) waits for that child rather than compiling it again.
 _STARTED: dict = {}
 # Where a background child marks each of its kernels compiled, by the same key: a call waits for its kernel, not for
-# every kernel the child compiles after it (the 1.4b shapes' l=1000 call waited 6.9 s on an H100 for a child that
-# had compiled its two kernels first and went on with five more).
+# every kernel the child compiles after it (the 1.4b shapes' l=1000 call waited 6.9 s on an H100 for the end of the
+# two children whose first kernels it launches, which had five more to compile between them: inferred from the
+# jobs' order, not timed kernel by kernel).
 _MARKS: dict = {}
 # A background child compiles its first kernel at the parent's priority: the order of ``_later_lengths`` puts first
 # the two kernels 15 prompt lengths in 16 launch, which the next call most likely needs. Its later kernels yield the

@@ -284,7 +284,7 @@ def test_a_call_waits_for_the_child_that_compiles_its_kernel_rather_than_compili
 def test_a_call_waits_for_its_kernel_in_a_background_child_not_for_the_kernels_after_it(monkeypatch, tmp_path):
     # A background child compiles several kernels in turn and marks each compiled (a file named by its index in
     # the child's folder of marks): a call waits for its own kernel's mark, not for the child's end. The 1.4b
-    # shapes' l=1000 call waited 6.9 s on an H100 for a child that went on with five more kernels after its two.
+    # shapes' l=1000 call waited 6.9 s on an H100 for the end of two children with five more kernels between them.
     from corey_compile.options import resolve_options
     from tests.helpers import scan_inputs
 
