@@ -5,8 +5,7 @@ Usage: python benchmarks/bench_hadamard.py --out results.json [--rows 8192] [--w
 For each width and dtype: ``torch.ops.corey.hadamard_transform`` (read once, written once, like a
 copy) and ``out.copy_(x)``, each as plain calls and as CUDA-graph replays, medians in µs; the ratio
 transform ÷ copy (issue target: 1.3 or less); the floor (2 · bytes at the copy bandwidth measured in
-the same run); the largest difference from the dense float64 product ``x Hᵀ / √n``. At widths with a
-mixing factor, the tiled launch (``fwht._hadamard_tiles_kernel``) and the loop over blocks as well.
+the same run); the largest difference from the dense float64 product ``x Hᵀ / √n``.
 """
 from __future__ import annotations
 
@@ -22,8 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import corey_compile  # noqa: E402,F401  (registers the corey:: ops)
 from floors import copy_bandwidth  # noqa: E402  (benchmarks/, the script's own folder, is on sys.path)
-from corey_compile.codegen.hadamard.fwht import TILES_MIN_BLOCK, hadamard_transform  # noqa: E402
-from corey_compile.codegen.hadamard.matrices import factor, hadamard_matrix  # noqa: E402
+from corey_compile.codegen.hadamard.matrices import hadamard_matrix  # noqa: E402
 
 WIDTHS = (256, 512, 768, 1024, 1536, 2048, 2560, 4096, 5120, 8192)
 
@@ -64,13 +62,6 @@ def main() -> None:
                    "floor_us": 2 * x.numel() * x.element_size() / bandwidth * 1e6}
             row["op_over_copy_plain"] = row["op_plain_us"] / row["copy_plain_us"]
             row["op_over_copy_graph"] = row["op_graph_us"] / row["copy_graph_us"]
-            if factor(width)[0] > 1 and factor(width)[1] >= TILES_MIN_BLOCK:  # the tiled launch, whatever the default
-                tiled = lambda: hadamard_transform(x, tiles=True, one_block_each=False)  # noqa: E731
-                loop = lambda: hadamard_transform(x, tiles=False, one_block_each=False)  # noqa: E731
-                row["tiles_max_abs_err_first_64_rows"] = float((tiled().double()[:64] - want).abs().max())
-                row["tiles_graph_us"], row["blocks_graph_us"] = graph_us(tiled), graph_us(loop)
-                row["tiles_plain_us"], row["blocks_plain_us"] = plain_us(tiled), plain_us(loop)
-                row["tiles_over_copy_graph"] = row["tiles_graph_us"] / row["copy_graph_us"]
             row = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
             rows.append(row)
             print(json.dumps(row), flush=True)

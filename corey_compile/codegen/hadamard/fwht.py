@@ -60,36 +60,6 @@ def _hadamard_kernel(x_ptr, h_ptr, out_ptr, rows, stride_x, stride_out, scale,
             tl.store(out_rows + i * P, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _hadamard_tiles_kernel(x_ptr, h_ptr, out_ptr, rows, stride_x, stride_out, scale,
-                           M: tl.constexpr, MP: tl.constexpr, P: tl.constexpr, LOG2_P: tl.constexpr,
-                           BLOCK_ROWS: tl.constexpr):
-    """The same transform with the M blocks of BLOCK_ROWS rows as one (BLOCK_ROWS * MP, P) tile (blocks M..MP-1
-    masked; MP a power of two, at least 16): H_m ⊗ I as one batched tensor-core product of H_m (padded with
-    zeros) with each row's (MP, P) blocks, then I ⊗ H_P as the butterflies of the whole tile. The two factors
-    commute, and the mixing comes first so that it multiplies the inputs as they are: every float16 and
-    bfloat16 value is a tf32 value, so the tf32 product by ±1 is exact, and its sums are float32 (float32
-    inputs take the float32 product, not tf32). One layout change per butterfly stage for the whole tile, where the loop over blocks
-    has one per stage and block, and no load of H_m's entries one at a time."""
-    r = tl.arange(0, BLOCK_ROWS * MP)
-    row = tl.program_id(0) * BLOCK_ROWS + r // MP
-    block = r % MP
-    cols = tl.arange(0, P)
-    mask = ((row < rows) & (block < M))[:, None]
-    x = tl.load(x_ptr + row.to(tl.int64)[:, None] * stride_x + (block * P)[:, None] + cols[None, :], mask=mask,
-                other=0.0)
-    i = tl.arange(0, MP)
-    h = tl.load(h_ptr + i[:, None] * M + i[None, :], mask=(i[:, None] < M) & (i[None, :] < M), other=0.0)
-    h = tl.broadcast_to(h[None, :, :], (BLOCK_ROWS, MP, MP))
-    if x.dtype == tl.float32:
-        y = tl.dot(h, tl.reshape(x, (BLOCK_ROWS, MP, P)), input_precision="ieee")
-    else:  # a float16 or bfloat16 value is a tf32 value: the tf32 product is exact
-        y = tl.dot(h, tl.reshape(x.to(tl.float32), (BLOCK_ROWS, MP, P)), input_precision="tf32")
-    y = _butterflies(tl.reshape(y, (BLOCK_ROWS * MP, P)), BLOCK_ROWS * MP, P, LOG2_P) * scale
-    tl.store(out_ptr + row.to(tl.int64)[:, None] * stride_out + (block * P)[:, None] + cols[None, :],
-             y.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 @functools.lru_cache(maxsize=64)
 def _cached_mixing_matrix(n: int, device: torch.device) -> torch.Tensor:
     return mixing_matrix(n, device)
@@ -106,24 +76,12 @@ def _cached_mixing_matrix(n: int, device: torch.device) -> torch.Tensor:
 SPLIT_BELOW_PROGRAMS = 512
 
 
-# Whether a width with a mixing factor (m > 1) and blocks of 16 values or more takes the tiled launch
-# (``_hadamard_tiles_kernel``) where it does not split rows over programs. Compiled for an H100 on the CPU
-# (Triton 3.6, fp16), the width 1536 has 9 layout changes where the loop over blocks has 84, 5 global loads
-# where it has 156 (144 of them H_12's entries) and 16 tensor-core products where it has 144 tile products;
-# 5120 has 10 layout changes against 160. Off until its tests pass compiled on a GPU and it is timed there
-# beside the loop over blocks (``benchmarks/bench_hadamard.py`` times both).
-TILES = False
-TILES_MIN_BLOCK = 16  # the product's dimensions are 16 or more
-
-
 def hadamard_transform(x: torch.Tensor, mixing: torch.Tensor | None = None, block_rows: int | None = None,
-                       num_warps: int = 4, one_block_each: bool | None = None, tiles: bool | None = None) -> torch.Tensor:
+                       num_warps: int = 4, one_block_each: bool | None = None) -> torch.Tensor:
     """x (..., n) -> x H_nᵀ / √n in x's dtype (``matrices.hadamard_matrix``); NoHadamard for an n without one.
 
     ``mixing``: ``mixing_matrix(n, x.device)``; without it a copy cached per width and device is used.
     ``one_block_each``: one program per output block of m (default: below ``SPLIT_BELOW_PROGRAMS`` programs).
-    ``tiles``: the launch that mixes the blocks by one tensor-core product (``_hadamard_tiles_kernel``; default
-    ``TILES``), where m > 1, the blocks hold ``TILES_MIN_BLOCK`` values or more and rows are not split.
     """
     n = x.shape[-1]
     m, power = factor(n)
@@ -142,15 +100,6 @@ def hadamard_transform(x: torch.Tensor, mixing: torch.Tensor | None = None, bloc
     programs = triton.cdiv(rows, block_rows)
     if one_block_each is None:
         one_block_each = m > 1 and programs < SPLIT_BELOW_PROGRAMS
-    if tiles is None:
-        tiles = TILES and not one_block_each
-    if tiles and m > 1 and power >= TILES_MIN_BLOCK and not one_block_each:
-        padded = max(TILES_MIN_BLOCK, triton.next_power_of_2(m))
-        tile_rows = 1 << (max(1, min(16, 4096 // (padded * power))).bit_length() - 1)
-        _hadamard_tiles_kernel[(triton.cdiv(rows, tile_rows),)](
-            flat, mixing.contiguous(), out, rows, flat.stride(0), out.stride(0), 1.0 / n**0.5,
-            M=m, MP=padded, P=power, LOG2_P=power.bit_length() - 1, BLOCK_ROWS=tile_rows, num_warps=num_warps)
-        return out.reshape(x.shape)
     _hadamard_kernel[(programs, m if one_block_each else 1)](
         flat, mixing.contiguous(), out, rows, flat.stride(0), out.stride(0), 1.0 / n**0.5,
         M=m, P=power, LOG2_P=power.bit_length() - 1, BLOCK_ROWS=block_rows, ONE_BLOCK_EACH=bool(one_block_each),
