@@ -9,9 +9,9 @@ A fresh process with empty Triton and Inductor caches compiles a transformers Ma
 length then runs under cProfile (``--profile 0``: the first call instead, Dynamo's trace, corey's passes and
 Inductor). Writes ``second_length.json`` (each call's seconds, corey's stage times
 for the new graph, the Triton kernels compiled or loaded in this process during the call, torch's own
-compile timers after each call) and ``second_length_cprofile.txt`` (the 60
+compile timers after each call), ``second_length_cprofile.txt`` (the 60
 functions with the most cumulative time, the 60 of Inductor's with the most, and the 40 with the most own
-time).
+time) and ``second_length.prof``, the raw profile (``pstats.Stats`` reads it, with callers and callees).
 """
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ def main() -> None:
     stats.sort_stats("tottime").print_stats(40)
     with open(os.path.join(args.out_dir, "second_length_cprofile.txt"), "w") as f:
         f.write(text.getvalue())
+    profiler.dump_stats(os.path.join(args.out_dir, "second_length.prof"))
 
 
 if __name__ == "__main__":
