@@ -19,6 +19,12 @@ What is rewritten: ``conv1d(x, w, b, stride=1, padding=p, dilation=1, groups=cha
 may be symbolic (the slices are written from the ends, never from the length). Like ``rewrite_token_ops``
 it runs with Inductor as the inner compiler and on graphs whose tensors are on a CUDA GPU (``DEVICES``),
 under the option ``conv_taps``; a convolution read at its last position alone is that pass's.
+
+A causal convolution (padding k - 1, only its first l outputs read: ``conv1d(x)[..., :l]``, as every Mamba
+prefill writes it) is written for those l positions alone, with zeros before the input only: the sum then
+has the slice's length, and Inductor fuses it with the slice, the bias and the SiLU. Written for all l + k - 1
+positions, the sum had another length than what reads it, and on an H100 Inductor stored it in float32 and
+read it back in a second kernel (``benchmarks/results/h100_2026-12-08/``'s first call).
 """
 from __future__ import annotations
 
@@ -47,7 +53,37 @@ def _padding(value) -> int | None:
     return None
 
 
-def _rewrite(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
+def _same_size(a, b) -> bool:
+    """Whether two sizes are the same, a symbolic one by its expression (no guard is added)."""
+    if isinstance(a, torch.SymInt) and isinstance(b, torch.SymInt):
+        return a.node.expr == b.node.expr
+    return isinstance(a, int) and isinstance(b, int) and a == b
+
+
+def _first_positions_only(node: fx.Node, length) -> bool:
+    """Whether every use of the convolution reads its first ``length`` positions alone (``out[..., :l]``, l the
+    input's length: a causal convolution as Mamba's prefill writes it)."""
+    users = live_users(node)
+    for user in users:
+        if user.op != "call_function" or user.target is not operator.getitem or user.args[0] is not node:
+            return False
+        index = user.args[1]
+        if isinstance(index, tuple) and len(index) == 3 and index[0] == slice(None) and index[1] == slice(None):
+            last = index[2]
+        elif isinstance(index, tuple) and len(index) == 2 and index[0] is Ellipsis:
+            last = index[1]
+        else:
+            return False
+        if not isinstance(last, slice) or last.start not in (None, 0) or last.step not in (None, 1):
+            return False
+        end = meta_value(last.stop) if isinstance(last.stop, fx.Node) else last.stop
+        if not _same_size(end, length):
+            return False
+    return bool(users)
+
+
+def _rewrite(graph: fx.Graph, node: fx.Node) -> tuple[fx.Node, bool] | None:
+    """The convolution as shifted products and sums, and whether only the positions its users read are computed."""
     x, weight, bias = _argument(node, 0, "input"), _argument(node, 1, "weight"), _argument(node, 2, "bias")
     padding = _padding(_argument(node, 4, "padding", 0))
     groups = _argument(node, 6, "groups", 1)
@@ -66,6 +102,11 @@ def _rewrite(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
     bv = meta_value(bias) if bias is not None else None
     if bias is not None and (not isinstance(bv, torch.Tensor) or bv.dtype != xv.dtype or tuple(bv.shape) != (channels,)):
         return None
+    # Where only the first l outputs are read (a causal convolution: padding k - 1, then out[..., :l]), the zeros
+    # after the input are never reached: the rewrite computes those l positions alone, so that the sum of the taps
+    # has the length of the slice and the SiLU after it, and Inductor makes one kernel of them (with the full
+    # l + k - 1 positions it wrote the float32 sum to memory and read it back in a second kernel, on an H100).
+    causal = padding == taps - 1 and _first_positions_only(node, xv.shape[-1])
     with graph.inserting_before(node):
         wide = graph.call_method("float", (x,))
         if padding:
@@ -73,7 +114,7 @@ def _rewrite(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
             # specialize the length to the example's, and the graph would be compiled again for every length
             first = graph.call_function(operator.getitem, (wide, (slice(None), slice(None), slice(None, 1))))
             zeros = graph.call_method("expand", (graph.call_function(torch.zeros_like, (first,)), -1, -1, padding))
-            wide = graph.call_function(torch.cat, ([zeros, wide, zeros], -1))
+            wide = graph.call_function(torch.cat, ([zeros, wide] if causal else [zeros, wide, zeros], -1))
         kernel = graph.call_method("float", (graph.call_method("squeeze", (weight, 1)),))  # (channels, taps)
         out = None
         for j in range(taps):
@@ -86,7 +127,7 @@ def _rewrite(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
         if bias is not None:
             out = graph.call_function(torch.add, (out, graph.call_method("unsqueeze",
                                                                          (graph.call_method("float", (bias,)), -1))))
-        return graph.call_method("to", (out, xv.dtype))
+        return graph.call_method("to", (out, xv.dtype)), causal
 
 
 def rewrite_conv_taps(gm: fx.GraphModule, ctx) -> fx.GraphModule:
@@ -94,18 +135,21 @@ def rewrite_conv_taps(gm: fx.GraphModule, ctx) -> fx.GraphModule:
     if not rewrite_applies(gm, ctx, "conv_taps", DEVICES, "each tap as a kernel"):
         return gm
     graph, fake_mode = gm.graph, fake_mode_of(gm)
-    count, memo = 0, {}  # every layer's convolution makes the same fake values
+    count, causal, memo = 0, 0, {}  # every layer's convolution makes the same fake values
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in _CONV1D or not live_users(node):
             continue
         before = set(graph.nodes)
-        out = _rewrite(graph, node)
-        if out is None:
+        rewritten = _rewrite(graph, node)
+        if rewritten is None:
             continue
+        out, first_only = rewritten
         set_fake_values([n for n in graph.nodes if n not in before], fake_mode, memo)
-        node.replace_all_uses_with(out)
+        node.replace_all_uses_with(out)  # a causal one's users slice its l positions from l positions: no change
         graph.erase_node(node)
         count += 1
-    ctx.decide(f"rewrote {count} depthwise conv1d as shifted products and sums" if count else
-               "nothing to rewrite: no depthwise conv1d of at most 8 taps, stride 1, no dilation")
+        causal += first_only
+    ctx.decide((f"rewrote {count} depthwise conv1d as shifted products and sums"
+                + (f", {causal} of them causal (only the first l positions, the ones read, computed)" if causal else ""))
+               if count else "nothing to rewrite: no depthwise conv1d of at most 8 taps, stride 1, no dilation")
     return gm

@@ -19,6 +19,11 @@ def _on_the_cpu_too(request, monkeypatch):
         monkeypatch.setattr(conv_taps, "DEVICES", ("cuda", "cpu"))
 
 
+def _rewrote(count: int, causal: int) -> str:
+    return (f"rewrote {count} depthwise conv1d as shifted products and sums"
+            + (f", {causal} of them causal (only the first l positions, the ones read, computed)" if causal else ""))
+
+
 def _decisions(report) -> list:
     return decisions_of(report, "rewrite_conv_taps")
 
@@ -37,7 +42,33 @@ def test_causal_depthwise_conv_becomes_shifted_products(taps, bias):
     weight, b = torch.randn(6, 1, taps), torch.randn(6) if bias else None
     found, decisions = _rewritten(_mamba_conv(weight, b, taps - 1), torch.randn(2, 6, 11))
     assert not any("conv1d" in t for t in found)
-    assert decisions == ["rewrote 1 depthwise conv1d as shifted products and sums"]
+    assert decisions == [_rewrote(1, 1)]
+
+
+@pytest.mark.parametrize("read, causal", [("first l", True), ("all", False), ("first l - 1", False),
+                                          ("first l and all", False)])
+def test_a_causal_convolution_computes_only_the_positions_read(read, causal):
+    # conv1d(x, padding=k - 1)[..., :l] needs no zeros after the input: the sum then has the slice's length, which
+    # lets Inductor fuse it with what reads it. Any other use keeps all l + k - 1 positions.
+    weight, bias = torch.randn(6, 1, 4), torch.randn(6)
+    full = lambda x: F.conv1d(x, weight, bias, padding=3, groups=6)  # noqa: E731
+    fn = {"first l": lambda x: F.silu(full(x)[..., :x.shape[-1]]), "all": lambda x: F.silu(full(x)),
+          "first l - 1": lambda x: F.silu(full(x)[..., :x.shape[-1] - 1]),
+          "first l and all": lambda x: (lambda y: y[..., :x.shape[-1]] + y[..., 3:])(full(x))}[read]
+    torch._dynamo.reset()
+    compiled, captured = compile_capturing(fn)
+    for length in (9, 13, 21):  # static, then a symbolic length
+        x = torch.randn(2, 6, length)
+        torch.testing.assert_close(compiled(x), fn(x), rtol=1e-5, atol=1e-5)
+    gm, report = captured[-1]
+    sums = [n for n in gm.graph.nodes if n.target is torch.add and isinstance(n.meta["val"], torch.Tensor)
+            and n.meta["val"].dim() == 3]
+    lengths = {str(n.meta["val"].shape[-1]) for n in sums}
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder" and isinstance(n.meta.get("example_value",
+                       n.meta.get("val")), torch.Tensor) and n.meta.get("example_value", n.meta.get("val")).dim() == 3)
+    length = str(placeholder.meta.get("example_value", placeholder.meta.get("val")).shape[-1])
+    assert (lengths == {length}) == causal, (lengths, length)
+    assert _decisions(report) == [_rewrote(1, 1 if causal else 0)]
 
 
 def test_every_output_position_of_a_symmetric_padding():
@@ -45,7 +76,7 @@ def test_every_output_position_of_a_symmetric_padding():
     fn = lambda x: F.conv1d(x, weight, bias, padding=(2,), groups=5)  # noqa: E731  (l + 2 outputs)
     found, decisions = _rewritten(fn, torch.randn(1, 5, 7))
     assert not any("conv1d" in t for t in found)
-    assert decisions == ["rewrote 1 depthwise conv1d as shifted products and sums"]
+    assert decisions == [_rewrote(1, 0)]
 
 
 def test_symbolic_length_reuses_the_rewritten_graph():
@@ -60,7 +91,7 @@ def test_symbolic_length_reuses_the_rewritten_graph():
     assert len(captured) == 2
     gm, report = captured[-1]
     assert not any("conv1d" in t for t in targets(gm))
-    assert _decisions(report) == ["rewrote 1 depthwise conv1d as shifted products and sums"]
+    assert _decisions(report) == [_rewrote(1, 1)]
 
 
 @pytest.mark.parametrize("case", ["stride", "dilation", "not_depthwise", "too_many_taps", "too_little_padding"])
@@ -84,7 +115,7 @@ def test_half_precision_taps_through_inductor_round_once(dtype):
     out = torch.compile(fn, backend="corey")(x)
     assert out.dtype == dtype
     decisions = [d for p in corey_compile.last_report().passes if p.name == "rewrite_conv_taps" for d in p.decisions]
-    assert decisions == ["rewrote 1 depthwise conv1d as shifted products and sums"]
+    assert decisions == [_rewrote(1, 1)]
     want = F.conv1d(x.float(), weight.float(), bias.float(), padding=3, groups=64)[..., :40]
     ulp = torch.finfo(dtype).eps * want.abs().clamp_min(1.0)
     assert ((out.float() - want).abs() <= 2 * ulp).all()
@@ -116,7 +147,7 @@ def test_transformers_prefill_through_inductor_matches_eager():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     rewrites = [d for r in corey_compile.all_reports() for p in r.passes if p.name == "rewrite_conv_taps"
                 for d in p.decisions]
-    assert rewrites and all(d == "rewrote 2 depthwise conv1d as shifted products and sums" for d in rewrites)
+    assert rewrites and all(d == _rewrote(2, 2) for d in rewrites)
 
 
 def test_identical_convolutions_share_their_fake_values_and_compute_alike():
@@ -135,7 +166,7 @@ def test_identical_convolutions_share_their_fake_values_and_compute_alike():
         for got, want in zip(compiled(x, y), fn(x, y)):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     gm, report = captured[-1]
-    assert _decisions(report) == ["rewrote 3 depthwise conv1d as shifted products and sums"]
+    assert _decisions(report) == [_rewrote(3, 3)]
     products = [n for n in gm.graph.nodes if n.target is torch.mul]
     assert len(products) == 12  # four taps each
     first, second, other = (products[i].meta["val"] for i in (0, 4, 8))
