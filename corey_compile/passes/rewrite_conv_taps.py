@@ -22,9 +22,10 @@ under the option ``conv_taps``; a convolution read at its last position alone is
 
 A causal convolution (padding k - 1, only its first l outputs read: ``conv1d(x)[..., :l]``, as every Mamba
 prefill writes it) is written for those l positions alone, with zeros before the input only: the sum then
-has the slice's length, and Inductor fuses it with the slice, the bias and the SiLU. Written for all l + k - 1
-positions, the sum had another length than what reads it, and on an H100 Inductor stored it in float32 and
-read it back in a second kernel (``benchmarks/results/h100_2026-12-08/``'s first call).
+has the slice's length, so that Inductor can fuse it with the slice, the bias and the SiLU. Written for all
+l + k - 1 positions, the sum had another length than what reads it, and on an H100 Inductor stored it in
+float32 and read it back in a second kernel (``benchmarks/results/h100_2026-12-08/``'s first call). What
+Inductor makes of the causal form on a GPU is not yet measured.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def _rewrite(graph: fx.Graph, node: fx.Node) -> tuple[fx.Node, bool] | None:
         return None
     # Where only the first l outputs are read (a causal convolution: padding k - 1, then out[..., :l]), the zeros
     # after the input are never reached: the rewrite computes those l positions alone, so that the sum of the taps
-    # has the length of the slice and the SiLU after it, and Inductor makes one kernel of them (with the full
+    # has the length of the slice and the SiLU after it, and Inductor can make one kernel of them (with the full
     # l + k - 1 positions it wrote the float32 sum to memory and read it back in a second kernel, on an H100).
     causal = padding == taps - 1 and _first_positions_only(node, xv.shape[-1])
     with graph.inserting_before(node):
