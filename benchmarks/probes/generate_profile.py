@@ -14,7 +14,8 @@ Dynamo then checks no guard on the model's modules at each call). After warming 
   (what is left when neither Python nor generate runs: the GPU's own time for a step);
 
 then a Python profile of ``generate`` (where the host time goes, by function) and a torch.profiler
-table of the same, written to ``--out-dir``.
+table of the same, written to ``--out-dir``. ``first_generate_graphs`` gives each graph the first ``generate``
+compiled (the prompt's, the decode step's) with its stages' seconds from corey's report.
 """
 from __future__ import annotations
 
@@ -108,6 +109,13 @@ def main() -> None:
 
     with torch.no_grad():
         results["first_generate_s"] = round(timed(lambda: generate(8)), 2)
+        # what the first generate compiled: the prompt's graph and the decode step's, each stage's seconds
+        import corey_compile
+
+        results["first_generate_graphs"] = [
+            {"graph": r.graph_index, "compile_id": r.compile_id, "seconds": r.seconds, "nodes": r.nodes_before,
+             "symbolic": sorted({x for v in r.symbolic.values() for x in v}), "recompile_reason": r.recompile_reason}
+            for r in corey_compile.all_reports()]
         generate(args.tokens)
         short, long = args.tokens // 8, args.tokens
         t_short = statistics.median(timed(lambda: generate(short)) for _ in range(3))
