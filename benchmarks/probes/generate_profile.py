@@ -32,6 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+import corey_compile  # noqa: E402
 from corey_compile.models import build_mamba  # noqa: E402
 
 PROMPT = 32
@@ -110,8 +111,6 @@ def main() -> None:
     with torch.no_grad():
         results["first_generate_s"] = round(timed(lambda: generate(8)), 2)
         # what the first generate compiled: the prompt's graph and the decode step's, each stage's seconds
-        import corey_compile
-
         results["first_generate_graphs"] = [
             {"graph": r.graph_index, "compile_id": r.compile_id, "seconds": r.seconds, "nodes": r.nodes_before,
              "symbolic": sorted({x for v in r.symbolic.values() for x in v}), "recompile_reason": r.recompile_reason}

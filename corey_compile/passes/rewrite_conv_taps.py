@@ -36,7 +36,7 @@ import torch.fx as fx
 
 from .graph_reading import live_users, meta_value
 from .lower_regions import fake_mode_of, set_fake_values
-from .rewrite_token_ops import _CONV1D, _argument, rewrite_applies
+from .rewrite_token_ops import _CONV1D, _argument, last_axis_indices, rewrite_applies
 
 MAX_TAPS = 8
 DEVICES = ("cuda",)  # where the rewrite was measured (the tests add "cpu")
@@ -64,23 +64,16 @@ def _same_size(a, b) -> bool:
 def _first_positions_only(node: fx.Node, length) -> bool:
     """Whether every use of the convolution reads its first ``length`` positions alone (``out[..., :l]``, l the
     input's length: a causal convolution as Mamba's prefill writes it)."""
-    users = live_users(node)
-    for user in users:
-        if user.op != "call_function" or user.target is not operator.getitem or user.args[0] is not node:
-            return False
-        index = user.args[1]
-        if isinstance(index, tuple) and len(index) == 3 and index[0] == slice(None) and index[1] == slice(None):
-            last = index[2]
-        elif isinstance(index, tuple) and len(index) == 2 and index[0] is Ellipsis:
-            last = index[1]
-        else:
-            return False
+    indices = last_axis_indices(node, ellipsis=True)
+    if not indices:
+        return False
+    for last in indices:
         if not isinstance(last, slice) or last.start not in (None, 0) or last.step not in (None, 1):
             return False
         end = meta_value(last.stop) if isinstance(last.stop, fx.Node) else last.stop
         if not _same_size(end, length):
             return False
-    return bool(users)
+    return True
 
 
 def _rewrite(graph: fx.Graph, node: fx.Node) -> tuple[fx.Node, bool] | None:

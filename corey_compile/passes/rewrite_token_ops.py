@@ -101,20 +101,35 @@ def _rewrite_matmul(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
     return None
 
 
+def last_axis_indices(node: fx.Node, ellipsis: bool = False) -> list | None:
+    """What each live user of ``node`` (a (batch, channels, length) tensor) takes of its last axis, where every
+    user is ``node[:, :, i]`` (or, with ``ellipsis``, ``node[..., i]`` too): the list of those ``i``; else None."""
+    indices = []
+    for user in live_users(node):
+        if user.op != "call_function" or user.target is not operator.getitem or user.args[0] is not node:
+            return None
+        index = user.args[1]
+        if isinstance(index, tuple) and len(index) == 3 and index[:2] == (slice(None), slice(None)):
+            indices.append(index[2])
+        elif ellipsis and isinstance(index, tuple) and len(index) == 2 and index[0] is Ellipsis:
+            indices.append(index[1])
+        else:
+            return None
+    return indices
+
+
 def _last_position_users(conv: fx.Node, length: int) -> list | None:
     """The users of a conv output of ``length`` positions, if each reads the last one alone (``out[..., -1:]``)."""
-    users = live_users(conv)
     if length == 1:
         return [conv]
-    for user in users:
-        index = user.args[1] if user.op == "call_function" and user.target is operator.getitem else None
-        if not isinstance(index, tuple) or len(index) != 3 or index[:2] != (slice(None), slice(None)):
-            return None
-        last = index[2]
+    indices = last_axis_indices(conv)
+    if indices is None:
+        return None
+    for last in indices:
         if not (isinstance(last, slice) and last.step in (None, 1) and last.stop is None
                 and last.start in (-1, length - 1)):
             return None
-    return users or None
+    return live_users(conv) or None
 
 
 def _rewrite_conv1d(graph: fx.Graph, node: fx.Node) -> list | None:
